@@ -1,0 +1,106 @@
+"""The one protocol every backend implements; tasks ask for capabilities, never for a backend's name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from harness.config import StrictModel
+
+if TYPE_CHECKING:
+    from harness.models import ResolvedModel
+
+#: Capability names a task may require.
+SCORE = "score"
+
+
+@dataclass
+class Window:
+    """Tokens fed to the model and, per position, the token its logits must predict (-1: not scored).
+
+    Labels are already shifted: ``labels[p]`` is the target of the logits at position ``p``. Every
+    window scheme (chunked, sliding, rolling) is expressed this way, so backends need not know them.
+    """
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        self.input_ids = np.asarray(self.input_ids, dtype=np.int32)
+        self.labels = np.asarray(self.labels, dtype=np.int32)
+        if self.input_ids.shape != self.labels.shape:
+            raise ValueError("input_ids and labels must have the same length")
+
+    @property
+    def scored_positions(self) -> np.ndarray:
+        return np.flatnonzero(self.labels >= 0)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.labels[self.labels >= 0]
+
+
+@dataclass
+class LoadInfo:
+    """What loading cost and what was loaded; ``details`` lands in the cell's resolved params."""
+
+    load_s: float
+    model_bytes: int
+    details: dict = field(default_factory=dict)
+
+
+class Tokenizer(ABC):
+    """The backend's own tokenizer: perplexities are only comparable on the tokens it produces."""
+
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+    vocab_size: int
+
+    @abstractmethod
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` without any special tokens."""
+
+    @abstractmethod
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes this token contributes to the text (for bits per byte)."""
+
+
+class BackendSettings(StrictModel):
+    """Suite settings of one backend; each backend subclasses it with a ``type`` literal."""
+
+    type: str
+
+
+class Backend(ABC):
+    """A loaded model that tasks drive. One instance lives in one cell's process."""
+
+    type_name: ClassVar[str]
+    settings_class: ClassVar[type[BackendSettings]]
+    capabilities: ClassVar[frozenset[str]]
+    #: Model source kinds this backend can load ("gguf", "hf", "ngram").
+    model_kinds: ClassVar[frozenset[str]]
+    #: (module, extra) pairs checked before any cell runs, so a missing package is bad input
+    dependencies: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    tokenizer: Tokenizer
+
+    def __init__(self, settings: BackendSettings, model: ResolvedModel):
+        self.settings = settings
+        self.model = model
+
+    @abstractmethod
+    def load(self, context_tokens: int) -> LoadInfo:
+        """Load the model for windows of up to ``context_tokens`` tokens."""
+
+    def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        """Natural-log probability of each window's targets, in order (float64 per window)."""
+        raise NotImplementedError(f"backend {self.type_name} cannot score")
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model and its native memory."""

@@ -1,0 +1,195 @@
+"""GGUF models in-process through llama-cpp-python's C API.
+
+Scoring goes through ``llama_decode`` directly rather than the high-level ``Llama`` class: like
+llama-perplexity, it packs several windows into one batch as parallel sequences and asks for logits
+only at scored positions, and it turns each decode's logits into log-probabilities straight away, so
+a whole text's logits never sit in memory (``Llama(logits_all=True)`` holds n_ctx × n_vocab floats).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from harness.backends.base import SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
+from harness.errors import require
+
+
+class LlamaCppSettings(BackendSettings):
+    type: Literal["llamacpp"]
+    n_ctx: int | None = Field(None, ge=1, description="max context per sequence; default: what the task needs")
+    n_threads: int | None = Field(None, ge=1, description="default: all CPUs this process may use")
+    n_batch: int = Field(2048, ge=1, description="tokens per llama_decode call (llama.cpp's -b)")
+    n_ubatch: int = Field(512, ge=1, description="physical micro-batch (llama.cpp's -ub)")
+    flash_attn: bool = False
+    n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
+
+
+def _llama():
+    return require("llama_cpp", "gguf", "the llamacpp backend")
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class LlamaCppTokenizer(Tokenizer):
+    def __init__(self, lib, vocab):
+        self._lib, self._vocab = lib, vocab
+        self.vocab_size = lib.llama_vocab_n_tokens(vocab)
+        bos, eos = lib.llama_vocab_bos(vocab), lib.llama_vocab_eos(vocab)
+        self.bos_id = bos if bos >= 0 else None
+        self.eos_id = eos if eos >= 0 else None
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(vocab))
+
+    def encode(self, text: str) -> np.ndarray:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (self._lib.llama_token * capacity)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
+        if n < 0:  # cannot happen with one token per byte at most, but the API says to check
+            raise RuntimeError(f"llama_tokenize needed {-n} tokens")
+        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+
+class LlamaCppBackend(Backend):
+    type_name = "llamacpp"
+    settings_class = LlamaCppSettings
+    capabilities = frozenset({SCORE})
+    model_kinds = frozenset({"gguf"})
+    dependencies = (("llama_cpp", "gguf"),)
+    settings: LlamaCppSettings
+
+    def load(self, context_tokens: int) -> LoadInfo:
+        lib = _llama()
+        s = self.settings
+        if s.n_ctx is not None and context_tokens > s.n_ctx:
+            raise ValueError(f"the task needs {context_tokens} tokens of context, backend n_ctx is {s.n_ctx}")
+        self.seq_ctx = context_tokens
+        self.n_seq = max(1, s.n_batch // context_tokens)
+        self.threads = s.n_threads or available_cpus()
+        start = time.perf_counter()
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = s.n_gpu_layers
+        self._model = lib.llama_model_load_from_file(str(self.model.path).encode(), mparams)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {self.model.path}")
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = self.n_seq * self.seq_ctx
+        cparams.n_batch = min(s.n_batch, cparams.n_ctx)
+        cparams.n_ubatch = min(s.n_ubatch, cparams.n_batch)
+        cparams.n_seq_max = self.n_seq
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if s.flash_attn
+                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        load_s = time.perf_counter() - start
+        self._lib = lib
+        self.n_batch = cparams.n_batch
+        vocab = lib.llama_model_get_vocab(self._model)
+        self.tokenizer = LlamaCppTokenizer(lib, vocab)
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        desc = ctypes.create_string_buffer(256)
+        lib.llama_model_desc(self._model, desc, len(desc))
+        return LoadInfo(load_s=load_s, model_bytes=self.model.bytes_on_disk, details={
+            "model_desc": desc.value.decode(errors="replace"),
+            "n_params": int(lib.llama_model_n_params(self._model)),
+            "tensor_bytes": int(lib.llama_model_size(self._model)),
+            "n_ctx_seq": self.seq_ctx, "n_seq": self.n_seq, "n_batch": self.n_batch,
+            "n_ubatch": cparams.n_ubatch, "n_threads": self.threads, "flash_attn": s.flash_attn,
+            "n_gpu_layers": s.n_gpu_layers, "add_bos": self.tokenizer.add_bos,
+            "llama_cpp_python": getattr(lib, "__version__", "?"),
+            "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
+        })
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> np.ndarray | None:
+        """One llama_decode over (token, pos, seq, wants_logits) entries; the logits rows it produced."""
+        lib, b = self._lib, self._batch
+        n = len(entries)
+        tokens, pos, seqs, flags = (np.fromiter((e[i] for e in entries), dtype=np.int32, count=n)
+                                    for i in range(4))
+        np.ctypeslib.as_array(b.token, shape=(self.n_batch,))[:n] = tokens
+        np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))[:n] = pos
+        np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))[:n] = 1
+        np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))[:n] = flags
+        for i in range(n):
+            b.seq_id[i][0] = int(seqs[i])
+        b.n_tokens = n
+        rc = lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        n_out = int(flags.sum())
+        if n_out == 0:
+            return None
+        vocab = self.tokenizer.vocab_size
+        return np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(n_out, vocab))
+
+    def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        longest = max(len(w.input_ids) for w in windows)
+        if longest > self.seq_ctx:
+            raise ValueError(f"a window of {longest} tokens exceeds the loaded context of {self.seq_ctx}")
+        results: list[np.ndarray] = []
+        memory = self._lib.llama_get_memory(self._ctx)
+        for first in range(0, len(windows), self.n_seq):
+            group = windows[first:first + self.n_seq]
+            self._lib.llama_memory_clear(memory, True)
+            entries = [(int(tok), p, seq, bool(w.labels[p] >= 0))
+                       for seq, w in enumerate(group) for p, tok in enumerate(w.input_ids)]
+            targets = np.concatenate([w.targets for w in group])
+            logprobs = []
+            done = 0
+            for start in range(0, len(entries), self.n_batch):
+                logits = self._decode(entries[start:start + self.n_batch])
+                if logits is not None:
+                    logprobs.append(target_logprobs(logits, targets[done:done + len(logits)]))
+                    done += len(logits)
+            flat = np.concatenate(logprobs)
+            splits = np.cumsum([len(w.targets) for w in group])[:-1]
+            results.extend(np.split(flat, splits))
+        return results
+
+    def close(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        lib.llama_model_free(self._model)
+        self._lib = None
+
+
+def target_logprobs(logits: np.ndarray, targets: np.ndarray, block: int = 256) -> np.ndarray:
+    """log softmax(logits)[target] per row, max-shifted as llama-perplexity does, summed in float64.
+
+    Works ``block`` rows at a time so the temporary stays small (a 2048-row batch of SmolLM2 logits is
+    400 MB by itself)."""
+    out = np.empty(len(targets), dtype=np.float64)
+    for start in range(0, len(targets), block):
+        rows = logits[start:start + block]
+        tgt = targets[start:start + block]
+        peak = rows.max(axis=1)
+        shifted = rows - peak[:, None]
+        np.exp(shifted, out=shifted)
+        log_z = np.log(shifted.sum(axis=1, dtype=np.float64))
+        out[start:start + block] = (rows[np.arange(len(tgt)), tgt] - peak).astype(np.float64) - log_z
+    return out

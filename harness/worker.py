@@ -1,0 +1,81 @@
+"""Runs one cell in a process of its own: ``python -m harness.worker JOB.json``.
+
+A fresh process per cell makes load time cold, peak RSS the cell's own, and a crash (a segfault in
+native code, an out-of-memory kill) the cell's alone. The record is written atomically at the end; a
+process that dies before that leaves no record, which the runner reports as a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.backends import BACKENDS
+from harness.data import DatasetSpec, load_corpus
+from harness.measure import PeakRSS, rss_mb
+from harness.metrics import Measurement
+from harness.models import ResolvedModel
+from harness.results import FAILED, OK, write_cell_record
+from harness.suite import Cell
+from harness.tasks import TASKS
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_job(job: dict) -> dict:
+    """Load the backend, run the task, return the cell's record (status ok)."""
+    cell = Cell.model_validate(job["cell"])
+    backend_cls = BACKENDS[cell.backend_spec["type"]]
+    task_cls = TASKS[cell.task_spec["type"]]
+    task = task_cls(task_cls.settings_class.model_validate(cell.task_spec))
+    corpus = None
+    if cell.dataset is not None:
+        corpus = load_corpus(cell.dataset, DatasetSpec.model_validate(cell.dataset_spec),
+                             Path(job["base_dir"]), Path(job["corpora"]) if job.get("corpora") else None)
+    model = ResolvedModel(**{**job["model"], "path": Path(job["model"]["path"])})
+    backend = backend_cls(backend_cls.settings_class.model_validate(cell.backend_spec), model)
+    with PeakRSS() as memory:
+        rss_before = rss_mb()
+        info = backend.load(task.context_tokens())
+        rss_loaded = rss_mb()
+        result = task.run(backend, corpus)
+    backend.close()
+    measurements = result.measurements + [
+        Measurement("load_s", info.load_s),
+        Measurement("model_bytes", info.model_bytes),
+        Measurement("peak_rss_mb", memory.peak_mb, memory.samples),
+    ]
+    return {
+        "status": OK, "reason": None,
+        "measurements": [m.row() for m in measurements],
+        "samples": result.samples,
+        "resolved": {"backend": info.details, "task": result.resolved,
+                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded}},
+        "fingerprints": {"model": model.fingerprint(), "dataset": corpus.fingerprint() if corpus else None},
+    }
+
+
+def main(argv: list[str]) -> int:
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    started = time.time()
+    base = {"cell_id": job["cell_id"], "cell": job["cell"], "params": job["params"], "started_at": now()}
+    try:
+        record = run_job(job)
+    except Exception as exc:  # the cell fails, the run goes on: record why
+        traceback.print_exc()
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        record = {"status": FAILED, "reason": f"{type(exc).__name__}: {first_line}", "measurements": []}
+    record.update(base, ended_at=now(), duration_s=time.time() - started)
+    write_cell_record(Path(job["run_dir"]), record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
