@@ -36,7 +36,7 @@ def cmd_validate(args, console: Console) -> int:
     from harness.runner import check_inputs
 
     suite, cells = _load(args.suite, [])
-    check_inputs(suite, cells, args.suite.resolve().parent, corpora_dir(args.corpora))
+    check_inputs(suite, cells, args.suite, corpora_dir(args.corpora))
     console.print(f"{args.suite}: ok, {len(cells)} cells")
     return EXIT_OK
 

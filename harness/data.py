@@ -65,51 +65,51 @@ def corpora_dir(override: str | Path | None = None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _split(name: str, ref: str, default: str) -> tuple[str, str]:
+def _split(ref: str, default: str) -> tuple[str, str]:
     body, _, split = ref.partition("#")
     return body, split or default
 
 
-def _builtin(name: str, ref: str) -> str:
-    body, split = _split(name, ref, "test")
+def _builtin(ref: str) -> str:
+    body, split = _split(ref, "test")
     if body not in BUILTINS:
-        raise UserError(f"dataset '{name}': unknown builtin '{body}', expected one of {sorted(BUILTINS)}")
+        raise UserError(f"unknown builtin '{body}', expected one of {sorted(BUILTINS)}")
     if split not in BUILTIN_SPLITS:
-        raise UserError(f"dataset '{name}': unknown split '{split}', expected one of {BUILTIN_SPLITS}")
+        raise UserError(f"unknown split '{split}', expected one of {BUILTIN_SPLITS}")
     return BUILTINS[body](split)
 
 
-def _read_file(name: str, path: Path) -> str:
+def _read_file(path: Path) -> str:
     if not path.is_file():
-        raise UserError(f"dataset '{name}': file not found: {path}")
+        raise UserError(f"file not found: {path}")
     try:
         return path.read_bytes().decode("utf-8")  # bytes as they are: no newline translation
     except UnicodeDecodeError as exc:
-        raise UserError(f"dataset '{name}': {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def corpora_path(name: str, ref: str, corpora: Path | None) -> Path:
+def corpora_path(ref: str, corpora: Path | None) -> Path:
     if corpora is None:
-        raise UserError(f"dataset '{name}': corpora:{ref} needs a corpora directory: "
+        raise UserError(f"corpora:{ref} needs a corpora directory: "
                         f"pass --corpora DIR or set {CORPORA_ENV}")
     return corpora / ref
 
 
-def _hub(name: str, ref: str) -> str:
+def _hub(ref: str) -> str:
     """Rows of the dataset's ``text`` column concatenated as they are: WikiText rows keep their
     newlines, so ``hf:Salesforce/wikitext/wikitext-2-raw-v1#test`` is byte-identical to wiki.test.raw."""
-    body, split = _split(name, ref, "test")
+    body, split = _split(ref, "test")
     dataset, _, config = body.rpartition("/")
     if not dataset or not config:
-        raise UserError(f"dataset '{name}': expected hf:DATASET/CONFIG[#split], got 'hf:{ref}'")
-    datasets = require("datasets", "hub", f"dataset '{name}' (hf:{ref})")
+        raise UserError(f"expected hf:DATASET/CONFIG[#split], got 'hf:{ref}'")
+    datasets = require("datasets", "hub", f"dataset source hf:{ref}")
     try:
         rows = datasets.load_dataset(dataset, config, split=split)
     except Exception as exc:  # offline, unknown name or split
-        raise UserError(f"dataset '{name}': cannot load hf:{ref} ({type(exc).__name__}: "
+        raise UserError(f"cannot load hf:{ref} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if "text" not in rows.column_names:
-        raise UserError(f"dataset '{name}': hf:{ref} has no 'text' column (has {rows.column_names})")
+        raise UserError(f"hf:{ref} has no 'text' column (has {rows.column_names})")
     return "".join(rows["text"])
 
 
@@ -117,21 +117,21 @@ def load_corpus(name: str, spec: DatasetSpec, base_dir: Path, corpora: Path | No
     source = spec.source
     kind, sep, ref = source.partition(":")
     if not sep:
-        raise UserError(f"dataset '{name}': expected builtin:, file:, corpora: or hf: source, got '{source}'")
+        raise UserError(f"expected builtin:, file:, corpora: or hf: source, got '{source}'")
     if kind == "builtin":
-        text = _builtin(name, ref)
+        text = _builtin(ref)
     elif kind == "file":
-        text = _read_file(name, (base_dir / ref).expanduser())
+        text = _read_file((base_dir / ref).expanduser())
     elif kind == "corpora":
-        text = _read_file(name, corpora_path(name, ref, corpora))
+        text = _read_file(corpora_path(ref, corpora))
     elif kind == "hf":
-        text = _hub(name, ref)
+        text = _hub(ref)
     else:
-        raise UserError(f"dataset '{name}': unknown source kind '{kind}:', "
+        raise UserError(f"unknown source kind '{kind}:', "
                         "expected builtin:, file:, corpora: or hf:")
     digest = sha256_bytes(text.encode("utf-8"))
     expected = KNOWN_SHA256.get(ref) if kind == "corpora" else None
     if expected and digest != expected:
-        raise UserError(f"dataset '{name}': {source} has sha256 {digest[:12]}…, expected the published "
+        raise UserError(f"{source} has sha256 {digest[:12]}…, expected the published "
                         f"{expected[:12]}…: a different text gives incomparable numbers")
     return Corpus(name=name, source=source, text=text, sha256=digest)

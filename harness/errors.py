@@ -1,8 +1,19 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Bad input: a suite, a path, a missing dependency. The message is the whole story, one line."""
+
+
+@contextmanager
+def located(file, key: str):
+    """Prefix a UserError raised inside with ``FILE: KEY.PATH:`` so the user knows where to look."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{file}: {key}: {exc}") from None
 
 
 class MissingDependency(UserError):

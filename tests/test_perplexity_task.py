@@ -1,0 +1,81 @@
+"""The perplexity task's arithmetic, checked by hand on a unigram model whose probabilities are fixed."""
+
+import math
+
+import numpy as np
+import pytest
+from tiny_backend import UnigramBackend, nll
+
+from harness.data import Corpus
+from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
+
+PROBS = {"a": 0.5, "b": 0.25, " ": 0.125, "c": 0.125}
+
+
+def run(text, **settings):
+    backend = UnigramBackend(PROBS)
+    task = PerplexityTask(PerplexitySettings(type="perplexity", dataset="d", **settings))
+    result = task.run(backend, Corpus("d", "test", text, "0"))
+    return {m.metric: m for m in result.measurements}, result
+
+
+def test_chunked_scores_second_half_of_each_chunk():
+    text = "abca bcab" + "cc a bbaa a"  # 20 chars, n_ctx 8 -> 2 chunks, 4 left over
+    metrics, result = run(text, window="chunked", n_ctx=8)
+    # positions 4..6 of each chunk predict chunk[5..7]
+    scored = text[5:8] + text[13:16]
+    expected = nll(PROBS, scored)
+    assert metrics["tokens_scored"].value == 6
+    assert metrics["token_ppl"].value == pytest.approx(math.exp(sum(expected) / 6), rel=1e-12)
+    assert metrics["bits_per_byte"].value == pytest.approx(sum(expected) / (math.log(2) * 6), rel=1e-12)
+    assert metrics["bytes_scored"].value == 6
+    # llama-perplexity's σ: ppl * sqrt((E[x²] - E[x]²) / (N - 1))
+    x = np.array(expected)
+    sigma = math.exp(x.mean()) * math.sqrt((np.mean(x**2) - x.mean() ** 2) / 5)
+    assert metrics["token_ppl"].stderr == pytest.approx(sigma, rel=1e-9)
+    assert "word_ppl" not in metrics
+    assert result.samples["window_tokens"] == [3, 3]
+    assert result.resolved["add_bos"] is False
+
+
+def test_rolling_scores_every_token_once_and_reports_word_ppl():
+    text = "ab a ba cab  a"
+    metrics, _ = run(text, window="rolling", n_ctx=4)
+    total = sum(nll(PROBS, text))
+    assert metrics["tokens_scored"].value == len(text)
+    assert metrics["token_ppl"].value == pytest.approx(math.exp(total / len(text)), rel=1e-12)
+    assert metrics["word_ppl"].value == pytest.approx(math.exp(total / 5), rel=1e-12)  # 5 words
+    assert metrics["word_ppl"].n == 5
+
+
+def test_sliding_never_scores_the_first_token():
+    text = "abcab cabca"
+    metrics, _ = run(text, window="sliding", n_ctx=4, stride=2)
+    assert metrics["tokens_scored"].value == len(text) - 1
+    assert metrics["nll_mean"].value == pytest.approx(np.mean(nll(PROBS, text[1:])), rel=1e-12)
+
+
+def test_max_tokens_truncates_before_windowing():
+    metrics, result = run("ab" * 100, window="rolling", n_ctx=16, max_tokens=40)
+    assert metrics["tokens_scored"].value == 40
+    assert result.resolved["text_tokens"] == 40
+
+
+def test_bootstrap_ci_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list(PROBS), p=list(PROBS.values()), size=4000))
+    metrics, _ = run(text, window="chunked", n_ctx=64)
+    ppl = metrics["token_ppl"]
+    assert ppl.ci_low < ppl.value < ppl.ci_high
+    # entropy of PROBS is 1.75 bits: the sampled text's bits/byte must be close to it
+    assert metrics["bits_per_byte"].value == pytest.approx(1.75, abs=0.05)
+
+
+def test_text_shorter_than_a_chunk_is_an_error():
+    with pytest.raises(ValueError, match="fewer than one chunked window"):
+        run("abc", window="chunked", n_ctx=8)
+
+
+def test_stride_only_for_sliding():
+    with pytest.raises(ValueError, match="stride applies only"):
+        PerplexitySettings(type="perplexity", dataset="d", window="rolling", stride=3)

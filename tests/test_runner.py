@@ -1,0 +1,98 @@
+"""Cells run isolated: a crash or timeout is recorded for that cell, the others' results are kept, and
+--resume finishes the rest without recomputing anything."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from harness.cli import main
+from harness.results import COLUMNS
+from suites import smollm2_suite
+
+pytestmark = pytest.mark.integration
+
+TASKS = {name: {"type": "perplexity", "dataset": "docs", "window": window, "n_ctx": 128, "max_tokens": 1024}
+         for name, window in (("chunked", "chunked"), ("sliding", "sliding"), ("rolling", "rolling"))}
+MATRIX = [{"model": "smollm2", "backend": "gguf", "task": list(TASKS)}]
+
+
+def cell_ids(path, capsys):
+    assert main(["run", str(path), "--dry-run"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "/gguf/" in ln]
+    return {ln.split()[1].split("/")[-1]: ln.split()[0] for ln in lines}
+
+
+def records(out):
+    return {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")
+            if not p.name.endswith(".job.json")}
+
+
+def test_killed_cell_is_recorded_and_resume_finishes_only_it(tmp_path, capsys):
+    path = smollm2_suite(tmp_path, tasks=TASKS, matrix=MATRIX)
+    ids = cell_ids(path, capsys)
+    out = tmp_path / "run"
+    runner = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim_job = out / "cells" / f"{ids['sliding']}.job.json"
+    deadline = time.time() + 300
+    victim = None
+    while victim is None and time.time() < deadline and runner.poll() is None:
+        for child in psutil.Process(runner.pid).children(recursive=True):
+            try:
+                if str(victim_job) in child.cmdline():
+                    victim = child
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.05)
+    assert victim is not None, "the second cell's worker never started"
+    victim.send_signal(signal.SIGKILL)  # a crash in native code looks like this to the runner
+    assert runner.wait(timeout=300) == 3
+
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table.columns) == COLUMNS
+    status = table.groupby("cell_id")["status"].first().to_dict()
+    assert status == {ids["chunked"]: "ok", ids["sliding"]: "failed", ids["rolling"]: "ok"}
+    reason = table.loc[table.cell_id == ids["sliding"], "reason"].iloc[0]
+    assert reason.startswith("crashed: killed by SIGKILL")
+    assert set(table.loc[table.status == "ok", "metric"]) >= {"token_ppl", "bits_per_byte", "peak_rss_mb"}
+    assert pd.read_csv(out / "results.csv").shape == table.shape
+    before = records(out)
+
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    after = records(out)
+    for name in ("chunked", "rolling"):  # untouched: same record, same end time
+        assert after[ids[name]] == before[ids[name]]
+    assert after[ids["sliding"]]["status"] == "ok"
+    table = pd.read_parquet(out / "results.parquet")
+    assert (table.status == "ok").all()
+    assert table.groupby("cell_id").size().min() >= 8
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_timeout_kills_the_cell_and_the_run_goes_on(tmp_path, capsys):
+    tasks = {"slow": {**TASKS["chunked"], "max_tokens": None, "n_ctx": 512},
+             "fast": {**TASKS["chunked"], "max_tokens": 256}}
+    path = smollm2_suite(tmp_path, tasks=tasks, matrix=[{"model": "smollm2", "backend": "gguf",
+                                                         "task": ["slow", "fast"]}])
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--timeout", "4"]) == 3
+    table = pd.read_parquet(out / "results.parquet")
+    slow = table[table.task == "slow"]
+    assert slow.status.tolist() == ["timeout"] and slow.reason.iloc[0] == "timed out after 4 s"
+    assert (table[table.task == "fast"].status == "ok").all()
+
+
+def test_exception_in_a_cell_is_its_reason(tmp_path, capsys):
+    tasks = {"too-long": {**TASKS["chunked"], "max_tokens": 100}}  # fewer tokens than one window
+    path = smollm2_suite(tmp_path, tasks=tasks, matrix=[{"model": "smollm2", "backend": "gguf", "task": "too-long"}])
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 3
+    table = pd.read_parquet(out / "results.parquet")
+    assert table.reason.tolist() == ["ValueError: the text has 100 tokens, fewer than one chunked window of n_ctx=128"]
+    assert "Traceback" in next((out / "logs").glob("*.log")).read_text()

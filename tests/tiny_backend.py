@@ -1,0 +1,54 @@
+"""A tiny language model built in code for unit tests of tasks: a character-level unigram model.
+
+Its probabilities are fixed, so every perplexity figure can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness.backends.base import SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
+
+
+class CharTokenizer(Tokenizer):
+    def __init__(self, alphabet: str, bos: bool):
+        self.alphabet = alphabet
+        self.bos_id = len(alphabet) if bos else None
+        self.eos_id = len(alphabet) + 1
+        self.add_bos = bos
+        self.vocab_size = len(alphabet) + 2
+
+    def encode(self, text):
+        return np.array([self.alphabet.index(c) for c in text], dtype=np.int32)
+
+    def token_bytes(self, token_id):
+        return self.alphabet[token_id].encode() if token_id < len(self.alphabet) else b""
+
+
+class UnigramBackend(Backend):
+    type_name = "tiny-unigram"
+    settings_class = BackendSettings
+    capabilities = frozenset({SCORE})
+    model_kinds = frozenset()
+
+    def __init__(self, probs: dict[str, float], bos: bool = False):
+        self.probs = probs
+        self.tokenizer = CharTokenizer("".join(probs), bos)
+        self.logp = np.log(np.array(list(probs.values())))
+        self.calls = []
+
+    def load(self, context_tokens):
+        return LoadInfo(load_s=0.0, model_bytes=0)
+
+    def score(self, windows):
+        self.calls.append(len(windows))
+        return [self.logp[w.targets] for w in windows]
+
+    def close(self):
+        pass
+
+
+def nll(probs, text):
+    return [-math.log(probs[c]) for c in text]
