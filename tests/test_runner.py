@@ -96,3 +96,19 @@ def test_exception_in_a_cell_is_its_reason(tmp_path, capsys):
     table = pd.read_parquet(out / "results.parquet")
     assert table.reason.tolist() == ["ValueError: the text has 100 tokens, fewer than one chunked window of n_ctx=128"]
     assert "Traceback" in next((out / "logs").glob("*.log")).read_text()
+
+
+def test_resume_without_out_continues_the_suites_latest_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tasks = {"small": {**TASKS["rolling"], "max_tokens": 200}}
+    path = smollm2_suite(tmp_path, name="resumable", tasks=tasks,
+                         matrix=[{"model": "smollm2", "backend": "gguf", "task": "small"}])
+    assert main(["run", str(path)]) == 0
+    runs = list((tmp_path / "results" / "resumable").iterdir())
+    assert len(runs) == 1
+    assert main(["run", str(path), "--resume"]) == 0
+    assert "0 cells ran, 1 reused" in capsys.readouterr().out
+    assert list((tmp_path / "results" / "resumable").iterdir()) == runs
+    run_info = json.loads((runs[0] / "run.json").read_text())
+    assert run_info["models"]["smollm2"]["sha256"] and run_info["ended_at"]
+    assert run_info["environment"]["libraries"]["llama-cpp-python"] == "0.3.36"
