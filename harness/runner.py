@@ -24,9 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import results
 from harness.atomic import atomic_write_text
 from harness.backends import BACKENDS
-from harness.data import Corpus, corpora_dir, load_corpus
+from harness.data import Corpus, DatasetSpec, corpora_dir, load_corpus
 from harness.errors import UserError, ensure_available, located
-from harness.models import ResolvedModel, check_gguf, locate, resolve
+from harness.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram
 from harness.suite import Cell, Suite
 from harness.tasks import TASKS
 
@@ -68,12 +68,17 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Pat
         with located(suite_path, f"backends.{name}.type"):
             for module, extra in backend_cls.dependencies:
                 ensure_available(module, extra, f"backend {backend_cls.type_name}")
-    for name in sorted({c.model for c in cells}):
+    for name in sorted(_models_needed(suite, cells)):
         spec = suite.models[name]
         with located(suite_path, f"models.{name}.{spec.kind}"):
             path = locate(spec, base_dir, fetch=False)
             if path is not None and spec.kind == "gguf":
                 check_gguf(path)
+        if spec.kind == "ngram":
+            for i, source in enumerate(spec.ngram.sources):
+                key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
+                with located(suite_path, f"models.{name}.ngram.{key}"):
+                    load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
     loaded = {}
     for name in sorted({c.dataset for c in cells if c.dataset}):
         spec = suite.datasets[name]
@@ -81,6 +86,13 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Pat
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
     return loaded
+
+
+def _models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
+    """The cells' models plus the models whose tokenizers their n-gram models count in."""
+    names = {c.model for c in cells}
+    return names | {suite.models[n].ngram.tokenizer for n in names
+                    if suite.models[n].kind == "ngram" and suite.models[n].ngram.tokenizer}
 
 
 def new_run_id() -> str:
@@ -125,9 +137,15 @@ class Runner:
         path = self.options.suite_path
         local = check_inputs(self.suite, self.cells, path, self.corpora)
         models, corpora = {}, {}
-        for name in sorted({c.model for c in self.cells}):
+        needed = _models_needed(self.suite, self.cells)
+        for name in sorted(n for n in needed if self.suite.models[n].kind != "ngram"):
             with located(path, f"models.{name}"):
                 models[name] = resolve(name, self.suite.models[name], self.base_dir)
+        for name in sorted(n for n in needed if self.suite.models[n].kind == "ngram"):
+            spec = self.suite.models[name]
+            with located(path, f"models.{name}.ngram"):
+                models[name] = resolve_ngram(name, spec, self.base_dir, self.corpora,
+                                             models.get(spec.ngram.tokenizer))
         for name in sorted({c.dataset for c in self.cells if c.dataset}):
             with located(path, f"datasets.{name}.source"):
                 corpus = local.get(name) or load_corpus(name, self.suite.datasets[name], self.base_dir,
@@ -174,10 +192,12 @@ class Runner:
     def _run_cell(self, cell: Cell, run_dir: Path, model: ResolvedModel) -> dict:
         base = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
                 "started_at": _now()}
-        missing = TASKS[cell.task_spec["type"]].requires - BACKENDS[cell.backend_spec["type"]].capabilities
+        can, why = BACKENDS[cell.backend_spec["type"]].capabilities_for(cell.model_spec)
+        missing = TASKS[cell.task_spec["type"]].requires - can
         if missing:
             record = {**base, "status": results.SKIPPED, "measurements": [],
-                      "reason": f"backend lacks capability {', '.join(sorted(missing))}"}
+                      "reason": f"backend lacks capability {', '.join(sorted(missing))}"
+                                + (f" ({why})" if why else "")}
             results.write_cell_record(run_dir, record)
             return record
         job = {**base, "run_dir": str(run_dir), "base_dir": str(self.base_dir),

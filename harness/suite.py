@@ -168,6 +168,14 @@ def _undefined(path: Path, where: str, kind: str, name: str, defined) -> UserErr
 
 
 def _check_references(path: Path, suite: Suite) -> None:
+    for mname, model in suite.models.items():
+        if model.kind == "ngram" and model.ngram.tokenizer is not None:
+            name = model.ngram.tokenizer
+            if name not in suite.models:
+                raise _undefined(path, f"models.{mname}.ngram.tokenizer", "model", name, suite.models)
+            if suite.models[name].kind != "gguf":
+                raise UserError(f"{path}: models.{mname}.ngram.tokenizer: expected a GGUF model, "
+                                f"'{name}' is {suite.models[name].kind}")
     for tname, task in suite.tasks.items():
         if task.dataset is not None and task.dataset not in suite.datasets:
             raise _undefined(path, f"tasks.{tname}.dataset", "dataset", task.dataset, suite.datasets)

@@ -26,7 +26,7 @@ def chunked(tokens: np.ndarray, n_ctx: int, bos_id: int | None) -> list[Window]:
             chunk[0] = bos_id
         labels = np.full(n_ctx, -1, dtype=np.int32)
         labels[first:n_ctx - 1] = chunk[first + 1:]
-        windows.append(Window(chunk, labels))
+        windows.append(Window(chunk, labels, np.arange(c * n_ctx + first + 1, (c + 1) * n_ctx)))
     return windows
 
 
@@ -43,7 +43,7 @@ def sliding(tokens: np.ndarray, n_ctx: int, stride: int) -> list[Window]:
         new = end - prev_end  # targets inp[-new:], except inp[0], which nothing predicts
         first_target = max(len(inp) - new, 1)
         labels[first_target - 1:len(inp) - 1] = inp[first_target:]
-        windows.append(Window(inp, labels))
+        windows.append(Window(inp, labels, np.arange(begin + first_target, end)))
         prev_end = end
         if end == len(tokens):
             break
@@ -61,7 +61,7 @@ def rolling(tokens: np.ndarray, n_ctx: int, prefix_id: int) -> list[Window]:
         return windows
     first_len = min(n_ctx, n)
     inp = np.concatenate([[prefix_id], tokens[:first_len - 1]]).astype(np.int32)
-    windows.append(Window(inp, tokens[:first_len]))
+    windows.append(Window(inp, tokens[:first_len], np.arange(first_len)))
     predicted = first_len
     while predicted < n:
         pred_len = min(n - predicted, n_ctx)
@@ -69,6 +69,6 @@ def rolling(tokens: np.ndarray, n_ctx: int, prefix_id: int) -> list[Window]:
         inp = tokens[end - n_ctx - 1:end - 1]
         labels = np.full(n_ctx, -1, dtype=np.int32)
         labels[n_ctx - pred_len:] = tokens[end - pred_len:end]
-        windows.append(Window(inp, labels))
+        windows.append(Window(inp, labels, np.arange(end - pred_len, end)))
         predicted = end
     return windows

@@ -2,5 +2,6 @@
 
 from harness.backends.base import Backend
 from harness.backends.llamacpp import LlamaCppBackend
+from harness.backends.ngram import NgramBackend
 
-BACKENDS: dict[str, type[Backend]] = {cls.type_name: cls for cls in (LlamaCppBackend,)}
+BACKENDS: dict[str, type[Backend]] = {cls.type_name: cls for cls in (LlamaCppBackend, NgramBackend)}

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from harness.config import StrictModel
+from harness.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from harness.models import ResolvedModel
 
 #: Capability names a task may require.
 SCORE = "score"
+GENERATE = "generate"
 
 
 @dataclass
@@ -28,12 +30,18 @@ class Window:
 
     input_ids: np.ndarray
     labels: np.ndarray
+    #: where each target sits in the token stream the window was cut from (for its bytes)
+    positions: np.ndarray | None = None
 
     def __post_init__(self):
         self.input_ids = np.asarray(self.input_ids, dtype=np.int32)
         self.labels = np.asarray(self.labels, dtype=np.int32)
         if self.input_ids.shape != self.labels.shape:
             raise ValueError("input_ids and labels must have the same length")
+        if self.positions is not None:
+            self.positions = np.asarray(self.positions, dtype=np.int64)
+            if len(self.positions) != len(self.targets):
+                raise ValueError("one position per target expected")
 
     @property
     def scored_positions(self) -> np.ndarray:
@@ -53,23 +61,6 @@ class LoadInfo:
     details: dict = field(default_factory=dict)
 
 
-class Tokenizer(ABC):
-    """The backend's own tokenizer: perplexities are only comparable on the tokens it produces."""
-
-    bos_id: int | None
-    eos_id: int | None
-    add_bos: bool
-    vocab_size: int
-
-    @abstractmethod
-    def encode(self, text: str) -> np.ndarray:
-        """Token ids of ``text`` without any special tokens."""
-
-    @abstractmethod
-    def token_bytes(self, token_id: int) -> bytes:
-        """The UTF-8 bytes this token contributes to the text (for bits per byte)."""
-
-
 class BackendSettings(StrictModel):
     """Suite settings of one backend; each backend subclasses it with a ``type`` literal."""
 
@@ -78,6 +69,12 @@ class BackendSettings(StrictModel):
 
 class Backend(ABC):
     """A loaded model that tasks drive. One instance lives in one cell's process."""
+
+    @classmethod
+    def capabilities_for(cls, model_spec: dict) -> tuple[frozenset[str], str]:
+        """What this backend can do with this model, and why it cannot do the rest (for the skip
+        reason). Most backends can do the same with every model."""
+        return cls.capabilities, ""
 
     type_name: ClassVar[str]
     settings_class: ClassVar[type[BackendSettings]]

@@ -70,6 +70,21 @@ class LlamaCppTokenizer(Tokenizer):
         return buf.raw[:n]
 
 
+def gguf_tokenizer(path) -> LlamaCppTokenizer:
+    """The tokenizer of a GGUF file without its weights (``vocab_only``), e.g. for n-gram models
+    counted in a model's own tokens. It keeps its llama.cpp model handle for the process's life."""
+    lib = _llama()
+    lib.llama_backend_init()
+    params = lib.llama_model_default_params()
+    params.vocab_only = True
+    model = lib.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not read the vocabulary of {path}")
+    tokenizer = LlamaCppTokenizer(lib, lib.llama_model_get_vocab(model))
+    tokenizer.owner = model
+    return tokenizer
+
+
 class LlamaCppBackend(Backend):
     type_name = "llamacpp"
     settings_class = LlamaCppSettings

@@ -79,11 +79,12 @@ class PerplexityTask(Task):
         logps = backend.score(wins)
         elapsed = time.perf_counter() - start
 
-        pieces = _TokenPieces(tok)
+        token_bytes = tok.byte_counts(corpus.text, tokens)
+        stream_bytes = np.concatenate([[0], token_bytes]) if add_bos and s.window != "rolling" else token_bytes
         nll = -np.concatenate(logps).astype(np.float64)
         win_nll = np.array([-lp.sum() for lp in logps], dtype=np.float64)
         win_tokens = np.array([len(lp) for lp in logps], dtype=np.float64)
-        win_bytes = np.array([pieces.byte_counts(w.targets).sum() for w in wins], dtype=np.float64)
+        win_bytes = np.array([stream_bytes[w.positions].sum() for w in wins], dtype=np.float64)
         total_nll, n_tokens, n_bytes = float(nll.sum()), int(win_tokens.sum()), int(win_bytes.sum())
 
         ppl = math.exp(total_nll / n_tokens)
@@ -103,7 +104,8 @@ class PerplexityTask(Task):
         ]
         every_token_scored = s.window == "rolling" and n_tokens == len(tokens)
         if every_token_scored:
-            n_words = len(pieces.text(tokens).split())
+            covered = corpus.text.encode("utf-8")[:int(token_bytes.sum())]
+            n_words = len(covered.decode("utf-8", errors="ignore").split())
             out.append(Measurement("word_ppl", math.exp(total_nll / n_words), n_words))
         return TaskResult(
             measurements=out,
@@ -114,25 +116,3 @@ class PerplexityTask(Task):
                       "add_bos": add_bos, "text_tokens": int(len(tokens)), "windows": len(wins),
                       "scoring_s": elapsed},
         )
-
-
-class _TokenPieces:
-    """The bytes of each token id, asked of the tokenizer once per distinct id."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self._pieces: dict[int, bytes] = {}
-
-    def piece(self, token_id: int) -> bytes:
-        token_id = int(token_id)
-        if token_id not in self._pieces:
-            self._pieces[token_id] = self._tokenizer.token_bytes(token_id)
-        return self._pieces[token_id]
-
-    def byte_counts(self, ids: np.ndarray) -> np.ndarray:
-        unique, inverse = np.unique(ids, return_inverse=True)
-        lengths = np.array([len(self.piece(t)) for t in unique], dtype=np.int64)
-        return lengths[inverse]
-
-    def text(self, ids: np.ndarray) -> str:
-        return b"".join(self.piece(t) for t in ids).decode("utf-8", errors="replace")

@@ -1,0 +1,124 @@
+"""Benchmark: building an order-8 word n-gram model, the harness's arrays against the textbook dicts.
+
+The textbook approach (as popular tutorials teach it): for every position and every order up to n,
+a Python dict maps the string of the previous words to a dict of next-word counts. Both builds run
+in fresh processes on the same text (the four Austen novels other than Persuasion) with the same
+tokenization, reading and tokenizing included; each reports its build time, its peak RSS (the
+kernel's ru_maxrss) and its RSS before the build (interpreter and imports), so the memory the build
+itself needs can be told apart from the interpreter's. Also measures the harness's query speed at
+order 5 on Persuasion on one core.
+
+    python benchmarks/ngram_build.py --corpora ../shared/corpora
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TRAIN = ["prideprejudice.txt", "sensesensibility.txt", "mansfieldpark.txt", "northangerabbey.txt"]
+EVAL = "persuasion.txt"
+
+NAIVE = r"""
+import json, re, resource, sys, time
+from collections import defaultdict
+def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+order, paths = int(sys.argv[1]), sys.argv[2:]
+before = rss()
+start = time.perf_counter()
+text = "\n".join(open(p, encoding="utf-8").read() for p in paths)
+words = re.findall(r"\w+|[^\w\s]", text)
+model = defaultdict(lambda: defaultdict(int))
+for i in range(len(words)):
+    for k in range(1, order + 1):
+        if i - k + 1 < 0:
+            break
+        model[" ".join(words[i - k + 1:i])][words[i]] += 1
+seconds = time.perf_counter() - start
+print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": before,
+                  "tokens": len(words), "prefixes": len(model)}))
+"""
+
+HARNESS = r"""
+import json, resource, sys, time
+import numpy as np
+from harness.ngram_model import build
+from harness.word_tokenizer import WordTokenizer
+def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+order, paths = int(sys.argv[1]), sys.argv[2:]
+before = rss()
+start = time.perf_counter()
+texts = [open(p, encoding="utf-8").read() for p in paths]
+tok = WordTokenizer.train(texts, lowercase=False, min_count=1)
+parts = [np.array([tok.bos_id], np.int32)]
+for t in texts:
+    parts += [tok.encode(t), np.array([tok.bos_id], np.int32)]
+stream = np.concatenate(parts)
+del texts, parts
+lm = build(stream, order, tok.vocab_size, tok.bos_id)
+seconds = time.perf_counter() - start
+print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": before,
+                  "tokens": int(len(stream)), "model_mb": lm.n_bytes() / 2**20,
+                  "stored_rows": [int(len(l.raw)) for l in lm.levels]}))
+"""
+
+QUERY = r"""
+import json, sys, time
+import numpy as np
+from harness.ngram_model import build
+from harness.word_tokenizer import WordTokenizer
+order, eval_path, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+texts = [open(p, encoding="utf-8").read() for p in paths]
+tok = WordTokenizer.train(texts, lowercase=False, min_count=1)
+stream = np.concatenate([[tok.bos_id]] + [np.append(tok.encode(t), tok.bos_id) for t in texts])
+lm = build(stream, order, tok.vocab_size, tok.bos_id)
+ev = np.concatenate([[tok.bos_id], tok.encode(open(eval_path, encoding="utf-8").read())])
+starts, scored = np.zeros(len(ev), np.int64), np.arange(1, len(ev))
+best = float("inf")
+for _ in range(5):
+    t = time.perf_counter()
+    logp = lm.logprob(ev, starts, scored)
+    best = min(best, time.perf_counter() - t)
+print(json.dumps({"scored_tokens": len(scored), "best_s": best, "tok_per_s": len(scored) / best,
+                  "ppl": float(np.exp(-logp.mean()))}))
+"""
+
+
+def run(code: str, args: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", type=Path, default=Path(os.environ.get("HARNESS_CORPORA", "../shared/corpora")))
+    parser.add_argument("--order", type=int, default=8)
+    parser.add_argument("--query-order", type=int, default=5)
+    args = parser.parse_args()
+    paths = [str(args.corpora / "janeausten" / name) for name in TRAIN]
+    naive = run(NAIVE, [str(args.order), *paths])
+    ours = run(HARNESS, [str(args.order), *paths])
+    query = run(QUERY, [str(args.query_order), str(args.corpora / "janeausten" / EVAL), *paths])
+    print(f"order {args.order}, {ours['tokens']:,} training tokens (4 Austen novels)")
+    for name, r in (("textbook dicts", naive), ("harness arrays", ours)):
+        print(f"  {name:15s} build {r['build_s']:7.2f} s   peak RSS {r['peak_rss_mb']:7.1f} MiB "
+              f"(before the build {r['rss_before_mb']:5.1f} MiB, build's own "
+              f"{r['peak_rss_mb'] - r['rss_before_mb']:6.1f} MiB)")
+    own = lambda r: r["peak_rss_mb"] - r["rss_before_mb"]  # noqa: E731
+    print(f"  speed-up {naive['build_s'] / ours['build_s']:.1f}x; "
+          f"peak RSS {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x smaller; "
+          f"the build's own memory {own(naive) / own(ours):.1f}x smaller; "
+          f"model arrays {ours['model_mb']:.1f} MiB, stored rows per order {ours['stored_rows']}")
+    print(f"query, order {args.query_order}, one core: {query['scored_tokens']:,} Persuasion tokens in "
+          f"{query['best_s'] * 1000:.0f} ms -> {query['tok_per_s'] / 1e6:.2f} M scored tok/s "
+          f"(ppl {query['ppl']:.1f})")
+
+
+if __name__ == "__main__":
+    main()

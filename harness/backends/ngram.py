@@ -1,0 +1,150 @@
+"""Backend ``ngram``: a count-based language model the harness trains from the suite's corpora.
+
+Training happens in the cell's own process the first time a model is needed (so it runs under the
+cell's timeout and its cost is visible); the trained arrays are cached by
+:func:`harness.models.resolve_ngram`'s key and loaded by every later cell and run.
+A count model has no context limit: a window only bounds what it sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
+from harness.data import DatasetSpec, load_corpus
+from harness.models import NgramSpec
+from harness.ngram_model import NgramModel, build
+from harness.sampling import Decoding, Generation, choose, entropy_nats
+from harness.word_tokenizer import WordTokenizer
+
+NOT_NORMALIZED = "stupid-backoff scores are not a normalized distribution; perplexity needs kneser-ney"
+
+
+class NgramSettings(BackendSettings):
+    type: Literal["ngram"]
+
+
+class NgramBackend(Backend):
+    type_name = "ngram"
+    settings_class = NgramSettings
+    capabilities = frozenset({SCORE, GENERATE})
+    model_kinds = frozenset({"ngram"})
+    settings: NgramSettings
+
+    @classmethod
+    def capabilities_for(cls, model_spec: dict) -> tuple[frozenset[str], str]:
+        if model_spec.get("ngram", {}).get("smoothing") == "stupid-backoff":
+            return cls.capabilities - {SCORE}, NOT_NORMALIZED
+        return cls.capabilities, ""
+
+    def load(self, context_tokens: int) -> LoadInfo:
+        recipe = self.model.recipe
+        self.spec = NgramSpec.model_validate(recipe["spec"])
+        start = time.perf_counter()
+        path = Path(self.model.path)
+        trained = not path.exists()
+        if trained:
+            self.lm, train_s = self._train(recipe)
+            self.lm.save(path)
+        else:
+            self.lm = NgramModel.load(path)
+            train_s = self.lm.meta["train_s"]
+        self.tokenizer = self._tokenizer(recipe)
+        load_s = time.perf_counter() - start
+        return LoadInfo(load_s=load_s, model_bytes=path.stat().st_size, details={
+            "trained_now": trained, "train_s": train_s, "order": self.lm.order, "unit": self.spec.unit,
+            "smoothing": self.spec.smoothing, "vocab_size": self.lm.vocab_size,
+            "train_tokens": int(len(self.lm.stream)), "array_bytes": self.lm.n_bytes(),
+            "stored_grams": [int(len(lvl.raw)) for lvl in self.lm.levels],
+            "discounts": self.lm.discounts[:, 1:].round(6).tolist(),
+        })
+
+    def _tokenizer(self, recipe: dict) -> Tokenizer:
+        if self.spec.unit == "word":
+            return WordTokenizer(self.lm.meta["words"], self.spec.lowercase)
+        from harness.backends.llamacpp import gguf_tokenizer
+
+        return gguf_tokenizer(recipe["tokenizer_path"])
+
+    def _train(self, recipe: dict) -> tuple[NgramModel, float]:
+        start = time.perf_counter()
+        base = Path(recipe["base_dir"])
+        corpora = Path(recipe["corpora"]) if recipe["corpora"] else None
+        texts = []
+        for fingerprint in recipe["train"]:
+            corpus = load_corpus(fingerprint["source"], DatasetSpec(source=fingerprint["source"]), base, corpora)
+            if corpus.sha256 != fingerprint["sha256"]:
+                raise RuntimeError(f"{fingerprint['source']} changed since the run started")
+            texts.append(corpus.text)
+        meta = {}
+        if self.spec.unit == "word":
+            tokenizer = WordTokenizer.train(texts, self.spec.lowercase, self.spec.min_count)
+            meta["words"] = tokenizer.words
+        else:
+            from harness.backends.llamacpp import gguf_tokenizer
+
+            tokenizer = gguf_tokenizer(recipe["tokenizer_path"])
+        boundary = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if boundary is None:
+            raise ValueError("the tokenizer has neither BOS nor EOS to separate documents with")
+        parts = [np.array([boundary], np.int32)]
+        for text in texts:
+            parts += [tokenizer.encode(text), np.array([boundary], np.int32)]
+        lm = build(np.concatenate(parts), self.spec.order, tokenizer.vocab_size, boundary)
+        lm.meta = {**meta, "train_s": time.perf_counter() - start}
+        return lm, lm.meta["train_s"]
+
+    def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        """All windows in one vectorized pass: each window is a segment the model may not look
+        back past; the target of position p is the token at p + 1 of the segment."""
+        if self.spec.smoothing != "kneser-ney":
+            raise ValueError(NOT_NORMALIZED)
+        seqs, starts, scored, offset = [], [], [], 0
+        for w in windows:
+            seq = np.append(w.input_ids, w.labels[-1]) if w.labels[-1] >= 0 else w.input_ids
+            at = w.scored_positions
+            if not np.array_equal(seq[at + 1], w.labels[at]):
+                raise ValueError("n-gram scoring expects each label to be the next input token")
+            seqs.append(seq)
+            starts.append(np.full(len(seq), offset, dtype=np.int64))
+            scored.append(at + 1 + offset)
+            offset += len(seq)
+        logp = self.lm.logprob(np.concatenate(seqs), np.concatenate(starts), np.concatenate(scored))
+        return np.split(logp, np.cumsum([len(s) for s in scored])[:-1])
+
+    def next_distribution(self, context: np.ndarray) -> np.ndarray:
+        return self.lm.next_distribution(context, self.spec.smoothing)
+
+    def generate(self, prompt: str, decoding: Decoding, max_new_tokens: int,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        """Sample from the full next-token distribution; stops at the boundary token."""
+        tok = self.tokenizer
+        rng = np.random.default_rng(decoding.seed)
+        context = list(tok.encode(prompt))
+        if tok.add_bos:
+            context.insert(0, tok.bos_id)
+        out = Generation()
+        start = time.perf_counter()
+        for _ in range(max_new_tokens):
+            probs = self.next_distribution(np.array(context))
+            out.max_prob.append(float(probs.max()))
+            out.entropy.append(entropy_nats(probs))
+            token = choose(probs, decoding, rng)
+            out.times.append(time.perf_counter() - start)
+            if token == self.lm.boundary:
+                break
+            out.tokens.append(token)
+            context.append(token)
+            if on_token is not None:
+                on_token(token)
+        sep = b" " if self.spec.unit == "word" else b""
+        out.text = sep.join(tok.token_bytes(t) for t in out.tokens).decode("utf-8", errors="replace")
+        return out
+
+    def close(self) -> None:
+        self.lm = None

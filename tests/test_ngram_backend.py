@@ -1,0 +1,113 @@
+"""The ngram backend through the real runner: trains once, caches, scores beside an LLM on the same
+tokens, refuses perplexity for stupid back-off, generates."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import SMOLLM2_PKG
+
+from harness.backends.ngram import NgramBackend, NgramSettings
+from harness.cli import main
+from harness.data import stdlib_docs
+from harness.models import ModelSpec, resolve_ngram
+from harness.sampling import Decoding
+
+DOCS = "builtin:stdlib-docs#train"
+
+
+def write_suite(tmp_path: Path, models: dict, matrix: list, name="ng") -> Path:
+    suite = {"name": name, "models": models,
+             "backends": {"ngram": {"type": "ngram"}, "gguf": {"type": "llamacpp", "n_threads": 2}},
+             "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 256}},
+             "matrix": matrix}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def table(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "results.parquet")
+
+
+def metric(df, model, name):
+    return df[(df.model == model) & (df.metric == name)].value.item()
+
+
+def test_trains_once_then_loads_from_the_cache(tmp_path):
+    path = write_suite(tmp_path, {"w3": {"ngram": {"order": 3, "train": DOCS}},
+                                  "sb": {"ngram": {"order": 3, "train": DOCS, "smoothing": "stupid-backoff"}}},
+                       [{"model": ["w3", "sb"], "backend": "ngram", "task": "ppl"}])
+    assert main(["run", str(path), "--out", str(tmp_path / "a")]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "b")]) == 0
+    a, b = table(tmp_path / "a"), table(tmp_path / "b")
+    assert metric(a, "w3", "token_ppl") == metric(b, "w3", "token_ppl")
+    assert 1 < metric(a, "w3", "token_ppl") < 5000
+    # every byte of the test text is scored once (trailing whitespace aside)
+    assert metric(a, "w3", "bytes_scored") == len(stdlib_docs("test").rstrip().encode())
+    cells = {p.name: yaml.safe_load(p.read_text()) for p in (tmp_path / "a" / "cells").glob("*.json")}
+    details = [c["resolved"]["backend"] for c in cells.values() if c["status"] == "ok"]
+    assert details[0]["trained_now"] is True and details[0]["order"] == 3
+    again = [yaml.safe_load(p.read_text()) for p in (tmp_path / "b" / "cells").glob("*.json")]
+    assert [c["resolved"]["backend"]["trained_now"] for c in again if c["status"] == "ok"] == [False]
+    skipped = [c for c in cells.values() if c["status"] == "skipped"]
+    assert len(skipped) == 1 and "not a normalized distribution" in skipped[0]["reason"]
+
+
+@pytest.mark.integration
+def test_model_unit_scores_the_llms_own_tokens(tmp_path):
+    path = write_suite(tmp_path, {
+        "smollm2": {"gguf": SMOLLM2_PKG},
+        "tok4": {"ngram": {"order": 4, "train": DOCS, "unit": "model", "tokenizer": "smollm2"}},
+    }, [{"model": "smollm2", "backend": "gguf", "task": "ppl"},
+        {"model": "tok4", "backend": "ngram", "task": "ppl"}])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    df = table(tmp_path / "out")
+    assert metric(df, "tok4", "tokens_scored") == metric(df, "smollm2", "tokens_scored")
+    assert metric(df, "tok4", "bytes_scored") == metric(df, "smollm2", "bytes_scored")
+    assert metric(df, "smollm2", "token_ppl") < metric(df, "tok4", "token_ppl")
+
+
+@pytest.mark.parametrize("ngram, expected", [
+    ({"order": 3, "train": DOCS, "unit": "model"}, "models.m.ngram: unit: model needs `tokenizer`"),
+    ({"order": 3, "train": DOCS, "unit": "model", "tokenizer": "nope"},
+     "models.m.ngram.tokenizer: model 'nope' is not defined"),
+    ({"order": 0, "train": DOCS}, "models.m.ngram.order: Input should be greater than or equal to 1"),
+    ({"order": 3, "train": ["file:missing.txt"]}, "models.m.ngram.train[0]: file not found"),
+])
+def test_bad_ngram_specs_are_refused_before_anything_runs(tmp_path, capsys, ngram, expected):
+    path = write_suite(tmp_path, {"m": {"ngram": ngram}}, [{"model": "m", "backend": "ngram", "task": "ppl"}])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def loaded_backend(tmp_path, **ngram) -> NgramBackend:
+    spec = ModelSpec(ngram={"train": DOCS, **ngram})
+    backend = NgramBackend(NgramSettings(type="ngram"), resolve_ngram("m", spec, tmp_path, None, None))
+    backend.load(0)
+    return backend
+
+
+def test_generation_greedy_seeded_and_confident(tmp_path):
+    backend = loaded_backend(tmp_path, order=3)
+    greedy = backend.generate("The", Decoding(temperature=0), 12)
+    assert greedy.tokens == backend.generate("The", Decoding(temperature=0), 12).tokens
+    sampled = [backend.generate("The", Decoding(temperature=1.0, top_p=0.9, seed=s), 12).tokens for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]
+    assert len(greedy.max_prob) == len(greedy.entropy) >= len(greedy.tokens) > 0
+    assert all(0 < p <= 1 for p in greedy.max_prob)
+    # greedy picks the most likely token at every step
+    context = [backend.tokenizer.bos_id] + list(backend.tokenizer.encode("The"))
+    first = backend.next_distribution(np.array(context))
+    assert greedy.tokens[0] == int(np.argmax(first)) and greedy.max_prob[0] == first.max()
+
+
+def test_stupid_backoff_generates_but_never_scores(tmp_path):
+    backend = loaded_backend(tmp_path, order=3, smoothing="stupid-backoff")
+    assert backend.generate("The", Decoding(seed=3), 8).text
+    with pytest.raises(ValueError, match="not a normalized distribution"):
+        backend.score([])

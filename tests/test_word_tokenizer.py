@@ -1,0 +1,34 @@
+"""Word tokens: rare words become <unk>, lower-casing is optional, and the tokens' bytes cover the text."""
+
+import numpy as np
+
+from harness.word_tokenizer import WordTokenizer
+
+
+def test_vocabulary_by_frequency_with_unknown_words():
+    tok = WordTokenizer.train(["the cat, the dog. The end"], lowercase=True, min_count=2)
+    assert tok.words == ["<s>", "<unk>", "the"]
+    assert tok.encode("The cat!").tolist() == [2, 1, 1]
+
+
+def test_case_kept_unless_asked():
+    tok = WordTokenizer.train(["The the"], lowercase=False, min_count=1)
+    assert tok.encode("The the THE").tolist() == [tok.index["The"], tok.index["the"], tok.unk_id]
+
+
+def test_byte_counts_cover_every_byte_of_the_text():
+    text = "  Émile said: “naïve” café — 3 €\n\nend.  "
+    tok = WordTokenizer.train([text], lowercase=False, min_count=1)
+    ids = tok.encode(text)
+    counts = tok.byte_counts(text, ids)
+    assert len(counts) == len(ids)
+    assert counts.sum() == len(text.rstrip().encode("utf-8"))  # trailing whitespace belongs to no token
+    assert counts[0] == len("  Émile".encode())
+    assert counts[1] == len(b" said")
+
+
+def test_byte_counts_of_a_prefix():
+    text = "one two three four"
+    tok = WordTokenizer.train([text], lowercase=False, min_count=1)
+    ids = tok.encode(text)[:2]
+    np.testing.assert_array_equal(tok.byte_counts(text, ids), [3, 4])
