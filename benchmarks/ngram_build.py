@@ -46,19 +46,17 @@ print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": bef
 HARNESS = r"""
 import json, resource, sys, time
 import numpy as np
-from harness.ngram_model import build
+from harness.ngram_model import build, training_stream
 from harness.word_tokenizer import WordTokenizer
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 order, paths = int(sys.argv[1]), sys.argv[2:]
 before = rss()
 start = time.perf_counter()
 texts = [open(p, encoding="utf-8").read() for p in paths]
-tok = WordTokenizer.train(texts, lowercase=False, min_count=1)
-parts = [np.array([tok.bos_id], np.int32)]
-for t in texts:
-    parts += [tok.encode(t), np.array([tok.bos_id], np.int32)]
-stream = np.concatenate(parts)
-del texts, parts
+tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
+del texts
+stream = training_stream(encoded, tok.bos_id)
+del encoded
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
 seconds = time.perf_counter() - start
 print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": before,
@@ -69,12 +67,12 @@ print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": bef
 QUERY = r"""
 import json, sys, time
 import numpy as np
-from harness.ngram_model import build
+from harness.ngram_model import build, training_stream
 from harness.word_tokenizer import WordTokenizer
 order, eval_path, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 texts = [open(p, encoding="utf-8").read() for p in paths]
-tok = WordTokenizer.train(texts, lowercase=False, min_count=1)
-stream = np.concatenate([[tok.bos_id]] + [np.append(tok.encode(t), tok.bos_id) for t in texts])
+tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
+stream = training_stream(encoded, tok.bos_id)
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
 ev = np.concatenate([[tok.bos_id], tok.encode(open(eval_path, encoding="utf-8").read())])
 starts, scored = np.zeros(len(ev), np.int64), np.arange(1, len(ev))

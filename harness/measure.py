@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
 
 import psutil
 
-SAMPLE_HZ = 200
+#: DESIGN's minimum; every wake-up takes a core from the work being measured (2 cores here)
+SAMPLE_HZ = 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class PeakRSS:
@@ -25,13 +28,23 @@ class PeakRSS:
         self.sampled_peak = 0
         self.samples = 0
 
+    def _rss(self) -> int:
+        """Resident bytes: one pread of /proc/self/statm where there is one (a few µs), else psutil."""
+        if self._statm is not None:
+            return int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE
+        return self._process.memory_info().rss
+
     def _run(self):
         while not self._stop.is_set():
-            self.sampled_peak = max(self.sampled_peak, self._process.memory_info().rss)
+            self.sampled_peak = max(self.sampled_peak, self._rss())
             self.samples += 1
             self._stop.wait(self._interval)
 
     def __enter__(self):
+        try:
+            self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._statm = None
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
         return self
@@ -39,7 +52,9 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.sampled_peak = max(self.sampled_peak, self._process.memory_info().rss)
+        self.sampled_peak = max(self.sampled_peak, self._rss())
+        if self._statm is not None:
+            os.close(self._statm)
 
     @property
     def peak_mb(self) -> float:

@@ -237,65 +237,122 @@ def _smallest_uint(values: np.ndarray) -> np.ndarray:
     return values.astype(np.min_scalar_type(top))
 
 
+def training_stream(documents: list[np.ndarray], boundary: int) -> np.ndarray:
+    """Documents' token ids joined into one stream that starts, ends and is separated by ``boundary``."""
+    stream = np.empty(sum(len(d) for d in documents) + len(documents) + 1, dtype=np.int32)
+    stream[0] = boundary
+    at = 1
+    for doc in documents:
+        stream[at:at + len(doc)] = doc
+        stream[at + len(doc)] = boundary
+        at += len(doc) + 1
+    return stream
+
+
+@dataclass
+class _Groups:
+    """The distinct grams of one order as runs of the depth-sorted suffix array."""
+
+    gid: np.ndarray     # per suffix-array slot: its group
+    pos: np.ndarray     # per group: the start of one occurrence in the stream
+    size: np.ndarray    # per group: raw count
+    valid: np.ndarray   # per group: the gram fits before the stream ends
+    parent: np.ndarray | None  # per group: its (k-1)-prefix's group
+
+
+def _groups(k: int, sa: np.ndarray, lcp: np.ndarray, prev: _Groups | None) -> _Groups:
+    starts = lcp < k
+    gid = np.cumsum(starts, dtype=np.int32) - 1
+    first_slot = np.flatnonzero(starts).astype(np.int32)
+    size = np.diff(first_slot, append=np.int32(len(sa)))
+    pos = sa[first_slot]
+    return _Groups(gid=gid, pos=pos, size=size, valid=pos <= len(sa) - k,
+                   parent=prev.gid[first_slot] if prev is not None else None)
+
+
 def build(stream: np.ndarray, order: int, vocab_size: int, boundary: int) -> NgramModel:
     """Count every gram of ``stream`` up to ``order`` and derive the Kneser–Ney statistics.
 
-    ``stream`` must start and end with ``boundary``, which also separates documents."""
+    ``stream`` must start and end with ``boundary``, which also separates documents. One sort of the
+    stream's positions by their next ``order`` tokens groups equal grams of every order; a gram's
+    continuation count is the number of distinct one-longer grams whose suffix it is, found through
+    the inverse of that sort."""
     if order < 1:
         raise ValueError("order must be at least 1")
     stream = np.ascontiguousarray(stream, dtype=np.int32)
     n = len(stream)
     if n < 2 or stream[0] != boundary or stream[-1] != boundary:
         raise ValueError("the training stream must start and end with the boundary token")
-    pad = np.full(n + order, vocab_size, dtype=np.int32)  # vocab_size sorts after every real id
-    pad[:n] = stream
-    sa = np.lexsort([pad[k:k + n] for k in reversed(range(order))]).astype(np.int64)
-    lcp = _common_prefix(pad, sa, order, vocab_size)
-    del pad
+    sa = _depth_sorted(stream, order, vocab_size)
+    lcp = _common_prefix(stream, sa, order, vocab_size)
+    rank = np.empty(n, dtype=np.int32)
+    rank[sa] = np.arange(n, dtype=np.int32)
 
     levels, discounts = [], np.zeros((order, 4))
-    prev_gid = prev_rows = prev_explicit = None
+    cur = _groups(1, sa, lcp, None)
+    prev_rows = prev_explicit = None
     for k in range(1, order + 1):
-        starts = lcp < k
-        gid = np.cumsum(starts) - 1                       # group of each suffix-array slot
-        gstart = np.flatnonzero(starts)
-        size = np.diff(np.append(gstart, n))
-        pos = sa[gstart]                                  # one occurrence of each group
-        valid = pos <= n - k                              # the gram fits before the stream ends
-        first = stream[pos]
-        adj = np.where(valid, size, 0)
-        if k < order:
-            _continuation_counts(adj, valid & (size >= 2) & (first != boundary), gid, sa, stream,
-                                 vocab_size)
-        discounts[k - 1] = modified_kn_discounts(adj[valid])
+        nxt = _groups(k + 1, sa, lcp, cur) if k < order else None
+        first = stream[cur.pos]
+        adj = np.where(cur.valid, cur.size, 0)
+        if nxt is not None:  # lower orders: distinct left neighbours, except after the boundary
+            left = nxt.valid
+            continuation = np.bincount(cur.gid[rank[nxt.pos[left] + 1]], minlength=len(adj))
+            use = cur.valid & (first != boundary)
+            adj[use] = continuation[use]
+        discounts[k - 1] = modified_kn_discounts(adj[cur.valid])
 
         if k == 1:  # every vocabulary id has a row, and its row number is the id
-            token = first
-            explicit = valid
-            rows = np.where(valid, token, -1)
-            raw = np.zeros(vocab_size, np.int64)
-            a = np.zeros(vocab_size, np.int64)
-            raw[token[valid]], a[token[valid]] = size[valid], adj[valid]
+            explicit = cur.valid
+            rows = np.where(explicit, first, -1)
+            raw, a = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, np.int64)
+            raw[first[explicit]], a[first[explicit]] = cur.size[explicit], adj[explicit]
             level = Level(raw=_smallest_uint(raw), adj=_smallest_uint(a))
         else:
-            explicit = valid & (size >= 2)
-            rows = np.where(explicit, np.cumsum(explicit) - 1, -1)
-            level = Level(raw=_smallest_uint(size[explicit]), adj=_smallest_uint(adj[explicit]))
-            parent = prev_gid[gstart]                     # the (k-1)-prefix group of each k-group
-            _history_stats(levels[-1], parent, prev_rows, prev_explicit, valid, size, adj,
-                           discounts[k - 1])
-            child = valid & prev_explicit[parent]
-            token = stream[pos[child] + k - 1].astype(np.int64)
-            level.child_keys = prev_rows[parent[child]] * vocab_size + token
-            level.child_refs = np.where(explicit[child], rows[child], -pos[child] - 1)
+            explicit = cur.valid & (cur.size >= 2)
+            rows = np.where(explicit, np.cumsum(explicit, dtype=np.int32) - 1, -1)
+            level = Level(raw=_smallest_uint(cur.size[explicit]), adj=_smallest_uint(adj[explicit]))
+            child = cur.valid & prev_explicit[cur.parent]  # grams whose prefix has a row
+            parent_rows = prev_rows[cur.parent[child]]
+            _history_stats(levels[-1], parent_rows, cur.size[child], adj[child], discounts[k - 1])
+            token = stream[cur.pos[child] + k - 1]
+            level.child_keys = parent_rows.astype(np.int64) * vocab_size + token
+            level.child_refs = np.where(explicit[child], rows[child], -cur.pos[child] - 1).astype(np.int32)
         levels.append(level)
-        prev_gid, prev_rows, prev_explicit = gid, rows, explicit
+        prev_rows, prev_explicit, cur = rows, explicit, nxt
     return NgramModel(order=order, vocab_size=vocab_size, boundary=boundary, stream=stream,
                       levels=levels, discounts=discounts)
 
 
-def _common_prefix(pad: np.ndarray, sa: np.ndarray, order: int, pad_id: int) -> np.ndarray:
+def _padded(stream: np.ndarray, extra: int, pad_id: int) -> np.ndarray:
+    pad = np.full(len(stream) + extra, pad_id, dtype=np.int32)  # pad_id sorts after every real id
+    pad[:len(stream)] = stream
+    return pad
+
+
+def _depth_sorted(stream: np.ndarray, order: int, vocab_size: int) -> np.ndarray:
+    """Stream positions sorted by their next ``order`` tokens (at least), as int32.
+
+    As many tokens as fit are packed into each 63-bit key (4 per key for a 13k-word vocabulary), so
+    the sort takes ceil(order / per_key) passes instead of ``order``."""
+    bits = int(vocab_size).bit_length()
+    per_key = max(1, 63 // bits)
+    n_keys = -(-order // per_key)
+    n = len(stream)
+    pad = _padded(stream, n_keys * per_key, vocab_size)
+    keys = []
+    for j in range(n_keys):
+        key = np.zeros(n, dtype=np.int64)
+        for i in range(j * per_key, (j + 1) * per_key):
+            key <<= bits
+            key |= pad[i:i + n]
+        keys.append(key)
+    return np.lexsort(keys[::-1]).astype(np.int32)
+
+
+def _common_prefix(stream: np.ndarray, sa: np.ndarray, order: int, pad_id: int) -> np.ndarray:
     """lcp[i]: tokens shared by the suffixes at sa[i-1] and sa[i], capped at ``order`` (lcp[0] = 0)."""
+    pad = _padded(stream, order, pad_id)
     lcp = np.zeros(len(sa), dtype=np.uint8)
     alive = np.ones(len(sa) - 1, dtype=bool)
     for k in range(order):
@@ -305,28 +362,13 @@ def _common_prefix(pad: np.ndarray, sa: np.ndarray, order: int, pad_id: int) -> 
     return lcp
 
 
-def _continuation_counts(adj, todo, gid, sa, stream, vocab_size) -> None:
-    """adj[g] = number of distinct tokens preceding the occurrences of group g, where ``todo[g]``.
-    (A gram seen once has one left neighbour, so its raw count already is its continuation count.)"""
-    slots = np.flatnonzero(todo[gid])
-    if not len(slots):
-        return
-    pred = stream[sa[slots] - 1].astype(np.int64)
-    pairs = np.unique(gid[slots] * vocab_size + pred)
-    distinct = np.bincount(pairs // vocab_size, minlength=len(adj))
-    adj[todo] = distinct[todo]
-
-
-def _history_stats(parent_level, parent, prev_rows, prev_explicit, valid, size, adj, d) -> None:
-    """Per stored (k-1)-gram: total, back-off weight and raw follow count over its k-gram children."""
-    groups, v = len(prev_explicit), valid
-    total = np.bincount(parent[v], weights=adj[v], minlength=groups)
-    follow = np.bincount(parent[v], weights=size[v], minlength=groups)
-    mass = np.bincount(parent[v], weights=d[np.minimum(adj[v], 3)], minlength=groups)
-    rows = prev_rows[prev_explicit]
+def _history_stats(parent_level: Level, parent_rows: np.ndarray, size: np.ndarray, adj: np.ndarray,
+                   d: np.ndarray) -> None:
+    """Per stored (k-1)-gram: total, back-off weight and raw follow count over its k-gram children
+    (given as the parent row, raw count and adjusted count of every child of a stored parent)."""
     n_rows = len(parent_level.raw)
-    parent_level.total, parent_level.follow, parent_level.backoff = (np.zeros(n_rows) for _ in range(3))
-    parent_level.total[rows] = total[prev_explicit]
-    parent_level.follow[rows] = follow[prev_explicit]
-    has = total[prev_explicit] > 0
-    parent_level.backoff[rows[has]] = mass[prev_explicit][has] / total[prev_explicit][has]
+    total = np.bincount(parent_rows, weights=adj, minlength=n_rows)
+    parent_level.total = total
+    parent_level.follow = np.bincount(parent_rows, weights=size, minlength=n_rows)
+    mass = np.bincount(parent_rows, weights=d[np.minimum(adj, 3)], minlength=n_rows)
+    parent_level.backoff = np.divide(mass, total, out=np.zeros(n_rows), where=total > 0)

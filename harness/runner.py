@@ -171,7 +171,8 @@ class Runner:
         done = {r["cell_id"] for r in results.read_cell_records(run_dir) if r["status"] == results.OK}
         summary = RunSummary(run_dir, 0, 0, 0, 0)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        # refreshed twice a second: the cell being timed shares the machine with this process
+        with Progress(*columns, console=self.console, transient=False, refresh_per_second=2) as progress:
             bar = progress.add_task("cells", total=len(self.cells))
             for cell in self.cells:
                 progress.update(bar, description=cell.label)

@@ -8,7 +8,6 @@ Words rarer than ``min_count`` in the training text become ``<unk>``; ``<s>`` se
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,12 +15,22 @@ import numpy as np
 from harness.tokenizer import Tokenizer
 
 WORD = re.compile(r"\w+|[^\w\s]")
+SPACE = re.compile(r"\s")
 BOUNDARY, UNKNOWN = "<s>", "<unk>"
+#: characters per findall call: fast like one findall, without a list of every word of a large text
+_SLICE = 1 << 18
 
 
 def _words(text: str, lowercase: bool) -> Iterable[str]:
-    matches = (m.group() for m in WORD.finditer(text))
-    return (w.lower() for w in matches) if lowercase else matches
+    """The text's tokens in order. Slices end at whitespace, which never falls inside a token; the
+    text is segmented before lower-casing, which can change the length of some characters."""
+    start = 0
+    while start < len(text):
+        cut = SPACE.search(text, min(start + _SLICE, len(text)))
+        end = cut.start() if cut else len(text)
+        words = WORD.findall(text, start, end)
+        yield from (w.lower() for w in words) if lowercase else words
+        start = end
 
 
 class WordTokenizer(Tokenizer):
@@ -36,13 +45,20 @@ class WordTokenizer(Tokenizer):
         self.vocab_size = len(words)
 
     @classmethod
-    def train(cls, texts: Iterable[str], lowercase: bool, min_count: int) -> WordTokenizer:
-        """Vocabulary of the training texts, most frequent first (ties alphabetical)."""
-        counts = Counter()
-        for text in texts:
-            counts.update(_words(text, lowercase))
-        kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        return cls([BOUNDARY, UNKNOWN] + kept, lowercase)
+    def train(cls, texts: list[str], lowercase: bool, min_count: int) -> tuple[WordTokenizer, list[np.ndarray]]:
+        """The vocabulary of the training texts, most frequent first (ties alphabetical), and the texts
+        encoded with it: one pass numbers words as first seen, then the numbers are remapped."""
+        seen: dict[str, int] = {}
+        first_ids = [np.fromiter((seen.setdefault(w, len(seen)) for w in _words(t, lowercase)), np.int32)
+                     for t in texts]
+        counts = np.bincount(np.concatenate(first_ids), minlength=len(seen)) if seen else np.zeros(0, int)
+        words = list(seen)
+        kept = sorted((i for i in range(len(words)) if counts[i] >= min_count),
+                      key=lambda i: (-counts[i], words[i]))
+        remap = np.ones(len(words), dtype=np.int32)  # <unk>
+        remap[kept] = np.arange(2, len(kept) + 2, dtype=np.int32)
+        tokenizer = cls([BOUNDARY, UNKNOWN] + [words[i] for i in kept], lowercase)
+        return tokenizer, [remap[ids] for ids in first_ids]
 
     def encode(self, text: str) -> np.ndarray:
         get, unk = self.index.get, self.unk_id

@@ -18,7 +18,7 @@ import numpy as np
 from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
 from harness.data import DatasetSpec, load_corpus
 from harness.models import NgramSpec
-from harness.ngram_model import NgramModel, build
+from harness.ngram_model import NgramModel, build, training_stream
 from harness.sampling import Decoding, Generation, choose, entropy_nats
 from harness.word_tokenizer import WordTokenizer
 
@@ -83,19 +83,18 @@ class NgramBackend(Backend):
             texts.append(corpus.text)
         meta = {}
         if self.spec.unit == "word":
-            tokenizer = WordTokenizer.train(texts, self.spec.lowercase, self.spec.min_count)
+            tokenizer, encoded = WordTokenizer.train(texts, self.spec.lowercase, self.spec.min_count)
             meta["words"] = tokenizer.words
         else:
             from harness.backends.llamacpp import gguf_tokenizer
 
             tokenizer = gguf_tokenizer(recipe["tokenizer_path"])
+            encoded = [tokenizer.encode(text) for text in texts]
+        del texts
         boundary = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         if boundary is None:
             raise ValueError("the tokenizer has neither BOS nor EOS to separate documents with")
-        parts = [np.array([boundary], np.int32)]
-        for text in texts:
-            parts += [tokenizer.encode(text), np.array([boundary], np.int32)]
-        lm = build(np.concatenate(parts), self.spec.order, tokenizer.vocab_size, boundary)
+        lm = build(training_stream(encoded, boundary), self.spec.order, tokenizer.vocab_size, boundary)
         lm.meta = {**meta, "train_s": time.perf_counter() - start}
         return lm, lm.meta["train_s"]
 
