@@ -184,16 +184,13 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
 NGRAM_FORMAT = 1
 
 
-def resolve_ngram(name: str, spec: ModelSpec, base_dir: Path, corpora: Path | None,
+def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,
                   tokenizer: ResolvedModel | None) -> ResolvedModel:
     """A trained n-gram model is cached under a key of everything that changes its counts: the exact
-    training texts, the unit (and the tokenizer's file), order, smoothing, lower-casing and min_count.
-    The cell that needs it trains it when the file does not exist yet."""
-    from harness.data import DatasetSpec, load_corpus
-
+    training texts (``texts``: the fingerprints of its ``train`` sources, in order), the unit (and the
+    tokenizer's file), order, smoothing, lower-casing and min_count. The cell that needs it trains it
+    when the file does not exist yet."""
     ngram = spec.ngram
-    texts = [load_corpus(src, DatasetSpec(source=src), base_dir, corpora).fingerprint()
-             for src in ngram.sources]
     identity = {"format": NGRAM_FORMAT, "train": [t["sha256"] for t in texts],
                 "tokenizer": tokenizer.sha256 if tokenizer else None,
                 **ngram.model_dump(exclude={"train", "tokenizer"})}

@@ -56,17 +56,21 @@ class NgramModel:
     levels: list[Level]                    # levels[k - 1] holds order k
     discounts: np.ndarray                  # [order, 4]: D(0)=0, D(1), D(2), D(3+)
     meta: dict = field(default_factory=dict)
+    _unigram: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------- queries
 
     def unigram(self) -> np.ndarray:
-        """p(w) at order 1, interpolated with the uniform distribution over the vocabulary."""
-        lvl, d = self.levels[0], self.discounts[0]
-        adj = lvl.adj.astype(np.float64)
-        total = adj.sum()
-        disc = d[np.minimum(lvl.adj, 3)]
-        gamma = disc[lvl.adj > 0].sum() / total
-        return np.maximum(adj - disc, 0) / total + gamma / self.vocab_size
+        """p(w) at order 1, interpolated with the uniform distribution over the vocabulary
+        (computed once: every query and every generation step starts from it)."""
+        if self._unigram is None:
+            lvl, d = self.levels[0], self.discounts[0]
+            adj = lvl.adj.astype(np.float64)
+            total = adj.sum()
+            disc = d[np.minimum(lvl.adj, 3)]
+            gamma = disc[lvl.adj > 0].sum() / total
+            self._unigram = np.maximum(adj - disc, 0) / total + gamma / self.vocab_size
+        return self._unigram
 
     def states(self, seq: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
         """For every order k, the state of the k-gram ending at each position of ``seq``; a gram
@@ -164,7 +168,7 @@ class NgramModel:
             raw = self.levels[0].raw.astype(np.float64)
             p = raw / raw.sum()
         else:
-            p = self.unigram()
+            p = self.unigram().copy()
         for k in range(2, len(hists) + 2):
             hist = int(hists[k - 2])
             if hist == ABSENT:

@@ -59,15 +59,18 @@ def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
                                     for p in patterns)]
 
 
-def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Path | None) -> dict[str, Corpus]:
+def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
+                 corpora: Path | None) -> tuple[dict[str, Corpus], dict[str, dict]]:
     """Everything `validate` can check without the network: backend packages are installed, model files
-    and corpora exist and are sane. Returns the corpora it read."""
+    and corpora exist and are sane. Returns the datasets it read and the fingerprints of the n-gram
+    training texts by source (each read once, however many models count it)."""
     base_dir = suite_path.resolve().parent
     for name in sorted({c.backend for c in cells}):
         backend_cls = BACKENDS[suite.backends[name].type]
         with located(suite_path, f"backends.{name}.type"):
             for module, extra in backend_cls.dependencies:
                 ensure_available(module, extra, f"backend {backend_cls.type_name}")
+    train_texts: dict[str, dict] = {}
     for name in sorted(_models_needed(suite, cells)):
         spec = suite.models[name]
         with located(suite_path, f"models.{name}.{spec.kind}"):
@@ -77,15 +80,17 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Pat
         if spec.kind == "ngram":
             for i, source in enumerate(spec.ngram.sources):
                 key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
-                with located(suite_path, f"models.{name}.ngram.{key}"):
-                    load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
+                if source not in train_texts:
+                    with located(suite_path, f"models.{name}.ngram.{key}"):
+                        corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
+                    train_texts[source] = corpus.fingerprint()
     loaded = {}
     for name in sorted({c.dataset for c in cells if c.dataset}):
         spec = suite.datasets[name]
         if not spec.source.startswith("hf:"):
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
-    return loaded
+    return loaded, train_texts
 
 
 def _models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
@@ -135,7 +140,7 @@ class Runner:
     def prepare(self) -> tuple[Path, dict[str, ResolvedModel], dict]:
         """Resolve models and corpora and create the run directory; raises UserError on bad input."""
         path = self.options.suite_path
-        local = check_inputs(self.suite, self.cells, path, self.corpora)
+        local, train_texts = check_inputs(self.suite, self.cells, path, self.corpora)
         models, corpora = {}, {}
         needed = _models_needed(self.suite, self.cells)
         for name in sorted(n for n in needed if self.suite.models[n].kind != "ngram"):
@@ -144,8 +149,8 @@ class Runner:
         for name in sorted(n for n in needed if self.suite.models[n].kind == "ngram"):
             spec = self.suite.models[name]
             with located(path, f"models.{name}.ngram"):
-                models[name] = resolve_ngram(name, spec, self.base_dir, self.corpora,
-                                             models.get(spec.ngram.tokenizer))
+                models[name] = resolve_ngram(name, spec, [train_texts[s] for s in spec.ngram.sources],
+                                             self.base_dir, self.corpora, models.get(spec.ngram.tokenizer))
         for name in sorted({c.dataset for c in self.cells if c.dataset}):
             with located(path, f"datasets.{name}.source"):
                 corpus = local.get(name) or load_corpus(name, self.suite.datasets[name], self.base_dir,

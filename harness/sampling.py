@@ -15,8 +15,6 @@ from pydantic import Field
 
 from harness.config import StrictModel
 
-ORDER = ("temperature", "top_k", "top_p")
-
 
 class Decoding(StrictModel):
     temperature: float = Field(1.0, ge=0, description="0: greedy")

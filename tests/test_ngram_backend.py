@@ -11,7 +11,7 @@ from conftest import SMOLLM2_PKG
 
 from harness.backends.ngram import NgramBackend, NgramSettings
 from harness.cli import main
-from harness.data import stdlib_docs
+from harness.data import DatasetSpec, load_corpus, stdlib_docs
 from harness.models import ModelSpec, resolve_ngram
 from harness.sampling import Decoding
 
@@ -87,7 +87,8 @@ def test_bad_ngram_specs_are_refused_before_anything_runs(tmp_path, capsys, ngra
 
 def loaded_backend(tmp_path, **ngram) -> NgramBackend:
     spec = ModelSpec(ngram={"train": DOCS, **ngram})
-    backend = NgramBackend(NgramSettings(type="ngram"), resolve_ngram("m", spec, tmp_path, None, None))
+    texts = [load_corpus(DOCS, DatasetSpec(source=DOCS), tmp_path).fingerprint()]
+    backend = NgramBackend(NgramSettings(type="ngram"), resolve_ngram("m", spec, texts, tmp_path, None, None))
     backend.load(0)
     return backend
 

@@ -70,12 +70,6 @@ class BackendSettings(StrictModel):
 class Backend(ABC):
     """A loaded model that tasks drive. One instance lives in one cell's process."""
 
-    @classmethod
-    def capabilities_for(cls, model_spec: dict) -> tuple[frozenset[str], str]:
-        """What this backend can do with this model, and why it cannot do the rest (for the skip
-        reason). Most backends can do the same with every model."""
-        return cls.capabilities, ""
-
     type_name: ClassVar[str]
     settings_class: ClassVar[type[BackendSettings]]
     capabilities: ClassVar[frozenset[str]]
@@ -85,6 +79,12 @@ class Backend(ABC):
     dependencies: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     tokenizer: Tokenizer
+
+    @classmethod
+    def capabilities_for(cls, model_spec: dict) -> tuple[frozenset[str], str]:
+        """What this backend can do with this model, and why it cannot do the rest (for the skip
+        reason). Most backends can do the same with every model."""
+        return cls.capabilities, ""
 
     def __init__(self, settings: BackendSettings, model: ResolvedModel):
         self.settings = settings

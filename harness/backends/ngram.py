@@ -49,12 +49,12 @@ class NgramBackend(Backend):
         path = Path(self.model.path)
         trained = not path.exists()
         if trained:
-            self.lm, train_s = self._train(recipe)
+            self.lm, self.tokenizer = self._train(recipe)
             self.lm.save(path)
         else:
             self.lm = NgramModel.load(path)
-            train_s = self.lm.meta["train_s"]
-        self.tokenizer = self._tokenizer(recipe)
+            self.tokenizer = self._tokenizer(recipe)
+        train_s = self.lm.meta["train_s"]
         load_s = time.perf_counter() - start
         return LoadInfo(load_s=load_s, model_bytes=path.stat().st_size, details={
             "trained_now": trained, "train_s": train_s, "order": self.lm.order, "unit": self.spec.unit,
@@ -65,13 +65,14 @@ class NgramBackend(Backend):
         })
 
     def _tokenizer(self, recipe: dict) -> Tokenizer:
+        """The tokenizer of a trained model: its stored words, or the named GGUF's vocabulary."""
         if self.spec.unit == "word":
             return WordTokenizer(self.lm.meta["words"], self.spec.lowercase)
         from harness.backends.llamacpp import gguf_tokenizer
 
         return gguf_tokenizer(recipe["tokenizer_path"])
 
-    def _train(self, recipe: dict) -> tuple[NgramModel, float]:
+    def _train(self, recipe: dict) -> tuple[NgramModel, Tokenizer]:
         start = time.perf_counter()
         base = Path(recipe["base_dir"])
         corpora = Path(recipe["corpora"]) if recipe["corpora"] else None
@@ -86,9 +87,7 @@ class NgramBackend(Backend):
             tokenizer, encoded = WordTokenizer.train(texts, self.spec.lowercase, self.spec.min_count)
             meta["words"] = tokenizer.words
         else:
-            from harness.backends.llamacpp import gguf_tokenizer
-
-            tokenizer = gguf_tokenizer(recipe["tokenizer_path"])
+            tokenizer = self._tokenizer(recipe)
             encoded = [tokenizer.encode(text) for text in texts]
         del texts
         boundary = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -96,7 +95,7 @@ class NgramBackend(Backend):
             raise ValueError("the tokenizer has neither BOS nor EOS to separate documents with")
         lm = build(training_stream(encoded, boundary), self.spec.order, tokenizer.vocab_size, boundary)
         lm.meta = {**meta, "train_s": time.perf_counter() - start}
-        return lm, lm.meta["train_s"]
+        return lm, tokenizer
 
     def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """All windows in one vectorized pass: each window is a segment the model may not look

@@ -50,17 +50,22 @@ class PerplexityTask(Task):
     def context_tokens(self) -> int:
         return self.settings.n_ctx
 
-    def _windows(self, tokens: np.ndarray, backend: Backend, add_bos: bool) -> list:
+    def _windows(self, tokens: np.ndarray, token_bytes: np.ndarray, backend: Backend,
+                 add_bos: bool) -> tuple[list, np.ndarray]:
+        """The windows, and the byte count of each token of the stream their ``positions`` index."""
         s, tok = self.settings, backend.tokenizer
-        stream = np.concatenate([[tok.bos_id], tokens]).astype(np.int32) if add_bos else tokens
+        if s.window == "rolling":
+            prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
+            if prefix is None:
+                raise ValueError("rolling windows need a BOS or EOS token to condition the first window on")
+            return windows.rolling(tokens, s.n_ctx, prefix), token_bytes
+        stream, stream_bytes = tokens, token_bytes
+        if add_bos:  # a prepended BOS stands for no text
+            stream = np.concatenate([[tok.bos_id], tokens]).astype(np.int32)
+            stream_bytes = np.concatenate([[0], token_bytes])
         if s.window == "chunked":
-            return windows.chunked(stream, s.n_ctx, tok.bos_id if add_bos else None)
-        if s.window == "sliding":
-            return windows.sliding(stream, s.n_ctx, s.stride or s.n_ctx // 2)
-        prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
-        if prefix is None:
-            raise ValueError("rolling windows need a BOS or EOS token to condition the first window on")
-        return windows.rolling(tokens, s.n_ctx, prefix)
+            return windows.chunked(stream, s.n_ctx, tok.bos_id if add_bos else None), stream_bytes
+        return windows.sliding(stream, s.n_ctx, s.stride or s.n_ctx // 2), stream_bytes
 
     def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
         s, tok = self.settings, backend.tokenizer
@@ -70,7 +75,8 @@ class PerplexityTask(Task):
         add_bos = tok.add_bos if s.add_bos is None else s.add_bos
         if add_bos and tok.bos_id is None:
             raise ValueError("add_bos is set but the tokenizer has no BOS token")
-        wins = self._windows(tokens, backend, add_bos)
+        token_bytes = tok.byte_counts(corpus.text, tokens)
+        wins, stream_bytes = self._windows(tokens, token_bytes, backend, add_bos)
         if not wins:
             raise ValueError(f"the text has {len(tokens)} tokens, fewer than one {s.window} window "
                              f"of n_ctx={s.n_ctx}")
@@ -79,8 +85,6 @@ class PerplexityTask(Task):
         logps = backend.score(wins)
         elapsed = time.perf_counter() - start
 
-        token_bytes = tok.byte_counts(corpus.text, tokens)
-        stream_bytes = np.concatenate([[0], token_bytes]) if add_bos and s.window != "rolling" else token_bytes
         nll = -np.concatenate(logps).astype(np.float64)
         win_nll = np.array([-lp.sum() for lp in logps], dtype=np.float64)
         win_tokens = np.array([len(lp) for lp in logps], dtype=np.float64)
