@@ -16,6 +16,10 @@ def located(file, key: str):
         raise UserError(f"{file}: {key}: {exc}") from None
 
 
+class Unavailable(Exception):
+    """This machine cannot run the cell (no CUDA device, say): the cell is skipped with this reason."""
+
+
 class MissingDependency(UserError):
     """An optional package is absent; the message names the extra that installs it."""
 

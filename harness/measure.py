@@ -69,3 +69,45 @@ def ru_maxrss_bytes() -> int:
 
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+class CudaMemory:
+    """Peak GPU memory of this process: torch's allocator high-water marks since construction, and
+    NVML's per-process figure (what nvidia-smi shows: allocator reserve plus the CUDA context). NVML is
+    read when asked, after the work; the caching allocator keeps what it reserved, so that is its peak."""
+
+    def __init__(self):
+        import torch
+
+        self._torch = torch
+        torch.cuda.reset_peak_memory_stats()
+
+    def peaks(self) -> dict[str, float]:
+        cuda = self._torch.cuda
+        out = {"peak_vram_mb": cuda.max_memory_reserved() / 2**20,
+               "torch_max_allocated_mb": cuda.max_memory_allocated() / 2**20,
+               "torch_max_reserved_mb": cuda.max_memory_reserved() / 2**20}
+        nvml = nvml_process_bytes()
+        if nvml is not None:
+            out["nvml_process_mb"] = nvml / 2**20
+        return out
+
+
+def nvml_process_bytes() -> int | None:
+    """GPU memory NVML attributes to this process on any device; None without pynvml or a driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        used = 0
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    used += proc.usedGpuMemory
+        pynvml.nvmlShutdown()
+        return used
+    except pynvml.NVMLError:
+        return None

@@ -18,6 +18,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "load_s": ("s", False),
     "model_bytes": ("bytes", False),
     "peak_rss_mb": ("MiB", False),
+    "peak_vram_mb": ("MiB", False),
     "scored_tok_s": ("tokens/s", True),
 }
 

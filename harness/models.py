@@ -138,6 +138,24 @@ def _hub_file(spec: str) -> Path:
                         f"({type(exc).__name__}); is this machine online?") from None
 
 
+#: what an hf backend needs from a hub repo: config, tokenizer, safetensors weights
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _hub_snapshot(repo: str) -> Path:
+    """A hub model repo's files in the hub cache (downloaded once, online only)."""
+    if repo.count("/") != 1:
+        raise UserError(f"'{repo}' is neither a local directory nor a hub repo id OWNER/NAME")
+    from harness.errors import require
+
+    hub = require("huggingface_hub", "hub", f"model source hf: {repo}")
+    try:
+        return Path(hub.snapshot_download(repo_id=repo, allow_patterns=HUB_MODEL_FILES))
+    except Exception as exc:  # offline, unknown repo, gated model: all the user's to fix
+        raise UserError(f"cannot fetch hf: {repo} from the Hugging Face hub "
+                        f"({type(exc).__name__}); is this machine online?") from None
+
+
 def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     """The local path of a model source; ``fetch=False`` returns None for hub sources (validation).
     Trained models have no source file (see :func:`resolve_ngram`)."""
@@ -149,7 +167,7 @@ def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     if source.startswith("hf:"):
         return _hub_file(source[3:]) if fetch else None
     if spec.kind == "hf" and not _looks_local(source, base_dir):
-        return None  # a hub repo id, fetched by the hf backend itself
+        return _hub_snapshot(source) if fetch else None
     path = (base_dir / source).expanduser()
     if not path.exists():
         raise UserError(f"file not found: {path}")

@@ -35,11 +35,14 @@ def cell_record_path(run_dir: Path, cell_id: str) -> Path:
 
 
 def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[dict]:
-    """The finished cells' records, in ``order`` of cell ids (suite order) where given."""
+    """The finished cells' records, in ``order`` of cell ids (suite order) where given; then only those:
+    a resumed run whose suite changed a cell's settings leaves the old cell's record behind."""
     records = [json.loads(path.read_text()) for path in (run_dir / "cells").glob("*.json")
                if not path.name.endswith(".job.json")]
-    rank = {cell_id: i for i, cell_id in enumerate(order or [])}
-    return sorted(records, key=lambda r: (rank.get(r["cell_id"], len(rank)), r["cell_id"]))
+    if order is None:
+        return sorted(records, key=lambda r: r["cell_id"])
+    rank = {cell_id: i for i, cell_id in enumerate(order)}
+    return sorted((r for r in records if r["cell_id"] in rank), key=lambda r: rank[r["cell_id"]])
 
 
 def write_cell_record(run_dir: Path, record: dict) -> None:

@@ -27,7 +27,7 @@ from harness.backends import BACKENDS
 from harness.data import Corpus, DatasetSpec, corpora_dir, load_corpus
 from harness.errors import UserError, ensure_available, located
 from harness.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram
-from harness.suite import Cell, Suite
+from harness.suite import Cell, Suite, expand
 from harness.tasks import TASKS
 
 
@@ -68,7 +68,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     for name in sorted({c.backend for c in cells}):
         backend_cls = BACKENDS[suite.backends[name].type]
         with located(suite_path, f"backends.{name}.type"):
-            for module, extra in backend_cls.dependencies:
+            for module, extra in backend_cls.dependencies_for(suite.backends[name].model_dump()):
                 ensure_available(module, extra, f"backend {backend_cls.type_name}")
     train_texts: dict[str, dict] = {}
     for name in sorted(_models_needed(suite, cells)):
@@ -170,7 +170,7 @@ class Runner:
                 "suite_file": str(self.options.suite_path), "environment": results.environment(),
                 "started_at": previous.get("started_at", _now()), "ended_at": None,
                 "models": {k: v.fingerprint() for k, v in models.items()}, "datasets": corpora,
-                "cells": [c.cell_id for c in self.cells], "timeout_s": self.timeout_s}
+                "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s}
         results.write_run_json(run_dir, info)
 
         done = {r["cell_id"] for r in results.read_cell_records(run_dir) if r["status"] == results.OK}

@@ -12,7 +12,7 @@ from rich.table import Table
 #: metrics shown in the console, in this order, when a run has them
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "load_s": "load s",
-            "peak_rss_mb": "peak RSS MiB"}
+            "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
 
 
 def _fmt(value: float, stderr: float | None = None) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.data import DatasetSpec, load_corpus
+from harness.errors import Unavailable
 from harness.measure import PeakRSS, rss_mb
 from harness.metrics import Measurement
 from harness.models import ResolvedModel
-from harness.results import FAILED, OK, write_cell_record
+from harness.results import FAILED, OK, SKIPPED, write_cell_record
 from harness.suite import Cell
 from harness.tasks import TASKS
 
@@ -40,23 +41,27 @@ def run_job(job: dict) -> dict:
                              Path(job["base_dir"]), Path(job["corpora"]) if job.get("corpora") else None)
     model = ResolvedModel(**{**job["model"], "path": Path(job["model"]["path"])})
     backend = backend_cls(backend_cls.settings_class.model_validate(cell.backend_spec), model)
+    prepared = backend.prepare()
     with PeakRSS() as memory:
         rss_before = rss_mb()
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
         result = task.run(backend, corpus)
+    device = backend.device_memory()
     backend.close()
     measurements = result.measurements + [
         Measurement("load_s", info.load_s),
         Measurement("model_bytes", info.model_bytes),
         Measurement("peak_rss_mb", memory.peak_mb, memory.samples),
     ]
+    if "peak_vram_mb" in device:
+        measurements.append(Measurement("peak_vram_mb", device["peak_vram_mb"]))
     return {
         "status": OK, "reason": None,
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
-        "resolved": {"backend": info.details, "task": result.resolved,
-                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded}},
+        "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
+                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded, **device}},
         "fingerprints": {"model": model.fingerprint(), "dataset": corpus.fingerprint() if corpus else None},
     }
 
@@ -68,6 +73,8 @@ def main(argv: list[str]) -> int:
     base = {"cell_id": job["cell_id"], "cell": job["cell"], "params": job["params"], "started_at": now()}
     try:
         record = run_job(job)
+    except Unavailable as exc:  # this machine lacks what the cell needs: a skip, not a failure
+        record = {"status": SKIPPED, "reason": str(exc), "measurements": []}
     except Exception as exc:  # the cell fails, the run goes on: record why
         traceback.print_exc()
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

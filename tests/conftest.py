@@ -33,7 +33,14 @@ def smollm2_path() -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Fingerprint index and assembled models go to a per-session temp cache, not the user's."""
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "harness-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Fingerprints, assembled and converted models go to a per-session temp cache, not the user's;
+    session-wide so that module fixtures (and the processes they start) see it too."""
+    before = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(tmp_path_factory.getbasetemp() / "harness-cache")
+    yield
+    if before is None:
+        del os.environ["HARNESS_CACHE"]
+    else:
+        os.environ["HARNESS_CACHE"] = before

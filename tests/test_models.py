@@ -57,6 +57,15 @@ def test_hub_source_offline_is_a_clear_error(tmp_path, monkeypatch):
         resolve("h", ModelSpec(gguf="hf:someone/repo/model.gguf"), tmp_path)
 
 
+def test_hub_repo_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot fetch hf: someone/repo from the Hugging Face hub"):
+        resolve("h", ModelSpec(hf="someone/repo"), tmp_path)
+    with pytest.raises(UserError, match="neither a local directory nor a hub repo id"):
+        resolve("h", ModelSpec(hf="not-a-repo"), tmp_path)
+
+
 def test_model_needs_exactly_one_source():
     with pytest.raises(ValueError, match="exactly one source"):
         ModelSpec(gguf="a.gguf", hf="dir")

@@ -112,3 +112,17 @@ def test_resume_without_out_continues_the_suites_latest_run(tmp_path, capsys, mo
     run_info = json.loads((runs[0] / "run.json").read_text())
     assert run_info["models"]["smollm2"]["sha256"] and run_info["ended_at"]
     assert run_info["environment"]["libraries"]["llama-cpp-python"] == "0.3.36"
+
+
+def test_resume_after_a_setting_changed_reports_only_the_suites_cells(tmp_path, capsys):
+    out = tmp_path / "run"
+    tasks = {"small": {**TASKS["rolling"], "max_tokens": 200}}
+    matrix = [{"model": "smollm2", "backend": "gguf", "task": "small"}]
+    assert main(["run", str(smollm2_suite(tmp_path, tasks=tasks, matrix=matrix)), "--out", str(out)]) == 0
+    tasks["small"]["max_tokens"] = 150  # a different cell now; the old record stays on disk
+    assert main(["run", str(smollm2_suite(tmp_path, tasks=tasks, matrix=matrix)), "--out", str(out),
+                 "--resume"]) == 0
+    assert "1 cells ran, 0 reused" in capsys.readouterr().out
+    table = pd.read_parquet(out / "results.parquet")
+    assert table.cell_id.nunique() == 1
+    assert table.set_index("metric").loc["tokens_scored", "value"] == 150

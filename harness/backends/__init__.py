@@ -1,7 +1,8 @@
 """Backend registry: suite ``type`` -> backend class. Modules import their heavy libraries lazily."""
 
 from harness.backends.base import Backend
+from harness.backends.hf import HfBackend
 from harness.backends.llamacpp import LlamaCppBackend
 from harness.backends.ngram import NgramBackend
 
-BACKENDS: dict[str, type[Backend]] = {cls.type_name: cls for cls in (LlamaCppBackend, NgramBackend)}
+BACKENDS: dict[str, type[Backend]] = {cls.type_name: cls for cls in (LlamaCppBackend, HfBackend, NgramBackend)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: Capability names a task may require.
 SCORE = "score"
+#: full-vocabulary log-probabilities at scored positions (entropy, KL-divergence)
+LOGITS = "logits"
 GENERATE = "generate"
 
 
@@ -57,6 +59,7 @@ class LoadInfo:
     """What loading cost and what was loaded; ``details`` lands in the cell's resolved params."""
 
     load_s: float
+    #: the weights' bytes in memory as loaded (after any quantization); bytes on disk go in details
     model_bytes: int
     details: dict = field(default_factory=dict)
 
@@ -86,9 +89,19 @@ class Backend(ABC):
         reason). Most backends can do the same with every model."""
         return cls.capabilities, ""
 
+    @classmethod
+    def dependencies_for(cls, settings: dict) -> tuple[tuple[str, str], ...]:
+        """The packages these suite settings need (a quantization option may need one more)."""
+        return cls.dependencies
+
     def __init__(self, settings: BackendSettings, model: ResolvedModel):
         self.settings = settings
         self.model = model
+
+    def prepare(self) -> dict:
+        """One-time work before the measured load (converting a model format, say), in a way that does
+        not count against the cell's memory; returns what to record about it."""
+        return {}
 
     @abstractmethod
     def load(self, context_tokens: int) -> LoadInfo:
@@ -97,6 +110,15 @@ class Backend(ABC):
     def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """Natural-log probability of each window's targets, in order (float64 per window)."""
         raise NotImplementedError(f"backend {self.type_name} cannot score")
+
+    def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(window index, scored positions, their full-vocabulary log-probabilities [n, vocab]) in
+        blocks, so a consumer never holds a whole text's distributions (capability ``logits``)."""
+        raise NotImplementedError(f"backend {self.type_name} cannot give full log-probabilities")
+
+    def device_memory(self) -> dict[str, float]:
+        """Accelerator memory peaks of the cell (``peak_vram_mb`` and its parts); empty on CPU."""
+        return {}
 
     @abstractmethod
     def close(self) -> None:

@@ -128,10 +128,10 @@ class LlamaCppBackend(Backend):
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="logsoftmax")
         desc = ctypes.create_string_buffer(256)
         lib.llama_model_desc(self._model, desc, len(desc))
-        return LoadInfo(load_s=load_s, model_bytes=self.model.bytes_on_disk, details={
+        return LoadInfo(load_s=load_s, model_bytes=int(lib.llama_model_size(self._model)), details={
             "model_desc": desc.value.decode(errors="replace"),
             "n_params": int(lib.llama_model_n_params(self._model)),
-            "tensor_bytes": int(lib.llama_model_size(self._model)),
+            "bytes_on_disk": self.model.bytes_on_disk,
             "n_ctx_seq": self.seq_ctx, "n_seq": self.n_seq, "n_batch": self.n_batch,
             "n_ubatch": cparams.n_ubatch, "n_threads": self.threads, "flash_attn": s.flash_attn,
             "n_gpu_layers": s.n_gpu_layers, "add_bos": self.tokenizer.add_bos,

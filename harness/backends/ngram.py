@@ -56,10 +56,11 @@ class NgramBackend(Backend):
             self.tokenizer = self._tokenizer(recipe)
         train_s = self.lm.meta["train_s"]
         load_s = time.perf_counter() - start
-        return LoadInfo(load_s=load_s, model_bytes=path.stat().st_size, details={
+        return LoadInfo(load_s=load_s, model_bytes=self.lm.n_bytes(), details={
+            "bytes_on_disk": path.stat().st_size,
             "trained_now": trained, "train_s": train_s, "order": self.lm.order, "unit": self.spec.unit,
             "smoothing": self.spec.smoothing, "vocab_size": self.lm.vocab_size,
-            "train_tokens": int(len(self.lm.stream)), "array_bytes": self.lm.n_bytes(),
+            "train_tokens": int(len(self.lm.stream)),
             "stored_grams": [int(len(lvl.raw)) for lvl in self.lm.levels],
             "discounts": self.lm.discounts[:, 1:].round(6).tolist(),
         })

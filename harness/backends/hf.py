@@ -1,0 +1,260 @@
+"""Hugging Face transformers models (fp32/bf16/fp16 on CPU or CUDA) and their bitsandbytes quantization.
+
+Sources: an HF model directory, a hub repo id (fetched by :mod:`harness.models` when online), or a
+GGUF file, which is first turned into a plain HF directory once (:mod:`harness.gguf_to_hf`) because
+bitsandbytes cannot quantize a GGUF-loaded model.
+
+Scoring runs the model body once per batch of windows and applies the output head only to scored
+positions, ``logit_rows`` at a time: a whole window's logits are never held (512 positions of a
+49k-vocabulary model are 100 MB of fp32 logits per window, a batch of them several GB).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from harness.backends.base import LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Window
+from harness.config import StrictModel
+from harness.errors import Unavailable, require
+from harness.measure import CudaMemory
+from harness.tokenizer import Tokenizer
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class BnbQuantization(StrictModel):
+    """bitsandbytes quantization applied while loading (``quantization:`` of an hf backend).
+
+    The 4-bit options are None for 8 bits and filled with their defaults for 4 bits, so the resolved
+    settings (and the cell id) read the same whether a default was written out or not."""
+
+    method: Literal["bnb"]
+    bits: Literal[4, 8]
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="4-bit only; default nf4")
+    double_quant: bool | None = Field(None, description="4-bit only: quantize the quantization constants too; "
+                                      "default false")
+    compute_dtype: Dtype | None = Field(None, description="4-bit only; default: the backend's dtype")
+
+    @model_validator(mode="after")
+    def _four_bit_options(self):
+        if self.bits == 8:
+            if any(v is not None for v in (self.quant_type, self.double_quant, self.compute_dtype)):
+                raise ValueError("quant_type, double_quant and compute_dtype apply only to bits: 4")
+        else:
+            self.quant_type = self.quant_type or "nf4"
+            self.double_quant = bool(self.double_quant)
+        return self
+
+
+class HfSettings(BackendSettings):
+    type: Literal["hf"]
+    dtype: Dtype = Field("float32", description="weights and activations (non-quantized layers)")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="auto: accelerate's device_map")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2, ...; "
+                                            "default: transformers' choice")
+    batch_size: int = Field(4, ge=1, description="windows per forward pass when scoring")
+    logit_rows: int = Field(256, ge=1, description="positions per output-head block (bounds logit memory)")
+    n_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all this process may use")
+    quantization: BnbQuantization | None = None
+
+
+def load_kwargs(settings: HfSettings) -> dict:
+    """``from_pretrained`` arguments for these settings (no device is touched here)."""
+    import torch
+
+    dtype = getattr(torch, settings.dtype)
+    kwargs: dict = {"dtype": dtype, "device_map": settings.device}
+    if settings.attn_implementation is not None:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    q = settings.quantization
+    if q is not None:
+        from transformers import BitsAndBytesConfig
+
+        if q.bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype or settings.dtype))
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    return kwargs
+
+
+class HfTokenizer(Tokenizer):
+    """A transformers tokenizer (byte-level BPE or SentencePiece-style) behind the harness's protocol."""
+
+    _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        probe = tokenizer("a", add_special_tokens=True).input_ids
+        self.add_bos = self.bos_id is not None and probe[:1] == [self.bos_id]
+        self._special = set(tokenizer.all_special_ids)
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = type(decoder).__name__ == "ByteLevel"
+        if self._byte_level:
+            from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+            self._byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok(text, add_special_tokens=False).input_ids, dtype=np.int32)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._special:
+            return b""
+        piece = self._tok.convert_ids_to_tokens(int(token_id))
+        if self._byte_level:
+            return bytes(self._byte_of[ch] for ch in piece)
+        match = self._BYTE_TOKEN.fullmatch(piece)
+        return bytes([int(match.group(1), 16)]) if match else piece.replace("\u2581", " ").encode()
+
+    def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
+        """Byte-level vocabularies spell the text byte for byte: each token's own bytes. Others may
+        normalize or add a prefix space, so count from the character offsets instead: the bytes from
+        the end of the previous token's characters to the end of this one's, every byte of the covered
+        text counted once (a character split across tokens goes to the last of them)."""
+        if self._byte_level:
+            return super().byte_counts(text, ids)
+        encoded = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        n = len(ids)
+        if list(encoded.input_ids[:n]) != np.asarray(ids).tolist():
+            raise ValueError("byte_counts needs the ids of encode(text)")
+        ends = np.maximum.accumulate(np.asarray(encoded.offset_mapping, dtype=np.int64)[:n, 1])
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        char_bytes = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
+        byte_at = np.concatenate([[0], np.cumsum(char_bytes)])
+        return np.diff(byte_at[ends], prepend=0)
+
+
+class HfBackend(Backend):
+    type_name = "hf"
+    settings_class = HfSettings
+    capabilities = frozenset({SCORE, LOGITS})
+    model_kinds = frozenset({"hf", "gguf"})
+    dependencies = (("torch", "hf"), ("transformers", "hf"), ("accelerate", "hf"))
+    settings: HfSettings
+
+    @classmethod
+    def dependencies_for(cls, settings: dict) -> tuple[tuple[str, str], ...]:
+        if settings.get("quantization"):
+            return cls.dependencies + (("bitsandbytes", "bnb"),)
+        return cls.dependencies
+
+    def prepare(self) -> dict:
+        """A GGUF source becomes an HF directory first, in a process of its own (not measured)."""
+        self._dir, materialize_s = Path(self.model.path), 0.0
+        if self.model.kind == "gguf":
+            from harness.gguf_to_hf import ensure_materialized
+
+            self._dir, materialize_s = ensure_materialized(self.model.path, self.model.sha256)
+        return {"hf_dir": str(self._dir), "materialize_s": materialize_s}
+
+    def load(self, context_tokens: int) -> LoadInfo:
+        torch = require("torch", "hf", "the hf backend")
+        transformers = require("transformers", "hf", "the hf backend")
+        s = self.settings
+        if s.device == "cuda" and not torch.cuda.is_available():
+            raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
+        if s.quantization is not None:
+            require("bitsandbytes", "bnb", "quantization: {method: bnb}")
+            # LLM.int8 casts activations to float16 and logs that at every matmul: once is in the docs
+            logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        if s.n_threads is not None:
+            torch.set_num_threads(s.n_threads)
+        self._torch = torch
+        self._cuda = CudaMemory() if s.device != "cpu" and torch.cuda.is_available() else None
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self._dir)
+            self._model = transformers.AutoModelForCausalLM.from_pretrained(self._dir, **load_kwargs(s))
+        self._model.eval()
+        load_s = time.perf_counter() - start
+        self.tokenizer = HfTokenizer(tokenizer)
+        config = self._model.config
+        for scaling in ("logit_scale", "logits_scaling"):
+            if getattr(config, scaling, None) not in (None, 1, 1.0):
+                raise ValueError(f"{config.model_type} scales its logits ({scaling}); the hf backend's "
+                                 "blockwise head does not reproduce that")
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._body = self._model.base_model
+        self._head = self._model.get_output_embeddings()
+        self._device = self._head.weight.device
+        versions = {name: getattr(require(name, "hf", "version"), "__version__", "?")
+                    for name in ("torch", "transformers", "accelerate")}
+        if s.quantization is not None:
+            versions["bitsandbytes"] = require("bitsandbytes", "bnb", "version").__version__
+        return LoadInfo(load_s=load_s, model_bytes=int(self._model.get_memory_footprint()), details={
+            "architecture": type(self._model).__name__,
+            "n_params": int(sum(p.numel() for p in self._model.parameters())),
+            "dtype": s.dtype, "device": str(self._device), "attn_implementation": config._attn_implementation,
+            "quantization": s.quantization.model_dump() if s.quantization else None,
+            "batch_size": s.batch_size, "n_threads": torch.get_num_threads(), "add_bos": self.tokenizer.add_bos,
+            "bytes_on_disk": sum(p.stat().st_size for p in Path(self._dir).rglob("*") if p.is_file()),
+            **versions,
+        })
+
+    def _batches(self, windows: Sequence[Window]) -> Iterator[tuple[list[int], object]]:
+        """Window indices and the body's last hidden state (batch, length, hidden) of each batch."""
+        torch, size = self._torch, self.settings.batch_size
+        for first in range(0, len(windows), size):
+            group = list(range(first, min(first + size, len(windows))))
+            lengths = [len(windows[i].input_ids) for i in group]
+            ids = np.zeros((len(group), max(lengths)), dtype=np.int64)
+            for row, i in enumerate(group):
+                ids[row, :lengths[row]] = windows[i].input_ids
+            kwargs = {"input_ids": torch.from_numpy(ids).to(self._device)}
+            if min(lengths) != max(lengths):  # right padding: positions stay 0.. for every row
+                mask = np.arange(ids.shape[1])[None, :] < np.array(lengths)[:, None]
+                kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self._device)
+            with torch.inference_mode():
+                hidden = self._body(**kwargs, use_cache=False).last_hidden_state
+            yield group, hidden
+
+    def _logprob_blocks(self, windows: Sequence[Window]) -> Iterator[tuple[int, object, np.ndarray]]:
+        """(window index, float32 log-softmax rows [n, vocab] as a torch tensor, the rows' positions),
+        at most ``logit_rows`` scored positions at a time."""
+        torch, rows = self._torch, self.settings.logit_rows
+        for group, hidden in self._batches(windows):
+            for row, i in enumerate(group):
+                positions = windows[i].scored_positions
+                for start in range(0, len(positions), rows):
+                    part = positions[start:start + rows]
+                    with torch.inference_mode():
+                        logits = self._head(hidden[row, torch.from_numpy(part).to(self._device)]).float()
+                        if self._softcap:
+                            logits = torch.tanh(logits / self._softcap) * self._softcap
+                        yield i, torch.log_softmax(logits, dim=-1), part
+
+    def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        torch = self._torch
+        parts: list[list[np.ndarray]] = [[] for _ in windows]
+        for i, logprobs, positions in self._logprob_blocks(windows):
+            targets = torch.from_numpy(windows[i].labels[positions].astype(np.int64)).to(logprobs.device)
+            parts[i].append(logprobs.gather(1, targets[:, None])[:, 0].double().cpu().numpy())
+        return [np.concatenate(p) if p else np.zeros(0) for p in parts]
+
+    def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Full-vocabulary log-probabilities at scored positions, block by block (entropy, KLD)."""
+        for i, logprobs, positions in self._logprob_blocks(windows):
+            yield i, positions, logprobs.cpu().numpy()
+
+    def device_memory(self) -> dict[str, float]:
+        return self._cuda.peaks() if self._cuda is not None else {}
+
+    def close(self) -> None:
+        self._model = self._body = self._head = None
+        if self._cuda is not None:
+            self._torch.cuda.empty_cache()

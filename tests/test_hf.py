@@ -1,0 +1,264 @@
+"""The hf backend on tiny models built in code: its scores against transformers' own loss and logits,
+its tokenizer's bytes, bitsandbytes settings up to the device boundary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from harness.backends.base import Window
+from harness.errors import Unavailable
+from harness.models import ModelSpec, resolve
+from harness.windows import chunked, rolling, sliding
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from harness.backends.hf import BnbQuantization, HfBackend, HfSettings, load_kwargs  # noqa: E402
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
+        "in want of a wife. Café naïve — 東京 ✓ déjà vu.\n") * 6
+
+
+def _tokenizer(byte_level: bool = True):
+    """A BPE trained on TEXT: byte-level (GPT-2 style) or SentencePiece-style (metaspace, no byte fallback)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    if byte_level:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<unk>"],
+                                                        initial_alphabet=alphabet))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      bos_token_id=0, eos_token_id=1)
+    return _save(transformers.LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def softcapped_dir(tmp_path_factory):
+    """Gemma 3 caps its logits with tanh (final_logit_softcapping): the blockwise head must too."""
+    torch.manual_seed(1)
+    config = transformers.Gemma3TextConfig(vocab_size=320, hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           head_dim=16, max_position_embeddings=256, final_logit_softcapping=3.0,
+                                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return _save(transformers.Gemma3ForCausalLM(config), tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+def _backend(path, **settings):
+    model = resolve("tiny", ModelSpec(hf=str(path)), path.parent)
+    backend = HfBackend(HfSettings(type="hf", **settings), model)
+    backend.prepare()
+    backend.load(context_tokens=64)
+    return backend
+
+
+def test_window_nll_equals_transformers_loss(llama_dir):
+    """The mean NLL of a fully scored window is exactly the ``loss`` transformers computes for it."""
+    backend = _backend(llama_dir, batch_size=3, logit_rows=7)
+    tokens = backend.tokenizer.encode(TEXT)
+    windows = rolling(tokens[:150], 64, backend.tokenizer.eos_id)  # 64, 64, 22 tokens: padded batch
+    scores = backend.score(windows)
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    for window, logprobs in zip(windows, scores, strict=True):
+        ids = torch.from_numpy(window.input_ids.astype(np.int64))[None]
+        # transformers shifts labels itself: label[t] is the token at t, predicted from position t - 1
+        labels = torch.full_like(ids, -100)
+        labels[0, 1:] = torch.from_numpy(window.labels[:-1].astype(np.int64))
+        labels[labels < 0] = -100
+        with torch.inference_mode():
+            loss = model(ids, labels=labels).loss.item()
+        last = int(window.labels[-1])  # the window's last target lies beyond its inputs: score it apart
+        with torch.inference_mode():
+            last_lp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)[last].item()
+        n_inner = len(logprobs) - 1
+        assert -(logprobs.sum() - logprobs[-1]) / n_inner == pytest.approx(loss, rel=1e-5)
+        assert logprobs[-1] == pytest.approx(last_lp, abs=1e-4)
+    backend.close()
+
+
+def test_blockwise_head_reproduces_softcapped_logits(softcapped_dir):
+    backend = _backend(softcapped_dir, batch_size=2, logit_rows=5)
+    tokens = backend.tokenizer.encode(TEXT)[:120]
+    windows = sliding(tokens, 48, 16)
+    scores = backend.score(windows)
+    model = transformers.AutoModelForCausalLM.from_pretrained(softcapped_dir, dtype=torch.float32)
+    for window, logprobs in zip(windows, scores, strict=True):
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(window.input_ids.astype(np.int64))[None]).logits[0].double()
+        assert logits.abs().max() <= 3.0  # the cap is in effect
+        expected = torch.log_softmax(logits, -1)[window.scored_positions, window.targets].numpy()
+        np.testing.assert_allclose(logprobs, expected, rtol=0, atol=2e-5)
+    backend.close()
+
+
+def test_full_logprobs_are_distributions_that_contain_the_scores(llama_dir):
+    backend = _backend(llama_dir, batch_size=2, logit_rows=16)
+    windows = chunked(backend.tokenizer.encode(TEXT)[:128], 64, backend.tokenizer.bos_id)
+    scores = backend.score(windows)
+    seen = 0
+    for i, positions, rows in backend.logprobs(windows):
+        assert rows.shape == (len(positions), backend.tokenizer.vocab_size)
+        np.testing.assert_allclose(np.exp(rows.astype(np.float64)).sum(axis=1), 1.0, atol=1e-5)
+        picked = rows[np.arange(len(positions)), windows[i].labels[positions]]
+        offset = np.searchsorted(windows[i].scored_positions, positions[0])
+        np.testing.assert_allclose(picked, scores[i][offset:offset + len(positions)], atol=1e-6)
+        seen += len(positions)
+    assert seen == sum(len(s) for s in scores)
+    backend.close()
+
+
+def test_tokenizer_bytes_cover_the_text_exactly(llama_dir):
+    backend = _backend(llama_dir)
+    tok = backend.tokenizer
+    ids = tok.encode(TEXT)
+    assert b"".join(tok.token_bytes(int(t)) for t in ids) == TEXT.encode()
+    counts = tok.byte_counts(TEXT, ids)
+    assert counts.sum() == len(TEXT.encode())
+    np.testing.assert_array_equal(counts, [len(tok.token_bytes(int(t))) for t in ids])
+    head = ids[:40]  # a prefix of the ids covers exactly the bytes its tokens spell
+    assert tok.byte_counts(TEXT, head).sum() == len(b"".join(tok.token_bytes(int(t)) for t in head))
+    assert tok.add_bos is False and tok.bos_id == 0
+    backend.close()
+
+
+def test_offset_byte_counts_cover_a_metaspace_text(tmp_path):
+    """SentencePiece-style pieces add a prefix space the text lacks; offsets still count each byte once."""
+    from harness.backends.hf import HfTokenizer
+
+    tok = HfTokenizer(_tokenizer(byte_level=False))
+    ids = tok.encode(TEXT)
+    assert len(b"".join(tok.token_bytes(int(t)) for t in ids)) != len(TEXT.encode())
+    counts = tok.byte_counts(TEXT, ids)
+    assert counts.sum() == len(TEXT.encode()) and (counts >= 0).all()
+    head = ids[:3]
+    words = TEXT.split(" ")
+    assert tok.byte_counts(TEXT, head).sum() == len(" ".join(words[:3]).encode())
+
+
+def test_bf16_scores_stay_close_to_fp32(llama_dir):
+    fp32, bf16 = _backend(llama_dir), _backend(llama_dir, dtype="bfloat16")
+    windows = chunked(fp32.tokenizer.encode(TEXT)[:128], 64, None)
+    a, b = (np.concatenate(x.score(windows)) for x in (fp32, bf16))
+    assert not np.array_equal(a, b)  # it really ran in bfloat16
+    assert math.exp(-b.mean()) == pytest.approx(math.exp(-a.mean()), rel=0.02)
+
+
+def test_bnb_nf4_on_cpu_quantizes_and_scores(llama_dir):
+    pytest.importorskip("bitsandbytes")
+    quant = BnbQuantization(method="bnb", bits=4, quant_type="nf4")
+    backend = _backend(llama_dir, quantization=quant)
+    layer = backend._model.model.layers[0].mlp.up_proj
+    assert type(layer).__name__ == "Linear4bit"
+    fp32 = _backend(llama_dir)
+    windows = chunked(backend.tokenizer.encode(TEXT)[:128], 64, None)
+    q, f = (np.concatenate(b.score(windows)) for b in (backend, fp32))
+    assert np.isfinite(q).all() and not np.allclose(q, f)
+    assert backend._model.get_memory_footprint() < fp32._model.get_memory_footprint()
+
+
+def test_quantization_settings_become_bitsandbytes_config():
+    pytest.importorskip("bitsandbytes")
+    nf4 = load_kwargs(HfSettings(type="hf", device="cuda", dtype="float16", quantization={
+        "method": "bnb", "bits": 4, "quant_type": "fp4", "double_quant": True, "compute_dtype": "bfloat16"}))
+    config = nf4["quantization_config"]
+    assert nf4["device_map"] == "cuda" and nf4["dtype"] == torch.float16
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    int8 = load_kwargs(HfSettings(type="hf", quantization={"method": "bnb", "bits": 8}))["quantization_config"]
+    assert int8.load_in_8bit and not int8.load_in_4bit
+    default = load_kwargs(HfSettings(type="hf", dtype="bfloat16", quantization={"method": "bnb", "bits": 4}))
+    assert default["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_four_bit_options_on_eight_bits_are_refused():
+    with pytest.raises(ValueError, match="apply only to bits: 4"):
+        BnbQuantization(method="bnb", bits=8, quant_type="nf4")
+
+
+def test_quantization_defaults_resolve_to_the_same_settings():
+    """A cell re-validates its dumped settings in the worker: defaults must survive the round trip."""
+    for raw in ({"method": "bnb", "bits": 4}, {"method": "bnb", "bits": 8}):
+        once = BnbQuantization.model_validate(raw)
+        assert BnbQuantization.model_validate(once.model_dump(mode="json")) == once
+    assert BnbQuantization(method="bnb", bits=4) == BnbQuantization(method="bnb", bits=4, quant_type="nf4",
+                                                                    double_quant=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's skip")
+def test_cuda_cell_without_a_gpu_is_unavailable(llama_dir):
+    model = resolve("tiny", ModelSpec(hf=str(llama_dir)), llama_dir.parent)
+    backend = HfBackend(HfSettings(type="hf", device="cuda", dtype="float16"), model)
+    backend.prepare()
+    with pytest.raises(Unavailable, match="no CUDA device"):
+        backend.load(context_tokens=64)
+
+
+def test_window_labels_match_the_padding_free_forward(llama_dir):
+    """A short window batched beside full ones (right padding) scores as it does alone."""
+    backend = _backend(llama_dir, batch_size=2)
+    tokens = backend.tokenizer.encode(TEXT)
+    long = Window(tokens[:64], np.concatenate([tokens[1:64], [-1]]))
+    short = Window(tokens[:20], np.concatenate([tokens[1:20], [-1]]))
+    together = backend.score([long, short])
+    alone = backend.score([short])
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
+    backend.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's skip")
+def test_suite_runs_hf_cells_and_skips_cuda_with_its_reason(llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from harness.cli import main
+
+    suite = {
+        "name": "hf-tiny",
+        "models": {"tiny": {"hf": str(llama_dir)}},
+        "backends": {"fp32": {"type": "hf", "dtype": "float32", "n_threads": 1},
+                     "int8": {"type": "hf", "n_threads": 1, "quantization": {"method": "bnb", "bits": 8}},
+                     "fp16-cuda": {"type": "hf", "dtype": "float16", "device": "cuda"}},
+        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+        "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 64,
+                          "max_tokens": 512}},
+        "matrix": [{"model": "tiny", "backend": ["fp32", "int8", "fp16-cuda"], "task": "ppl"}],
+    }
+    path = tmp_path / "hf-tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    table = pd.read_parquet(out / "results.parquet")
+    cuda = table[table.backend == "fp16-cuda"]
+    assert cuda.status.tolist() == ["skipped"] and "no CUDA device" in cuda.reason.iloc[0]
+    fp32 = table[table.backend == "fp32"].set_index("metric")
+    assert fp32.loc["tokens_scored", "value"] == 512 and fp32.loc["token_ppl", "value"] > 1
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert fp32.loc["model_bytes", "value"] == model.get_memory_footprint()
+    params = json.loads(fp32.params.iloc[0])
+    assert params["resolved"]["backend"]["dtype"] == "float32"
+    int8 = table[table.backend == "int8"].set_index("metric")
+    assert int8.status.iloc[0] == "ok", int8.reason.iloc[0]
+    assert 0 < int8.loc["model_bytes", "value"] < fp32.loc["model_bytes", "value"]
