@@ -14,6 +14,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "nll_mean": ("nats/token", False),
     "tokens_scored": ("tokens", True),
     "bytes_scored": ("bytes", True),
+    # throughput
+    "prefill_tok_s": ("tokens/s", True),
+    "decode_tok_s": ("tokens/s", True),
+    "ttft_s": ("s", False),
+    "itl_p50_s": ("s", False),
+    "itl_p99_s": ("s", False),
     # every cell
     "load_s": ("s", False),
     "model_bytes": ("bytes", False),

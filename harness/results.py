@@ -30,15 +30,16 @@ COLUMNS = ["run_id", "cell_id", "suite", "model", "backend", "task", "dataset", 
 OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
 
 
-def cell_record_path(run_dir: Path, cell_id: str) -> Path:
-    return run_dir / "cells" / f"{cell_id}.json"
+def cell_record_path(run_dir: Path, cell_id: str, round_: int | None = None) -> Path:
+    """A cell's record; an interleaved cell also has one per round until they are merged."""
+    return run_dir / "cells" / (f"{cell_id}.json" if round_ is None else f"{cell_id}.round{round_}.json")
 
 
 def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[dict]:
     """The finished cells' records, in ``order`` of cell ids (suite order) where given; then only those:
     a resumed run whose suite changed a cell's settings leaves the old cell's record behind."""
     records = [json.loads(path.read_text()) for path in (run_dir / "cells").glob("*.json")
-               if not path.name.endswith(".job.json")]
+               if path.name.count(".") == 1]  # not a job file, not an interleaved round
     if order is None:
         return sorted(records, key=lambda r: r["cell_id"])
     rank = {cell_id: i for i, cell_id in enumerate(order)}
@@ -46,7 +47,8 @@ def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[dic
 
 
 def write_cell_record(run_dir: Path, record: dict) -> None:
-    atomic_write_text(cell_record_path(run_dir, record["cell_id"]), json.dumps(record, indent=1))
+    path = cell_record_path(run_dir, record["cell_id"], record.get("round"))
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _rows(record: dict, run_id: str) -> list[dict]:

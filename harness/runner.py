@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import results
+from harness import results, rounds
 from harness.atomic import atomic_write_text
 from harness.backends import BACKENDS
 from harness.data import Corpus, DatasetSpec, corpora_dir, load_corpus
@@ -49,6 +49,12 @@ class RunSummary:
     reused: int
     failed: int
     skipped: int
+
+    def count(self, status: str) -> None:
+        """One more cell that ran, by how it ended."""
+        self.ran += 1
+        self.failed += status in (results.FAILED, results.TIMEOUT)
+        self.skipped += status == results.SKIPPED
 
 
 def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
@@ -174,30 +180,47 @@ class Runner:
         results.write_run_json(run_dir, info)
 
         done = {r["cell_id"] for r in results.read_cell_records(run_dir) if r["status"] == results.OK}
+        plain = [c for c in self.cells if not rounds.interleaved(c)]
+        mixed = [c for c in self.cells if rounds.interleaved(c) and not (self.options.resume and c.cell_id in done)]
+        schedule = rounds.schedule(plain, mixed)
         summary = RunSummary(run_dir, 0, 0, 0, 0)
+        summary.reused += len([c for c in self.cells if rounds.interleaved(c)]) - len(mixed)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # refreshed twice a second: the cell being timed shares the machine with this process
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=2) as progress:
-            bar = progress.add_task("cells", total=len(self.cells))
-            for cell in self.cells:
-                progress.update(bar, description=cell.label)
-                if self.options.resume and cell.cell_id in done:
+            bar = progress.add_task("cells", total=len(schedule))
+            for cell, round_ in schedule:
+                progress.update(bar, description=cell.label + (f" (round {round_ + 1})" if round_ is not None else ""))
+                if round_ is None and self.options.resume and cell.cell_id in done:
                     summary.reused += 1
+                elif round_ is not None and self.options.resume and self._round_done(run_dir, cell, round_):
+                    pass
                 else:
-                    record = self._run_cell(cell, run_dir, models[cell.model])
-                    summary.ran += 1
-                    summary.failed += record["status"] in (results.FAILED, results.TIMEOUT)
-                    summary.skipped += record["status"] == results.SKIPPED
-                    results.write_tables(run_dir, run_id, info["cells"])
+                    record = self._run_cell(cell, run_dir, models[cell.model], round_)
+                    if round_ is None:
+                        summary.count(record["status"])
+                        results.write_tables(run_dir, run_id, info["cells"])
                 progress.advance(bar)
+        for cell in mixed:
+            record = rounds.merge(cell, [json.loads(results.cell_record_path(run_dir, cell.cell_id, r).read_text())
+                                         for r in range(rounds.rounds_of(cell))])
+            results.write_cell_record(run_dir, record)
+            summary.count(record["status"])
         results.write_tables(run_dir, run_id, info["cells"])
         info["ended_at"] = _now()
         results.write_run_json(run_dir, info)
         return summary
 
-    def _run_cell(self, cell: Cell, run_dir: Path, model: ResolvedModel) -> dict:
+    @staticmethod
+    def _round_done(run_dir: Path, cell: Cell, round_: int) -> bool:
+        path = results.cell_record_path(run_dir, cell.cell_id, round_)
+        return path.exists() and json.loads(path.read_text())["status"] == results.OK
+
+    def _run_cell(self, cell: Cell, run_dir: Path, model: ResolvedModel, round_: int | None = None) -> dict:
         base = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
                 "started_at": _now()}
+        if round_ is not None:
+            base.update(round=round_, cell=rounds.round_cell(cell))
         can, why = BACKENDS[cell.backend_spec["type"]].capabilities_for(cell.model_spec)
         missing = TASKS[cell.task_spec["type"]].requires - can
         if missing:
@@ -209,10 +232,11 @@ class Runner:
         job = {**base, "run_dir": str(run_dir), "base_dir": str(self.base_dir),
                "corpora": str(self.corpora) if self.corpora else None,
                "model": {**model.__dict__, "path": str(model.path)}}
-        job_path = run_dir / "cells" / f"{cell.cell_id}.job.json"
+        record_path = results.cell_record_path(run_dir, cell.cell_id, round_)
+        job_path = record_path.with_suffix(".job.json")
         atomic_write_text(job_path, json.dumps(job, indent=1))
-        results.cell_record_path(run_dir, cell.cell_id).unlink(missing_ok=True)
-        log_path = run_dir / "logs" / f"{cell.cell_id}.log"
+        record_path.unlink(missing_ok=True)
+        log_path = run_dir / "logs" / (record_path.stem + ".log")
         started = time.time()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], stdout=log,
@@ -229,7 +253,6 @@ class Runner:
                 proc.wait()
                 raise
         job_path.unlink(missing_ok=True)
-        record_path = results.cell_record_path(run_dir, cell.cell_id)
         if record_path.exists():
             record = json.loads(record_path.read_text())
         else:

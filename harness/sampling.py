@@ -29,8 +29,10 @@ class Generation:
     text: str = ""
     max_prob: list[float] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
-    #: seconds since the request, when each token was ready
+    #: seconds since the request, when each token was ready (the first is the time to first token)
     times: list[float] = field(default_factory=list)
+    #: seconds the prompt took, where the backend can tell it apart from choosing the first token
+    prefill_s: float | None = None
 
 
 def entropy_nats(probs: np.ndarray) -> float:
@@ -60,6 +62,24 @@ def shape(probs: np.ndarray, decoding: Decoding) -> np.ndarray:
         out[dropped] = 0.0
         out /= out.sum()
     return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(), dtype=np.float64)
+    return shifted / shifted.sum()
+
+
+def choose_from_logits(logits: np.ndarray, decoding: Decoding, rng: np.random.Generator,
+                       out: Generation | None = None) -> int:
+    """The next token from raw logits; appends the model's max-prob and entropy to ``out`` when given.
+    Greedy without a trace is a bare argmax: no pass over the vocabulary beyond it."""
+    if out is None and decoding.temperature == 0:
+        return int(np.argmax(logits))
+    probs = softmax(logits)
+    if out is not None:
+        out.max_prob.append(float(probs.max()))
+        out.entropy.append(entropy_nats(probs))
+    return choose(probs, decoding, rng)
 
 
 def choose(probs: np.ndarray, decoding: Decoding, rng: np.random.Generator) -> int:

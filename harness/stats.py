@@ -40,3 +40,17 @@ def bootstrap_ci(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.nd
                              rng=np.random.default_rng(BOOTSTRAP_SEED))
     low, high = result.confidence_interval
     return float(low), float(high)
+
+
+def median_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Median and its distribution-free CI from order statistics (the binomial interval, as asv and
+    benchmark tools use for timings; no normality assumed). With 5 repeats it spans min..max (93.8%)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    median = float(np.median(x))
+    if n < 3:
+        return median, math.nan, math.nan
+    j = max(int(stats.binom.ppf((1 - CONFIDENCE) / 2, n, 0.5)), 1)
+    return median, float(x[j - 1]), float(x[n - j])

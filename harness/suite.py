@@ -193,20 +193,21 @@ def _check_references(path: Path, suite: Suite) -> None:
 
 
 def expand(suite: Suite) -> list[Cell]:
-    """The matrix as a list of unique cells, in suite order."""
+    """The matrix as a list of unique cells, in suite order; a task whose settings sweep a list (prompt
+    lengths, say) becomes one cell per value, named ``task.SUFFIX``."""
     cells: dict[str, Cell] = {}
     for entry in suite.matrix:
         for m, b, t in entry.product():
-            task = suite.tasks[t]
-            dataset = task.dataset
-            cell = Cell(
-                suite=suite.name, model=m, backend=b, task=t, dataset=dataset,
-                model_spec=suite.models[m].model_dump(mode="json"),
-                backend_spec=suite.backends[b].model_dump(mode="json"),
-                task_spec=task.model_dump(mode="json"),
-                dataset_spec=suite.datasets[dataset].model_dump(mode="json") if dataset else None,
-            )
-            cells.setdefault(cell.cell_id, cell)
+            for suffix, task in suite.tasks[t].variants():
+                dataset = task.dataset
+                cell = Cell(
+                    suite=suite.name, model=m, backend=b, task=t + suffix, dataset=dataset,
+                    model_spec=suite.models[m].model_dump(mode="json"),
+                    backend_spec=suite.backends[b].model_dump(mode="json"),
+                    task_spec=task.model_dump(mode="json"),
+                    dataset_spec=suite.datasets[dataset].model_dump(mode="json") if dataset else None,
+                )
+                cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
 
 

@@ -23,6 +23,17 @@ class Tokenizer(ABC):
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes this token contributes to the text."""
 
+    def text(self, ids) -> str:
+        """The text the tokens spell (generated text); bytes a token split are replaced, not raised."""
+        return b"".join(self.token_bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
+
+    def prompt(self, text: str) -> np.ndarray:
+        """The ids a generation starts from: BOS first where the model adds one."""
+        ids = self.encode(text)
+        if self.add_bos and self.bos_id is not None:
+            ids = np.concatenate([[self.bos_id], ids]).astype(np.int32)
+        return ids
+
     def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """UTF-8 bytes of ``text`` that each token of ``encode(text)`` accounts for (bits per byte).
 

@@ -67,6 +67,10 @@ class WordTokenizer(Tokenizer):
     def token_bytes(self, token_id: int) -> bytes:
         return self.words[token_id].encode("utf-8")
 
+    def text(self, ids) -> str:
+        """Words and punctuation joined by single spaces: the spacing is not in the vocabulary."""
+        return " ".join(self.words[int(t)] for t in ids)
+
     def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """Bytes of ``text`` each token stands for: the gap before it and its own characters."""
         char_bytes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.data import DatasetSpec, load_corpus
 from harness.errors import Unavailable
-from harness.measure import PeakRSS, rss_mb
+from harness.measure import PeakRSS, rss_mb, ru_maxrss_bytes
 from harness.metrics import Measurement
 from harness.models import ResolvedModel
 from harness.results import FAILED, OK, SKIPPED, write_cell_record
@@ -61,7 +61,9 @@ def run_job(job: dict) -> dict:
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
         "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
-                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded, **device}},
+                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
+                                "sampled_peak_mb": memory.sampled_peak / 2**20,
+                                "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device}},
         "fingerprints": {"model": model.fingerprint(), "dataset": corpus.fingerprint() if corpus else None},
     }
 
@@ -71,6 +73,8 @@ def main(argv: list[str]) -> int:
     job = json.loads(job_path.read_text())
     started = time.time()
     base = {"cell_id": job["cell_id"], "cell": job["cell"], "params": job["params"], "started_at": now()}
+    if job.get("round") is not None:
+        base["round"] = job["round"]
     try:
         record = run_job(job)
     except Unavailable as exc:  # this machine lacks what the cell needs: a skip, not a failure

@@ -141,6 +141,24 @@ def test_tokenizer_bytes_cover_the_text_exactly(llama_dir):
     backend.close()
 
 
+def test_generate_is_greedy_streamed_and_exact_in_length(llama_dir):
+    from harness.sampling import Decoding
+
+    backend = _backend(llama_dir)
+    prompt = backend.tokenizer.prompt("It is a truth")
+    gen = backend.generate(prompt, Decoding(temperature=0), 12, ignore_eos=True)
+    assert len(gen.tokens) == len(gen.times) == len(gen.max_prob) == 12 and gen.prefill_s is None
+    ids, first_max_prob = list(prompt), None
+    with torch.inference_mode():
+        for _ in range(12):  # an independent greedy loop over full forwards
+            logits = backend._model(torch.tensor([ids])).logits[0, -1]
+            first_max_prob = first_max_prob or float(torch.softmax(logits.double(), -1).max())
+            ids.append(int(logits.argmax()))
+    assert gen.tokens == ids[len(prompt):]
+    assert gen.max_prob[0] == pytest.approx(first_max_prob, rel=1e-6)
+    backend.close()
+
+
 def test_offset_byte_counts_cover_a_metaspace_text(tmp_path):
     """SentencePiece-style pieces add a prefix space the text lacks; offsets still count each byte once."""
     from harness.backends.hf import HfTokenizer

@@ -95,9 +95,10 @@ def loaded_backend(tmp_path, **ngram) -> NgramBackend:
 
 def test_generation_greedy_seeded_and_confident(tmp_path):
     backend = loaded_backend(tmp_path, order=3)
-    greedy = backend.generate("The", Decoding(temperature=0), 12)
-    assert greedy.tokens == backend.generate("The", Decoding(temperature=0), 12).tokens
-    sampled = [backend.generate("The", Decoding(temperature=1.0, top_p=0.9, seed=s), 12).tokens for s in (1, 1, 2)]
+    the = backend.tokenizer.prompt("The")
+    greedy = backend.generate(the, Decoding(temperature=0), 12)
+    assert greedy.tokens == backend.generate(the, Decoding(temperature=0), 12).tokens
+    sampled = [backend.generate(the, Decoding(temperature=1.0, top_p=0.9, seed=s), 12).tokens for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] != sampled[2]
     assert len(greedy.max_prob) == len(greedy.entropy) >= len(greedy.tokens) > 0
     assert all(0 < p <= 1 for p in greedy.max_prob)
@@ -109,6 +110,8 @@ def test_generation_greedy_seeded_and_confident(tmp_path):
 
 def test_stupid_backoff_generates_but_never_scores(tmp_path):
     backend = loaded_backend(tmp_path, order=3, smoothing="stupid-backoff")
-    assert backend.generate("The", Decoding(seed=3), 8).text
+    assert backend.generate(backend.tokenizer.prompt("The"), Decoding(seed=3), 8).text
+    exact = backend.generate(backend.tokenizer.prompt("The"), Decoding(temperature=0), 40, ignore_eos=True)
+    assert len(exact.tokens) == len(exact.times) == 40
     with pytest.raises(ValueError, match="not a normalized distribution"):
         backend.score([])

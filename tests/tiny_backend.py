@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from harness.backends.base import SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
+from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
+from harness.sampling import Generation
 
 
 class CharTokenizer(Tokenizer):
@@ -30,7 +31,7 @@ class CharTokenizer(Tokenizer):
 class UnigramBackend(Backend):
     type_name = "tiny-unigram"
     settings_class = BackendSettings
-    capabilities = frozenset({SCORE})
+    capabilities = frozenset({SCORE, GENERATE})
     model_kinds = frozenset()
 
     def __init__(self, probs: dict[str, float], bos: bool = False):
@@ -38,6 +39,8 @@ class UnigramBackend(Backend):
         self.tokenizer = CharTokenizer("".join(probs), bos)
         self.logp = np.log(np.array(list(probs.values())))
         self.calls = []
+        self.prompts = []
+        self.prefill_per_token, self.first_s, self.step_s, self.reports_prefill = 0.001, 0.02, 0.05, True
 
     def load(self, context_tokens):
         return LoadInfo(load_s=0.0, model_bytes=0)
@@ -45,6 +48,17 @@ class UnigramBackend(Backend):
     def score(self, windows):
         self.calls.append(len(windows))
         return [self.logp[w.targets] for w in windows]
+
+    def generate(self, prompt_ids, decoding, max_new_tokens, *, ignore_eos=False, batch_size=1, trace=True,
+                 on_token=None):
+        """Greedy unigram text on a scripted clock: the prompt costs ``prefill_per_token`` per token,
+        each new token ``step_s`` after the previous one, so every timing figure is known by hand."""
+        self.prompts.append(np.asarray(prompt_ids).tolist())
+        prefill = self.prefill_per_token * len(prompt_ids)
+        best = int(np.argmax(self.logp))
+        times = [prefill + self.first_s + i * self.step_s for i in range(max_new_tokens)]
+        return Generation(tokens=[best] * max_new_tokens, times=times,
+                          prefill_s=prefill if self.reports_prefill else None)
 
     def close(self):
         pass

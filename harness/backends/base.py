@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from harness.config import StrictModel
+from harness.sampling import Decoding, Generation
 from harness.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -110,6 +111,17 @@ class Backend(ABC):
     def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """Natural-log probability of each window's targets, in order (float64 per window)."""
         raise NotImplementedError(f"backend {self.type_name} cannot score")
+
+    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        """Continue ``prompt_ids`` (the prompt's tokens, BOS included where the model wants one) by up to
+        ``max_new_tokens`` tokens, calling ``on_token`` as each is ready; ``ignore_eos`` generates
+        exactly that many (throughput). ``batch_size`` > 1 runs that many copies of the prompt at once
+        where the backend batches (else it raises :class:`harness.errors.Unavailable`); the returned
+        tokens are the first copy's. ``trace`` records each step's max-prob and entropy; timing runs
+        turn it off, since it costs a pass over the vocabulary per token (capability ``generate``)."""
+        raise NotImplementedError(f"backend {self.type_name} cannot generate")
 
     def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(window index, scored positions, their full-vocabulary log-probabilities [n, vocab]) in

@@ -15,17 +15,18 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from harness.backends.base import LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Window
+from harness.backends.base import GENERATE, LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Window
 from harness.config import StrictModel
 from harness.errors import Unavailable, require
 from harness.measure import CudaMemory
+from harness.sampling import Decoding, Generation
 from harness.tokenizer import Tokenizer
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -138,10 +139,28 @@ class HfTokenizer(Tokenizer):
         return np.diff(byte_at[ends], prepend=0)
 
 
+class _TokenClock:
+    """A transformers streamer: ``put`` gets the prompt once, then each step's new tokens."""
+
+    def __init__(self, out: Generation, on_token: Callable[[int], None] | None):
+        self.out, self.on_token, self.prompt_seen, self.start = out, on_token, False, 0.0
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.out.times.append(time.perf_counter() - self.start)
+        if self.on_token is not None:
+            self.on_token(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+
 class HfBackend(Backend):
     type_name = "hf"
     settings_class = HfSettings
-    capabilities = frozenset({SCORE, LOGITS})
+    capabilities = frozenset({SCORE, LOGITS, GENERATE})
     model_kinds = frozenset({"hf", "gguf"})
     dependencies = (("torch", "hf"), ("transformers", "hf"), ("accelerate", "hf"))
     settings: HfSettings
@@ -250,6 +269,41 @@ class HfBackend(Backend):
         """Full-vocabulary log-probabilities at scored positions, block by block (entropy, KLD)."""
         for i, logprobs, positions in self._logprob_blocks(windows):
             yield i, positions, logprobs.cpu().numpy()
+
+    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        """transformers' own ``generate`` (what its users get), timed by a streamer that sees each new
+        token as it is chosen. The prompt and the first token come out of one forward pass, so the
+        prefill is not told apart from the time to first token."""
+        torch = self._torch
+        ids = torch.from_numpy(np.tile(np.asarray(prompt_ids, dtype=np.int64), (batch_size, 1))).to(self._device)
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": decoding.temperature > 0,
+                  "pad_token_id": self.tokenizer.eos_id, "attention_mask": torch.ones_like(ids)}
+        if ignore_eos:
+            kwargs["min_new_tokens"] = max_new_tokens
+        if decoding.temperature > 0:
+            kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k or 0, top_p=decoding.top_p or 1.0)
+            torch.manual_seed(decoding.seed)
+        if trace:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
+        out = Generation()
+        clock = _TokenClock(out, on_token)
+        clock.start = time.perf_counter()
+        with torch.inference_mode():
+            result = self._model.generate(ids, streamer=clock, **kwargs)
+        sequences = result.sequences if trace else result
+        out.tokens = sequences[0, len(prompt_ids):].tolist()
+        if trace:
+            for step_logits in result.logits:
+                probs = torch.softmax(step_logits[0].double(), dim=-1)
+                out.max_prob.append(float(probs.max()))
+                out.entropy.append(float(-(probs * torch.log(probs.clamp_min(1e-300))).sum()))
+        eos = self.tokenizer.eos_id
+        if not ignore_eos and eos in out.tokens:  # generate pads after EOS; the text stops there
+            out.tokens = out.tokens[:out.tokens.index(eos)]
+        out.text = self.tokenizer.text(out.tokens)
+        return out
 
     def device_memory(self) -> dict[str, float]:
         return self._cuda.peaks() if self._cuda is not None else {}

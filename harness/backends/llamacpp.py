@@ -11,15 +11,16 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from harness.backends.base import SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
-from harness.errors import require
+from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
+from harness.errors import Unavailable, require
+from harness.sampling import Decoding, Generation, choose_from_logits
 
 
 class LlamaCppSettings(BackendSettings):
@@ -88,7 +89,7 @@ def gguf_tokenizer(path) -> LlamaCppTokenizer:
 class LlamaCppBackend(Backend):
     type_name = "llamacpp"
     settings_class = LlamaCppSettings
-    capabilities = frozenset({SCORE})
+    capabilities = frozenset({SCORE, GENERATE})
     model_kinds = frozenset({"gguf"})
     dependencies = (("llama_cpp", "gguf"),)
     settings: LlamaCppSettings
@@ -184,6 +185,38 @@ class LlamaCppBackend(Backend):
             splits = np.cumsum([len(w.targets) for w in group])[:-1]
             results.extend(np.split(flat, splits))
         return results
+
+    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        """The prompt in ``n_batch`` chunks with logits for its last token only (as llama-bench's pp),
+        then one llama_decode per new token (its tg)."""
+        if batch_size != 1:
+            raise Unavailable("the llamacpp backend generates one sequence at a time")
+        n = len(prompt_ids)
+        if n + max_new_tokens > self.seq_ctx:
+            raise ValueError(f"{n} prompt + {max_new_tokens} new tokens exceed the loaded context of {self.seq_ctx}")
+        lib, vocab = self._lib, self._lib.llama_model_get_vocab(self._model)
+        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        rng = np.random.default_rng(decoding.seed)
+        out = Generation()
+        start = time.perf_counter()
+        for first in range(0, n, self.n_batch):
+            chunk = prompt_ids[first:first + self.n_batch]
+            logits = self._decode([(int(t), first + i, 0, first + i == n - 1) for i, t in enumerate(chunk)])
+        out.prefill_s = time.perf_counter() - start
+        for step in range(max_new_tokens):
+            token = choose_from_logits(logits[-1], decoding, rng, out if trace else None)
+            out.times.append(time.perf_counter() - start)
+            if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
+                break
+            out.tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+            if step + 1 < max_new_tokens:
+                logits = self._decode([(token, n + step, 0, True)])
+        out.text = self.tokenizer.text(out.tokens)
+        return out
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)

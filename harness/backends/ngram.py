@@ -17,6 +17,7 @@ import numpy as np
 
 from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
 from harness.data import DatasetSpec, load_corpus
+from harness.errors import Unavailable
 from harness.models import NgramSpec
 from harness.ngram_model import NgramModel, build, training_stream
 from harness.sampling import Decoding, Generation, choose, entropy_nats
@@ -119,14 +120,15 @@ class NgramBackend(Backend):
     def next_distribution(self, context: np.ndarray) -> np.ndarray:
         return self.lm.next_distribution(context, self.spec.smoothing)
 
-    def generate(self, prompt: str, decoding: Decoding, max_new_tokens: int,
+    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
                  on_token: Callable[[int], None] | None = None) -> Generation:
-        """Sample from the full next-token distribution; stops at the boundary token."""
-        tok = self.tokenizer
+        """Sample from the full next-token distribution; stops at the boundary token unless told not to.
+        The distribution is computed either way, so the trace is always kept."""
+        if batch_size != 1:
+            raise Unavailable("the ngram backend generates one sequence at a time")
         rng = np.random.default_rng(decoding.seed)
-        context = list(tok.encode(prompt))
-        if tok.add_bos:
-            context.insert(0, tok.bos_id)
+        context = [int(t) for t in prompt_ids]
         out = Generation()
         start = time.perf_counter()
         for _ in range(max_new_tokens):
@@ -135,14 +137,13 @@ class NgramBackend(Backend):
             out.entropy.append(entropy_nats(probs))
             token = choose(probs, decoding, rng)
             out.times.append(time.perf_counter() - start)
-            if token == self.lm.boundary:
+            if token == self.lm.boundary and not ignore_eos:
                 break
             out.tokens.append(token)
             context.append(token)
             if on_token is not None:
                 on_token(token)
-        sep = b" " if self.spec.unit == "word" else b""
-        out.text = sep.join(tok.token_bytes(t) for t in out.tokens).decode("utf-8", errors="replace")
+        out.text = self.tokenizer.text(out.tokens)
         return out
 
     def close(self) -> None:

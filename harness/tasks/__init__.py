@@ -2,5 +2,6 @@
 
 from harness.tasks.base import Task
 from harness.tasks.perplexity import PerplexityTask
+from harness.tasks.throughput import ThroughputTask
 
-TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask,)}
+TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask, ThroughputTask)}

@@ -20,6 +20,10 @@ class TaskSettings(StrictModel):
     type: str
     dataset: str | None = None
 
+    def variants(self) -> list[tuple[str, TaskSettings]]:
+        """(name suffix, settings) of each cell this task becomes; a sweep over a list gives several."""
+        return [("", self)]
+
 
 @dataclass
 class TaskResult:
@@ -46,3 +50,9 @@ class Task(ABC):
     @abstractmethod
     def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
         """Do the work on a loaded backend."""
+
+    @classmethod
+    def summarize(cls, samples: dict[str, list[float]]) -> list[Measurement]:
+        """The task's measurements from its raw samples, for tasks whose repeats can be run as
+        interleaved rounds and merged (:mod:`harness.rounds`)."""
+        raise NotImplementedError(f"task {cls.type_name} cannot merge interleaved rounds")

@@ -1,0 +1,121 @@
+"""Throughput: prefill and decode speed, time to first token, inter-token latency.
+
+Definitions (DESIGN.md): prefill tok/s = prompt tokens / prefill time; decode tok/s = (new − 1) /
+(total − TTFT); TTFT from the request to the first token; ITL = the gaps between consecutive tokens.
+Each repeat generates exactly ``new_tokens`` greedy tokens (EOS ignored, as llama-bench does) after a
+prompt of exactly ``prompt_tokens`` tokens: the first tokens of a corpus, or random ids like
+llama-bench's. Warmup runs are discarded. Every figure is the median over repeats with a
+distribution-free CI; the per-repeat values (and every token gap) are kept for significance tests.
+Load time, model bytes and peak memory come with every cell (the worker measures them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from harness import stats
+from harness.backends.base import GENERATE, Backend
+from harness.data import Corpus
+from harness.metrics import Measurement
+from harness.sampling import Decoding
+from harness.tasks.base import Task, TaskResult, TaskSettings
+
+#: seed of the synthetic prompts' ids
+SYNTHETIC_SEED = 1234
+
+
+class ThroughputSettings(TaskSettings):
+    type: Literal["throughput"]
+    dataset: str | None = Field(None, description="prompts are the first tokens of this corpus; "
+                                "without one, random token ids (llama-bench's way)")
+    prompt_tokens: int | list[int] = Field(512, description="a list expands into one cell per length")
+    new_tokens: int = Field(128, ge=2, description="generated per repeat, EOS ignored")
+    batch_size: int = Field(1, ge=1, description="copies of the prompt generated at once (hf only)")
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0, description="runs before the repeats, not reported")
+    interleave: bool = Field(False, description="run the repeats as rounds across every interleaved cell "
+                             "of the run, one fresh process per round (asv's way against drift)")
+
+    @model_validator(mode="after")
+    def _positive_prompts(self):
+        lengths = self.prompt_tokens if isinstance(self.prompt_tokens, list) else [self.prompt_tokens]
+        if not lengths or min(lengths) < 1:
+            raise ValueError("prompt_tokens: expected one or more lengths of at least 1 token")
+        return self
+
+    def variants(self) -> list[tuple[str, ThroughputSettings]]:
+        if isinstance(self.prompt_tokens, int):
+            return [("", self)]
+        return [(f".p{n}", self.model_copy(update={"prompt_tokens": n})) for n in self.prompt_tokens]
+
+
+class ThroughputTask(Task):
+    type_name = "throughput"
+    settings_class = ThroughputSettings
+    requires = frozenset({GENERATE})
+    settings: ThroughputSettings
+
+    def _length(self) -> int:
+        p = self.settings.prompt_tokens
+        if isinstance(p, list):  # a cell holds one length; a list here means the suite was not expanded
+            raise ValueError("prompt_tokens must be one length per cell")
+        return p
+
+    def context_tokens(self) -> int:
+        return self._length() + self.settings.new_tokens
+
+    def _prompt(self, backend: Backend, corpus: Corpus | None) -> tuple[np.ndarray, str]:
+        tok, n = backend.tokenizer, self._length()
+        prefix = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+        if corpus is None:
+            special = {t for t in (tok.bos_id, tok.eos_id) if t is not None}
+            ids = np.random.default_rng(SYNTHETIC_SEED).integers(0, tok.vocab_size, n * 2)
+            body = np.array([t for t in ids if t not in special][:n - len(prefix)], dtype=np.int32)
+            source = "synthetic"
+        else:
+            body = tok.encode(corpus.text)[:n - len(prefix)]
+            source = f"corpus:{corpus.name}"
+            if len(body) < n - len(prefix):
+                raise ValueError(f"{corpus.name} has {len(body)} tokens, fewer than a {n}-token prompt")
+        return np.concatenate([prefix, body]).astype(np.int32), source
+
+    @classmethod
+    def summarize(cls, samples: dict[str, list[float]]) -> list[Measurement]:
+        """Median and CI over repeats of each per-repeat figure (also over interleaved rounds)."""
+        out = []
+        for name in ("prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"):
+            median, low, high = stats.median_ci(samples[name])
+            out.append(Measurement(name, median, len(samples[name]), low, high))
+        return out
+
+    def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
+        s = self.settings
+        prompt, source = self._prompt(backend, corpus)
+        greedy = Decoding(temperature=0)
+        runs = []
+        for i in range(s.warmup + s.repeats):
+            gen = backend.generate(prompt, greedy, s.new_tokens, ignore_eos=True, batch_size=s.batch_size,
+                                   trace=False)
+            if len(gen.times) != s.new_tokens:
+                raise RuntimeError(f"asked for {s.new_tokens} tokens, the backend produced {len(gen.times)}")
+            if i >= s.warmup:
+                runs.append(gen)
+        samples = {
+            "prefill_tok_s": [len(prompt) * s.batch_size / (g.prefill_s if g.prefill_s is not None
+                                                             else g.times[0]) for g in runs],
+            "decode_tok_s": [(s.new_tokens - 1) * s.batch_size / (g.times[-1] - g.times[0]) for g in runs],
+            "ttft_s": [g.times[0] for g in runs],
+            "itl_p50_s": [float(np.percentile(np.diff(g.times), 50)) for g in runs],
+            "itl_p99_s": [float(np.percentile(np.diff(g.times), 99)) for g in runs],
+            "itl_s": [float(x) for g in runs for x in np.diff(g.times)],
+        }
+        return TaskResult(measurements=self.summarize(samples), samples=samples, resolved={
+            "prompt_tokens": int(len(prompt)), "prompt_source": source, "new_tokens": s.new_tokens,
+            "batch_size": s.batch_size, "repeats": s.repeats, "warmup": s.warmup,
+            # where the prefill time comes from: the backend's own boundary, or the first token
+            "prefill_timing": "backend" if runs[0].prefill_s is not None else "first token",
+            "token_timing": "streamed",
+        })
