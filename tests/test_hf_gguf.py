@@ -73,11 +73,11 @@ def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamac
     agrees to 0.05%; on the Q4_1 file itself it differs by about 0.6%, because its quantized matmuls
     round the activations to 8 bits (Q4_1 x Q8_1 dot products) - arithmetic, not weights."""
     from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-    from harness.gguf_dequantize import dequantize_gguf
+    from harness.gguf_rewrite import rewrite_gguf
 
     hf, _ = hf_fp32
     windows = chunked(llamacpp.tokenizer.encode(text), 256, llamacpp.tokenizer.bos_id)[:8]
-    f32_path = dequantize_gguf(llamacpp.model.path, tmp_path / "smollm2-f32.gguf", "f32")
+    f32_path = rewrite_gguf(llamacpp.model.path, tmp_path / "smollm2-f32.gguf", dequantize_to="f32")
     f32 = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2),
                           resolve("smollm2-f32", ModelSpec(gguf=str(f32_path)), tmp_path))
     f32.load(context_tokens=256)

@@ -1,0 +1,135 @@
+"""GGUF models through the gpt4all package (its own bundled llama.cpp): generation only.
+
+What gpt4all cannot give is not faked: it exposes no log-probabilities (no ``score``, no per-step
+max-prob or entropy) and its ``generate`` takes no seed. It takes text, not token ids, so a prompt
+is detokenized and gpt4all tokenizes it again; the ids it reports through its prompt callback must
+equal the prompt's, or the call fails. Its bundled llama.cpp (August 2024) predates some pre-tokenizer
+names; a GGUF that names one is copied once with the equivalent name that llama.cpp knows
+(:data:`EQUIVALENT_PRE_TOKENIZERS`) and the copy's derivation is recorded with the results.
+Every sampling parameter is passed explicitly: gpt4all's defaults (repeat_penalty 1.18, n_batch 8)
+would change what is measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from harness.backends.base import GENERATE, Backend, BackendSettings, LoadInfo
+from harness.errors import Unavailable, require
+from harness.fingerprint import sha256_file
+from harness.paths import cache_dir
+from harness.sampling import Decoding, Generation
+
+#: pre-tokenizer names newer than gpt4all 2.8.2's llama.cpp -> a name it knows with the same split
+#: (llama.cpp's llama-vocab.cpp gives smollm and command-r the same regexes and no space cleaning)
+EQUIVALENT_PRE_TOKENIZERS = {"smollm": "command-r"}
+
+
+class Gpt4AllSettings(BackendSettings):
+    type: Literal["gpt4all"]
+    n_threads: int | None = Field(None, ge=1, description="default: gpt4all's (all cores)")
+    n_batch: int = Field(512, ge=1, description="prompt tokens per evaluation (gpt4all's default is 8)")
+    n_ctx: int | None = Field(None, ge=1, description="default: what the task needs")
+
+
+def _pre_tokenizer(path: Path) -> str | None:
+    gguf = require("gguf", "gpt4all", "reading a GGUF's tokenizer name")
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.pre")
+    return field.contents() if field is not None else None
+
+
+class Gpt4AllBackend(Backend):
+    type_name = "gpt4all"
+    settings_class = Gpt4AllSettings
+    capabilities = frozenset({GENERATE})
+    model_kinds = frozenset({"gguf"})
+    dependencies = (("gpt4all", "gpt4all"), ("gguf", "gpt4all"), ("llama_cpp", "gguf"))
+    settings: Gpt4AllSettings
+
+    def prepare(self) -> dict:
+        """The GGUF gpt4all will load: the model's own, or a copy renaming its pre-tokenizer."""
+        from harness.gguf_rewrite import rewrite_gguf
+
+        self._path = Path(self.model.path)
+        pre = _pre_tokenizer(self._path)
+        if pre not in EQUIVALENT_PRE_TOKENIZERS:
+            return {"gguf_for_gpt4all": str(self._path)}
+        renamed = EQUIVALENT_PRE_TOKENIZERS[pre]
+        target = cache_dir() / "gpt4all-gguf" / f"{self.model.sha256[:32]}-pre-{renamed}.gguf"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            rewrite_gguf(self._path, target, metadata={"tokenizer.ggml.pre": renamed})
+        self._path = target
+        return {"gguf_for_gpt4all": str(target), "derived_from_sha256": self.model.sha256,
+                "derivation": f"tokenizer.ggml.pre {pre!r} -> {renamed!r}", "derived_sha256": sha256_file(target)}
+
+    def load(self, context_tokens: int) -> LoadInfo:
+        gpt4all = require("gpt4all", "gpt4all", "the gpt4all backend")
+        from harness.backends.llamacpp import gguf_tokenizer
+
+        s = self.settings
+        n_ctx = s.n_ctx or max(context_tokens, 8)
+        start = time.perf_counter()
+        self._model = gpt4all.GPT4All(self._path.name, model_path=str(self._path.parent), allow_download=False,
+                                      n_threads=s.n_threads, device="cpu", n_ctx=n_ctx, verbose=False)
+        load_s = time.perf_counter() - start
+        self.tokenizer = gguf_tokenizer(self.model.path)  # llama.cpp's, to cut prompts and check gpt4all's
+        return LoadInfo(load_s=load_s, model_bytes=self._path.stat().st_size, details={
+            "gpt4all": getattr(gpt4all, "__version__", "2.8.2"), "n_ctx": n_ctx, "n_batch": s.n_batch,
+            "n_threads": self._model.model.thread_count(), "device": "cpu",
+            "model_bytes_source": "file size (gpt4all reports no tensor size)",
+            "not_measurable": "log-probabilities (score, per-step max-prob/entropy) and seeds",
+        })
+
+    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
+                 on_token: Callable[[int], None] | None = None) -> Generation:
+        """gpt4all's generate with a streaming callback. It always stops at EOS (``ignore_eos`` cannot be
+        honoured: a timing run that ends early fails rather than reporting fewer tokens)."""
+        if batch_size != 1:
+            raise Unavailable("the gpt4all backend generates one sequence at a time")
+        tok = self.tokenizer
+        body = [int(t) for t in prompt_ids if int(t) != tok.bos_id]
+        seen: list[int] = []
+        seen_at: list[float] = []
+        out = Generation()
+        model = self._model.model
+
+        def on_prompt(token_id: int) -> bool:  # each token gpt4all evaluates: the prompt's, then its own
+            seen.append(token_id)
+            seen_at.append(time.perf_counter() - start)
+            return True
+
+        def on_response(token_id: int, _piece: str) -> bool:
+            out.times.append(time.perf_counter() - start)
+            out.tokens.append(token_id)
+            if on_token is not None:
+                on_token(token_id)
+            return True
+
+        model._prompt_callback = on_prompt  # the instance's hook shadows gpt4all's no-op
+        start = time.perf_counter()
+        self._model.generate(tok.text(body), max_tokens=max_new_tokens, temp=decoding.temperature,
+                             top_k=decoding.top_k or tok.vocab_size, top_p=decoding.top_p or 1.0, min_p=0.0,
+                             repeat_penalty=1.0, repeat_last_n=0, n_batch=self.settings.n_batch,
+                             callback=on_response)
+        del model._prompt_callback
+        if seen[:len(body)] != body:
+            raise ValueError("gpt4all tokenized the prompt differently from the model's tokenizer "
+                             f"({len(seen)} vs {len(body)} tokens); it takes text, so ids that do not "
+                             "survive detokenizing cannot be given to it")
+        out.prefill_s = seen_at[len(body) - 1] if body else None
+        out.text = tok.text(out.tokens)
+        return out
+
+    def close(self) -> None:
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.close()
+            self._model = None

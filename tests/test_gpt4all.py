@@ -1,0 +1,92 @@
+"""The gpt4all backend on the real SmolLM2 GGUF: the derived copy its older llama.cpp loads, prompts it
+tokenizes exactly as llama.cpp does, greedy text equal to the llamacpp backend's, and what it cannot
+measure recorded as skipped."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import SMOLLM2_PKG
+
+from harness.cli import main
+from harness.models import ModelSpec, resolve
+from harness.sampling import Decoding
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("gpt4all")
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
+
+
+@pytest.fixture(scope="module")
+def backend(model):
+    from harness.backends.gpt4all import Gpt4AllBackend, Gpt4AllSettings
+
+    b = Gpt4AllBackend(Gpt4AllSettings(type="gpt4all", n_threads=2), model)
+    b.prepared = b.prepare()
+    b.load(context_tokens=512)
+    yield b
+    b.close()
+
+
+def test_derived_gguf_renames_only_the_pre_tokenizer(backend, model):
+    import gguf
+
+    prepared = backend.prepared
+    assert prepared["derivation"] == "tokenizer.ggml.pre 'smollm' -> 'command-r'"
+    assert prepared["derived_from_sha256"] == model.sha256
+    source, derived = gguf.GGUFReader(model.path), gguf.GGUFReader(backend._path)
+    assert derived.fields["tokenizer.ggml.pre"].contents() == "command-r"
+    for name, field in source.fields.items():
+        if not name.startswith("GGUF.") and name != "tokenizer.ggml.pre":
+            assert derived.fields[name].contents() == field.contents(), name
+    for a, b in zip(source.tensors, derived.tensors, strict=True):
+        assert a.name == b.name and a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data)
+
+
+def test_greedy_text_equals_llamacpp_and_prompt_tokens_match(backend, model, corpora_dir):
+    """Same weights, same greedy settings: the same text. Two llama.cpp builds (gpt4all's is from 2024)
+    round differently, so on a long prompt a near-tie may flip: where the texts part, llama.cpp's own
+    scoring must rate the two choices within a factor of 1.5."""
+    from harness.backends.base import Window
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+
+    llama = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
+    llama.load(context_tokens=512)
+    short = llama.tokenizer.prompt("The history of the Roman Empire")
+    ours, theirs = (b.generate(short, Decoding(temperature=0), 24) for b in (backend, llama))
+    assert ours.tokens == theirs.tokens and ours.text == theirs.text
+    assert ours.max_prob == [] and 0 < ours.prefill_s < ours.times[0] and all(np.diff(ours.times) > 0)
+
+    text = (corpora_dir / "wikitext-2-raw" / "wiki.test.raw").read_text()[:4000]
+    prompt = llama.tokenizer.encode(text)[:300]  # gpt4all re-tokenizes the text: the ids must survive
+    ours, theirs = (b.generate(prompt, Decoding(temperature=0), 32).tokens for b in (backend, llama))
+    parted = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+    if parted is not None:
+        context = np.array(list(prompt) + theirs[:parted], dtype=np.int32)
+        probs = [np.exp(llama.score([Window(context, np.r_[np.full(len(context) - 1, -1), t])])[0][0])
+                 for t in (ours[parted], theirs[parted])]
+        assert max(probs) / min(probs) < 1.5, (parted, probs)
+    llama.close()
+
+
+def test_what_gpt4all_cannot_measure_is_skipped_with_a_reason(tmp_path):
+    suite = {"name": "g4a", "models": {"m": {"gguf": SMOLLM2_PKG}},
+             "backends": {"g4a": {"type": "gpt4all", "n_threads": 2}},
+             "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 128, "max_tokens": 256},
+                       "speed": {"type": "throughput", "dataset": "docs", "prompt_tokens": 64, "new_tokens": 8,
+                                 "repeats": 2, "warmup": 0}},
+             "matrix": [{"model": "m", "backend": "g4a", "task": ["ppl", "speed"]}]}
+    path = tmp_path / "g4a.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    table = pd.read_parquet(out / "results.parquet")
+    ppl = table[table.task == "ppl"]
+    assert ppl.status.tolist() == ["skipped"] and "lacks capability score" in ppl.reason.iloc[0]
+    speed = table[table.task == "speed"].set_index("metric")
+    assert speed.loc["decode_tok_s", "value"] > 0 and speed.loc["prefill_tok_s", "n"] == 2
