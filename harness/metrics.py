@@ -20,6 +20,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "ttft_s": ("s", False),
     "itl_p50_s": ("s", False),
     "itl_p99_s": ("s", False),
+    # tokenization
+    "tokens_per_byte": ("tokens/byte", False),
+    "tokens_per_word": ("tokens/word", False),
+    "tokenize_mb_s": ("MB/s", True),
     # every cell
     "load_s": ("s", False),
     "model_bytes": ("bytes", False),

@@ -159,6 +159,17 @@ def test_generate_is_greedy_streamed_and_exact_in_length(llama_dir):
     backend.close()
 
 
+def test_generate_batches_copies_of_the_prompt(llama_dir):
+    from harness.sampling import Decoding
+
+    backend = _backend(llama_dir)
+    prompt = backend.tokenizer.prompt("It is a truth")
+    one = backend.generate(prompt, Decoding(temperature=0), 6, ignore_eos=True, trace=False)
+    three = backend.generate(prompt, Decoding(temperature=0), 6, ignore_eos=True, trace=False, batch_size=3)
+    assert three.tokens == one.tokens and len(three.times) == 6
+    backend.close()
+
+
 def test_offset_byte_counts_cover_a_metaspace_text(tmp_path):
     """SentencePiece-style pieces add a prefix space the text lacks; offsets still count each byte once."""
     from harness.backends.hf import HfTokenizer

@@ -79,3 +79,19 @@ def test_text_shorter_than_a_chunk_is_an_error():
 def test_stride_only_for_sliding():
     with pytest.raises(ValueError, match="stride applies only"):
         PerplexitySettings(type="perplexity", dataset="d", window="rolling", stride=3)
+
+
+def test_tokenization_counts_tokens_per_byte_and_word():
+    from harness.data import Corpus
+    from harness.tasks.tokenization import TokenizationSettings, TokenizationTask
+
+    backend = UnigramBackend(PROBS)
+    text = "ab ba ab c"  # 10 characters, 4 words, one token per character
+    task = TokenizationTask(TokenizationSettings(type="tokenization", dataset="d"))
+    result = task.run(backend, Corpus(name="d", source="d", text=text, sha256=""))
+    m = {x.metric: x.value for x in result.measurements}
+    assert m["tokens_per_byte"] == 1.0 and m["tokens_per_word"] == 10 / 4
+    assert result.resolved["distinct_tokens"] == 4
+    short = TokenizationTask(TokenizationSettings(type="tokenization", dataset="d", max_bytes=5))
+    assert {x.metric: x.value for x in short.run(backend, Corpus("d", "d", text, "")).measurements}[
+        "tokens_per_word"] == 5 / 2

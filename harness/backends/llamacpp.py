@@ -33,6 +33,10 @@ class LlamaCppSettings(BackendSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
 
 
+#: windows decoded side by side at most (llama.cpp allows 256 sequences; short windows would ask for more)
+MAX_PARALLEL_SEQUENCES = 64
+
+
 def _llama():
     return require("llama_cpp", "gguf", "the llamacpp backend")
 
@@ -100,7 +104,7 @@ class LlamaCppBackend(Backend):
         if s.n_ctx is not None and context_tokens > s.n_ctx:
             raise ValueError(f"the task needs {context_tokens} tokens of context, backend n_ctx is {s.n_ctx}")
         self.seq_ctx = context_tokens
-        self.n_seq = max(1, s.n_batch // context_tokens)
+        self.n_seq = max(1, min(s.n_batch // context_tokens, MAX_PARALLEL_SEQUENCES))
         self.threads = s.n_threads or available_cpus()
         start = time.perf_counter()
         lib.llama_backend_init()

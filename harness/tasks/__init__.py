@@ -3,5 +3,6 @@
 from harness.tasks.base import Task
 from harness.tasks.perplexity import PerplexityTask
 from harness.tasks.throughput import ThroughputTask
+from harness.tasks.tokenization import TokenizationTask
 
-TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask, ThroughputTask)}
+TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask, ThroughputTask, TokenizationTask)}
