@@ -124,18 +124,23 @@ def _package_file(spec: str) -> Path:
     return target
 
 
+def _from_hub(label: str, fetch) -> Path:
+    """``fetch(huggingface_hub)``'s local path; offline, unknown or gated repos are the user's to fix."""
+    from harness.errors import require
+
+    hub = require("huggingface_hub", "hub", f"model source {label}")
+    try:
+        return Path(fetch(hub))
+    except Exception as exc:
+        raise UserError(f"cannot fetch {label} from the Hugging Face hub "
+                        f"({type(exc).__name__}); is this machine online?") from None
+
+
 def _hub_file(spec: str) -> Path:
     repo, _, filename = spec.rpartition("/")
     if "/" not in repo or not filename:
         raise UserError(f"expected hf:OWNER/REPO/FILE, got 'hf:{spec}'")
-    from harness.errors import require
-
-    hub = require("huggingface_hub", "hub", f"model source hf:{spec}")
-    try:
-        return Path(hub.hf_hub_download(repo_id=repo, filename=filename))
-    except Exception as exc:  # offline, unknown repo, gated model: all the user's to fix
-        raise UserError(f"cannot fetch hf:{spec} from the Hugging Face hub "
-                        f"({type(exc).__name__}); is this machine online?") from None
+    return _from_hub(f"hf:{spec}", lambda hub: hub.hf_hub_download(repo_id=repo, filename=filename))
 
 
 #: what an hf backend needs from a hub repo: config, tokenizer, safetensors weights
@@ -146,14 +151,7 @@ def _hub_snapshot(repo: str) -> Path:
     """A hub model repo's files in the hub cache (downloaded once, online only)."""
     if repo.count("/") != 1:
         raise UserError(f"'{repo}' is neither a local directory nor a hub repo id OWNER/NAME")
-    from harness.errors import require
-
-    hub = require("huggingface_hub", "hub", f"model source hf: {repo}")
-    try:
-        return Path(hub.snapshot_download(repo_id=repo, allow_patterns=HUB_MODEL_FILES))
-    except Exception as exc:  # offline, unknown repo, gated model: all the user's to fix
-        raise UserError(f"cannot fetch hf: {repo} from the Hugging Face hub "
-                        f"({type(exc).__name__}); is this machine online?") from None
+    return _from_hub(f"hf: {repo}", lambda hub: hub.snapshot_download(repo_id=repo, allow_patterns=HUB_MODEL_FILES))
 
 
 def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:

@@ -44,3 +44,11 @@ def _isolated_cache(tmp_path_factory):
         del os.environ["HARNESS_CACHE"]
     else:
         os.environ["HARNESS_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_path, _isolated_cache):
+    """SmolLM2's GGUF resolved as a suite model (fingerprinted in the session's cache)."""
+    from harness.models import ModelSpec, resolve
+
+    return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)

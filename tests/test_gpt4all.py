@@ -9,7 +9,6 @@ import yaml
 from conftest import SMOLLM2_PKG
 
 from harness.cli import main
-from harness.models import ModelSpec, resolve
 from harness.sampling import Decoding
 
 pytestmark = pytest.mark.integration
@@ -17,28 +16,23 @@ pytest.importorskip("gpt4all")
 
 
 @pytest.fixture(scope="module")
-def model(smollm2_path):
-    return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
-
-
-@pytest.fixture(scope="module")
-def backend(model):
+def backend(smollm2_model):
     from harness.backends.gpt4all import Gpt4AllBackend, Gpt4AllSettings
 
-    b = Gpt4AllBackend(Gpt4AllSettings(type="gpt4all", n_threads=2), model)
+    b = Gpt4AllBackend(Gpt4AllSettings(type="gpt4all", n_threads=2), smollm2_model)
     b.prepared = b.prepare()
     b.load(context_tokens=512)
     yield b
     b.close()
 
 
-def test_derived_gguf_renames_only_the_pre_tokenizer(backend, model):
+def test_derived_gguf_renames_only_the_pre_tokenizer(backend, smollm2_model):
     import gguf
 
     prepared = backend.prepared
     assert prepared["derivation"] == "tokenizer.ggml.pre 'smollm' -> 'command-r'"
-    assert prepared["derived_from_sha256"] == model.sha256
-    source, derived = gguf.GGUFReader(model.path), gguf.GGUFReader(backend._path)
+    assert prepared["derived_from_sha256"] == smollm2_model.sha256
+    source, derived = gguf.GGUFReader(smollm2_model.path), gguf.GGUFReader(backend._path)
     assert derived.fields["tokenizer.ggml.pre"].contents() == "command-r"
     for name, field in source.fields.items():
         if not name.startswith("GGUF.") and name != "tokenizer.ggml.pre":
@@ -47,14 +41,14 @@ def test_derived_gguf_renames_only_the_pre_tokenizer(backend, model):
         assert a.name == b.name and a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data)
 
 
-def test_greedy_text_equals_llamacpp_and_prompt_tokens_match(backend, model, corpora_dir):
+def test_greedy_text_equals_llamacpp_and_prompt_tokens_match(backend, smollm2_model, corpora_dir):
     """Same weights, same greedy settings: the same text. Two llama.cpp builds (gpt4all's is from 2024)
     round differently, so on a long prompt a near-tie may flip: where the texts part, llama.cpp's own
     scoring must rate the two choices within a factor of 1.5."""
     from harness.backends.base import Window
     from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
-    llama = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
+    llama = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_model)
     llama.load(context_tokens=512)
     short = llama.tokenizer.prompt("The history of the Roman Empire")
     ours, theirs = (b.generate(short, Decoding(temperature=0), 24) for b in (backend, llama))

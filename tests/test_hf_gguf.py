@@ -15,15 +15,10 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def model(smollm2_path):
-    return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
-
-
-@pytest.fixture(scope="module")
-def hf_fp32(model):
+def hf_fp32(smollm2_model):
     from harness.backends.hf import HfBackend, HfSettings
 
-    backend = HfBackend(HfSettings(type="hf", dtype="float32", n_threads=2), model)
+    backend = HfBackend(HfSettings(type="hf", dtype="float32", n_threads=2), smollm2_model)
     prepared = backend.prepare()
     backend.load(context_tokens=256)
     yield backend, prepared
@@ -31,10 +26,10 @@ def hf_fp32(model):
 
 
 @pytest.fixture(scope="module")
-def llamacpp(model):
+def llamacpp(smollm2_model):
     from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
-    backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
+    backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_model)
     backend.load(context_tokens=256)
     yield backend
     backend.close()
@@ -45,14 +40,14 @@ def text(corpora_dir):
     return (corpora_dir / "wikitext-2-raw" / "wiki.test.raw").read_bytes().decode()[:20000]
 
 
-def test_gguf_is_materialized_once_as_a_plain_hf_directory(hf_fp32, model):
+def test_gguf_is_materialized_once_as_a_plain_hf_directory(hf_fp32, smollm2_model):
     from harness.backends.hf import HfBackend, HfSettings
 
     _, prepared = hf_fp32
     hf_dir = prepared["hf_dir"]
     config = (Path(hf_dir) / "config.json").read_text()
     assert "quantization_config" not in config  # loads as a plain model, so bitsandbytes can quantize it
-    again = HfBackend(HfSettings(type="hf"), model).prepare()
+    again = HfBackend(HfSettings(type="hf"), smollm2_model).prepare()
     assert again == {"hf_dir": hf_dir, "materialize_s": 0.0}
 
 
