@@ -27,12 +27,14 @@ class Tokenizer(ABC):
         """The text the tokens spell (generated text); bytes a token split are replaced, not raised."""
         return b"".join(self.token_bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
 
+    @property
+    def bos_prefix(self) -> list[int]:
+        """What a generation's prompt starts with: BOS where the model adds one."""
+        return [self.bos_id] if self.add_bos and self.bos_id is not None else []
+
     def prompt(self, text: str) -> np.ndarray:
-        """The ids a generation starts from: BOS first where the model adds one."""
-        ids = self.encode(text)
-        if self.add_bos and self.bos_id is not None:
-            ids = np.concatenate([[self.bos_id], ids]).astype(np.int32)
-        return ids
+        """The ids a generation starts from."""
+        return np.concatenate([self.bos_prefix, self.encode(text)]).astype(np.int32)
 
     def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """UTF-8 bytes of ``text`` that each token of ``encode(text)`` accounts for (bits per byte).
@@ -42,3 +44,10 @@ class Tokenizer(ABC):
         unique, inverse = np.unique(np.asarray(ids), return_inverse=True)
         lengths = np.array([len(self.token_bytes(int(t))) for t in unique], dtype=np.int64)
         return lengths[inverse].reshape(-1)
+
+
+def utf8_offsets(text: str) -> np.ndarray:
+    """Byte offset in ``text.encode('utf-8')`` of every character boundary (len(text) + 1 values)."""
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    char_bytes = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
+    return np.concatenate([[0], np.cumsum(char_bytes)])

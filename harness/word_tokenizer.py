@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from harness.tokenizer import Tokenizer
+from harness.tokenizer import Tokenizer, utf8_offsets
 
 WORD = re.compile(r"\w+|[^\w\s]")
 SPACE = re.compile(r"\s")
@@ -73,8 +73,6 @@ class WordTokenizer(Tokenizer):
 
     def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """Bytes of ``text`` each token stands for: the gap before it and its own characters."""
-        char_bytes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        char_bytes = 1 + (char_bytes >= 0x80) + (char_bytes >= 0x800) + (char_bytes >= 0x10000)
-        offsets = np.concatenate([[0], np.cumsum(char_bytes)])
+        offsets = utf8_offsets(text)
         ends = np.fromiter((m.end() for m in WORD.finditer(text)), dtype=np.int64, count=len(ids))
         return np.diff(offsets[ends], prepend=0)

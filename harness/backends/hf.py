@@ -27,7 +27,7 @@ from harness.config import StrictModel
 from harness.errors import Unavailable, require
 from harness.measure import CudaMemory
 from harness.sampling import Decoding, Generation
-from harness.tokenizer import Tokenizer
+from harness.tokenizer import Tokenizer, utf8_offsets
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -133,10 +133,7 @@ class HfTokenizer(Tokenizer):
         if list(encoded.input_ids[:n]) != np.asarray(ids).tolist():
             raise ValueError("byte_counts needs the ids of encode(text)")
         ends = np.maximum.accumulate(np.asarray(encoded.offset_mapping, dtype=np.int64)[:n, 1])
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        char_bytes = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
-        byte_at = np.concatenate([[0], np.cumsum(char_bytes)])
-        return np.diff(byte_at[ends], prepend=0)
+        return np.diff(utf8_offsets(text)[ends], prepend=0)
 
 
 class _TokenClock:
@@ -186,8 +183,9 @@ class HfBackend(Backend):
         s = self.settings
         if s.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
         if s.quantization is not None:
-            require("bitsandbytes", "bnb", "quantization: {method: bnb}")
+            versions["bitsandbytes"] = require("bitsandbytes", "bnb", "quantization: {method: bnb}").__version__
             # LLM.int8 casts activations to float16 and logs that at every matmul: once is in the docs
             logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         if s.n_threads is not None:
@@ -211,10 +209,6 @@ class HfBackend(Backend):
         self._body = self._model.base_model
         self._head = self._model.get_output_embeddings()
         self._device = self._head.weight.device
-        versions = {name: getattr(require(name, "hf", "version"), "__version__", "?")
-                    for name in ("torch", "transformers", "accelerate")}
-        if s.quantization is not None:
-            versions["bitsandbytes"] = require("bitsandbytes", "bnb", "version").__version__
         return LoadInfo(load_s=load_s, model_bytes=int(self._model.get_memory_footprint()), details={
             "architecture": type(self._model).__name__,
             "n_params": int(sum(p.numel() for p in self._model.parameters())),

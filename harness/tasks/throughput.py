@@ -69,14 +69,20 @@ class ThroughputTask(Task):
 
     def _prompt(self, backend: Backend, corpus: Corpus | None) -> tuple[np.ndarray, str]:
         tok, n = backend.tokenizer, self._length()
-        prefix = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+        prefix = tok.bos_prefix
         if corpus is None:
             special = {t for t in (tok.bos_id, tok.eos_id) if t is not None}
             ids = np.random.default_rng(SYNTHETIC_SEED).integers(0, tok.vocab_size, n * 2)
             body = np.array([t for t in ids if t not in special][:n - len(prefix)], dtype=np.int32)
             source = "synthetic"
         else:
-            body = tok.encode(corpus.text)[:n - len(prefix)]
+            # tokenize a generous head of the corpus, not all of it; the tokens kept stay clear of the
+            # cut (only the last few can differ from the whole text's), else fall back to the whole text
+            needed = n - len(prefix)
+            body = tok.encode(corpus.text[:n * 64])
+            if len(body) < needed + 2:
+                body = tok.encode(corpus.text)
+            body = body[:needed]
             source = f"corpus:{corpus.name}"
             if len(body) < n - len(prefix):
                 raise ValueError(f"{corpus.name} has {len(body)} tokens, fewer than a {n}-token prompt")
