@@ -24,6 +24,15 @@ METRICS: dict[str, tuple[str, bool]] = {
     "tokens_per_byte": ("tokens/byte", False),
     "tokens_per_word": ("tokens/word", False),
     "tokenize_mb_s": ("MB/s", True),
+    # decoding
+    "distinct_1": ("ratio", True),
+    "distinct_2": ("ratio", True),
+    "rep_4gram": ("ratio", False),
+    "len_mean": ("tokens", True),
+    "entropy_mean": ("nats", True),
+    "max_prob_mean": ("probability", False),
+    "ref_nll_mean": ("nats/token", False),
+    "deterministic": ("flag", True),
     # every cell
     "load_s": ("s", False),
     "model_bytes": ("bytes", False),

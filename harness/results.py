@@ -6,6 +6,7 @@ Layout of a run directory::
     results.parquet     one row per (cell, metric); results.csv is the same table
     samples.parquet     raw per-window / per-repeat samples, for significance tests
     cells/<id>.json     each cell's record, written atomically when the cell ends (resume reads these)
+    artifacts/<id>/     files a task keeps beside the numbers (generated texts and traces)
     logs/<id>.log       each cell's stdout/stderr
 """
 
@@ -33,6 +34,10 @@ OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
 def cell_record_path(run_dir: Path, cell_id: str, round_: int | None = None) -> Path:
     """A cell's record; an interleaved cell also has one per round until they are merged."""
     return run_dir / "cells" / (f"{cell_id}.json" if round_ is None else f"{cell_id}.round{round_}.json")
+
+
+def artifact_path(run_dir: Path, cell_id: str, name: str) -> Path:
+    return run_dir / "artifacts" / cell_id / name
 
 
 def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[dict]:

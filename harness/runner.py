@@ -101,7 +101,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
 
 def _models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
     """The cells' models plus the models whose tokenizers their n-gram models count in."""
-    names = {c.model for c in cells}
+    names = {c.model for c in cells} | {c.reference["model"] for c in cells if c.reference}
     return names | {suite.models[n].ngram.tokenizer for n in names
                     if suite.models[n].kind == "ngram" and suite.models[n].ngram.tokenizer}
 
@@ -196,7 +196,7 @@ class Runner:
                 elif round_ is not None and self.options.resume and self._round_done(run_dir, cell, round_):
                     pass
                 else:
-                    record = self._run_cell(cell, run_dir, models[cell.model], round_)
+                    record = self._run_cell(cell, run_dir, models, round_)
                     if round_ is None:
                         summary.count(record["status"])
                         results.write_tables(run_dir, run_id, info["cells"])
@@ -216,7 +216,8 @@ class Runner:
         path = results.cell_record_path(run_dir, cell.cell_id, round_)
         return path.exists() and json.loads(path.read_text())["status"] == results.OK
 
-    def _run_cell(self, cell: Cell, run_dir: Path, model: ResolvedModel, round_: int | None = None) -> dict:
+    def _run_cell(self, cell: Cell, run_dir: Path, models: dict[str, ResolvedModel], round_: int | None = None
+                  ) -> dict:
         base = {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
                 "started_at": _now()}
         if round_ is not None:
@@ -230,8 +231,9 @@ class Runner:
             results.write_cell_record(run_dir, record)
             return record
         job = {**base, "run_dir": str(run_dir), "base_dir": str(self.base_dir),
-               "corpora": str(self.corpora) if self.corpora else None,
-               "model": {**model.__dict__, "path": str(model.path)}}
+               "corpora": str(self.corpora) if self.corpora else None, "model": _job_model(models[cell.model])}
+        if cell.reference:
+            job["reference_model"] = _job_model(models[cell.reference["model"]])
         record_path = results.cell_record_path(run_dir, cell.cell_id, round_)
         job_path = record_path.with_suffix(".job.json")
         atomic_write_text(job_path, json.dumps(job, indent=1))
@@ -271,6 +273,10 @@ class Runner:
             self.console.print(f"[red]{cell.label}: {record['status']}: {record['reason']}[/red] "
                                f"(log: {log_path})")
         return record
+
+
+def _job_model(model: ResolvedModel) -> dict:
+    return {**model.__dict__, "path": str(model.path)}
 
 
 def _last_line(path: Path) -> str:

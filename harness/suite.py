@@ -78,11 +78,16 @@ class Cell(BaseModel):
     backend_spec: dict
     task_spec: dict
     dataset_spec: dict | None
+    #: the task's ``reference:`` resolved: model and backend names and their settings
+    reference: dict | None = None
 
     @property
     def params(self) -> dict:
-        return {"model": self.model_spec, "backend": self.backend_spec, "task": self.task_spec,
-                "dataset": self.dataset_spec}
+        params = {"model": self.model_spec, "backend": self.backend_spec, "task": self.task_spec,
+                  "dataset": self.dataset_spec}
+        if self.reference is not None:  # only then: the ids of cells without one stay as they were
+            params["reference"] = self.reference
+        return params
 
     @property
     def cell_id(self) -> str:
@@ -179,17 +184,28 @@ def _check_references(path: Path, suite: Suite) -> None:
     for tname, task in suite.tasks.items():
         if task.dataset is not None and task.dataset not in suite.datasets:
             raise _undefined(path, f"tasks.{tname}.dataset", "dataset", task.dataset, suite.datasets)
+        reference = getattr(task, "reference", None)
+        if reference is not None:
+            for key, name, defined in (("model", reference.model, suite.models),
+                                       ("backend", reference.backend, suite.backends)):
+                if name not in defined:
+                    raise _undefined(path, f"tasks.{tname}.reference.{key}", key, name, defined)
+            _check_loads(path, f"tasks.{tname}.reference", suite, reference.model, reference.backend)
     for i, entry in enumerate(suite.matrix):
         for m, b, t in entry.product():
             for key, name, defined in (("model", m, suite.models), ("backend", b, suite.backends),
                                        ("task", t, suite.tasks)):
                 if name not in defined:
                     raise _undefined(path, f"matrix[{i}].{key}", key, name, defined)
-            backend_cls = BACKENDS[suite.backends[b].type]
-            kind = suite.models[m].kind
-            if kind not in backend_cls.model_kinds:
-                raise UserError(f"{path}: matrix[{i}]: backend '{b}' ({backend_cls.type_name}) cannot load "
-                                f"model '{m}' ({kind}); it loads {', '.join(sorted(backend_cls.model_kinds))}")
+            _check_loads(path, f"matrix[{i}]", suite, m, b)
+
+
+def _check_loads(path: Path, where: str, suite: Suite, model: str, backend: str) -> None:
+    backend_cls = BACKENDS[suite.backends[backend].type]
+    kind = suite.models[model].kind
+    if kind not in backend_cls.model_kinds:
+        raise UserError(f"{path}: {where}: backend '{backend}' ({backend_cls.type_name}) cannot load "
+                        f"model '{model}' ({kind}); it loads {', '.join(sorted(backend_cls.model_kinds))}")
 
 
 def expand(suite: Suite) -> list[Cell]:
@@ -206,9 +222,19 @@ def expand(suite: Suite) -> list[Cell]:
                     backend_spec=suite.backends[b].model_dump(mode="json"),
                     task_spec=task.model_dump(mode="json"),
                     dataset_spec=suite.datasets[dataset].model_dump(mode="json") if dataset else None,
+                    reference=_reference(suite, task),
                 )
                 cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
+
+
+def _reference(suite: Suite, task) -> dict | None:
+    reference = getattr(task, "reference", None)
+    if reference is None:
+        return None
+    return {"model": reference.model, "backend": reference.backend,
+            "model_spec": suite.models[reference.model].model_dump(mode="json"),
+            "backend_spec": suite.backends[reference.backend].model_dump(mode="json")}
 
 
 def json_schema() -> dict[str, Any]:

@@ -14,6 +14,8 @@ class Tokenizer(ABC):
     eos_id: int | None
     add_bos: bool
     vocab_size: int
+    #: the model's chat template (Jinja), for instruct prompts; None when it has none
+    chat_template: str | None = None
 
     @abstractmethod
     def encode(self, text: str) -> np.ndarray:
@@ -35,6 +37,27 @@ class Tokenizer(ABC):
     def prompt(self, text: str) -> np.ndarray:
         """The ids a generation starts from."""
         return np.concatenate([self.bos_prefix, self.encode(text)]).astype(np.int32)
+
+    def encode_special(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` with special-token markup (``<|im_start|>``) parsed as those tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not parse special tokens")
+
+    def special_text(self, token_id: int | None) -> str:
+        """How a special token is written in text (for chat templates that name BOS/EOS)."""
+        return ""
+
+    def chat_prompt(self, user: str, system: str | None = None) -> np.ndarray:
+        """The ids of a one-turn chat in the model's own template, ready for the assistant's answer."""
+        from harness.chat import render_chat
+
+        if self.chat_template is None:
+            raise ValueError("the model has no chat template")
+        text = render_chat(self.chat_template, user, system, bos_token=self.special_text(self.bos_id),
+                           eos_token=self.special_text(self.eos_id))
+        ids = self.encode_special(text)
+        if self.bos_prefix and (len(ids) == 0 or ids[0] != self.bos_id):
+            ids = np.concatenate([self.bos_prefix, ids])
+        return np.asarray(ids, dtype=np.int32)
 
     def byte_counts(self, text: str, ids: np.ndarray) -> np.ndarray:
         """UTF-8 bytes of ``text`` that each token of ``encode(text)`` accounts for (bits per byte).

@@ -14,13 +14,14 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.atomic import atomic_write_text
 from harness.backends import BACKENDS
 from harness.data import DatasetSpec, load_corpus
 from harness.errors import Unavailable
 from harness.measure import PeakRSS, rss_mb, ru_maxrss_bytes
 from harness.metrics import Measurement
 from harness.models import ResolvedModel
-from harness.results import FAILED, OK, SKIPPED, write_cell_record
+from harness.results import FAILED, OK, SKIPPED, artifact_path, write_cell_record
 from harness.suite import Cell
 from harness.tasks import TASKS
 
@@ -32,15 +33,18 @@ def now() -> str:
 def run_job(job: dict) -> dict:
     """Load the backend, run the task, return the cell's record (status ok)."""
     cell = Cell.model_validate(job["cell"])
-    backend_cls = BACKENDS[cell.backend_spec["type"]]
     task_cls = TASKS[cell.task_spec["type"]]
-    task = task_cls(task_cls.settings_class.model_validate(cell.task_spec))
+    reference, prepared_reference = None, {}
+    if cell.reference:
+        reference = make_backend(cell.reference["backend_spec"], job["reference_model"])
+        prepared_reference = reference.prepare()
+    task = task_cls(task_cls.settings_class.model_validate(cell.task_spec), reference)
     corpus = None
     if cell.dataset is not None:
         corpus = load_corpus(cell.dataset, DatasetSpec.model_validate(cell.dataset_spec),
                              Path(job["base_dir"]), Path(job["corpora"]) if job.get("corpora") else None)
-    model = ResolvedModel(**{**job["model"], "path": Path(job["model"]["path"])})
-    backend = backend_cls(backend_cls.settings_class.model_validate(cell.backend_spec), model)
+    backend = make_backend(cell.backend_spec, job["model"])
+    model = backend.model
     prepared = backend.prepare()
     with PeakRSS() as memory:
         rss_before = rss_mb()
@@ -49,6 +53,8 @@ def run_job(job: dict) -> dict:
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()
+    for name, text in result.artifacts.items():
+        atomic_write_text(artifact_path(Path(job["run_dir"]), job["cell_id"], name), text)
     measurements = result.measurements + [
         Measurement("load_s", info.load_s),
         Measurement("model_bytes", info.model_bytes),
@@ -61,11 +67,18 @@ def run_job(job: dict) -> dict:
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
         "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
+                     **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
                                 "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device}},
         "fingerprints": {"model": model.fingerprint(), "dataset": corpus.fingerprint() if corpus else None},
     }
+
+
+def make_backend(backend_spec: dict, model_job: dict):
+    backend_cls = BACKENDS[backend_spec["type"]]
+    model = ResolvedModel(**{**model_job, "path": Path(model_job["path"])})
+    return backend_cls(backend_cls.settings_class.model_validate(backend_spec), model)
 
 
 def main(argv: list[str]) -> int:

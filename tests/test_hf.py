@@ -155,7 +155,11 @@ def test_generate_is_greedy_streamed_and_exact_in_length(llama_dir):
             first_max_prob = first_max_prob or float(torch.softmax(logits.double(), -1).max())
             ids.append(int(logits.argmax()))
     assert gen.tokens == ids[len(prompt):]
-    assert gen.max_prob[0] == pytest.approx(first_max_prob, rel=1e-6)
+    assert gen.max_prob[0] == 1.0 and gen.steps[0]["model_p"] == pytest.approx(first_max_prob, rel=1e-6)
+    # the harness's sampler on the KV-cached logit steps makes the same tokens
+    stepwise = backend.generate(prompt, Decoding(temperature=0), 12, ignore_eos=True, sampler="harness")
+    assert stepwise.tokens == gen.tokens and stepwise.prefill_s > 0
+    assert stepwise.steps[0]["model_p"] == pytest.approx(first_max_prob, rel=1e-5)
     backend.close()
 
 

@@ -81,3 +81,60 @@ def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamac
     assert hf_ppl == pytest.approx(f32_ppl, rel=5e-4)
     assert hf_ppl == pytest.approx(q41_ppl, rel=0.01)
     assert abs(q41_ppl - f32_ppl) > abs(hf_ppl - f32_ppl)  # the gap is llama.cpp's quantized arithmetic
+
+
+def _first_split(a: list[int], b: list[int]) -> int | None:
+    parted = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+    return parted if parted is not None or len(a) == len(b) else min(len(a), len(b))
+
+
+@pytest.mark.parametrize("decoding", [{"temperature": 0}, {"temperature": 0, "repetition_penalty": 1.3}])
+def test_harness_sampling_gives_the_same_tokens_on_llamacpp_and_hf(hf_fp32, llamacpp, decoding):
+    """The harness's sampler on two backends whose log-probs agree: the same seed and strategy give the
+    same tokens. Their logits differ by llama.cpp's 8-bit activation rounding, so where the tokens part
+    the two choices must have been a near tie in llama.cpp's distribution (within a factor of 1.5).
+    (Sampled draws part wherever a draw lands within that rounding of a boundary of the cumulative
+    distribution, which no tolerance on probabilities bounds; seeds are checked per backend.)"""
+    from harness.sampling import Decoding
+
+    hf, _ = hf_fp32
+    d = Decoding(**decoding)
+    for prompt in ("The history of the Roman Empire", "Once upon a time, in a small village,"):
+        ids = llamacpp.tokenizer.prompt(prompt)
+        ours, theirs = (b.generate(ids, d, 32, sampler="harness") for b in (llamacpp, hf))
+        split = _first_split(ours.tokens, theirs.tokens)
+        if split is not None:
+            step = ours.steps[split]
+            alternatives = dict(step["top"])
+            assert theirs.tokens[split] in alternatives, (prompt, split)
+            assert step["model_p"] / alternatives[theirs.tokens[split]] < 1.5, (prompt, split, step)
+        else:
+            assert ours.text == theirs.text
+        np.testing.assert_allclose(ours.entropy[:split], theirs.entropy[:split], atol=0.05)
+
+
+def test_chat_prompts_follow_the_models_template(hf_fp32, llamacpp):
+    hf, _ = hf_fp32
+    ids = llamacpp.tokenizer.chat_prompt("What is the capital of France?")
+    text = llamacpp.tokenizer.markup(ids)
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>user\nWhat is the capital of "
+                                                                      "France?<|im_end|>\n<|im_start|>assistant\n")
+    assert ids[0] == llamacpp.tokenizer.encode_special("<|im_start|>")[0] and len(ids) < len(text) // 2
+    if hf.tokenizer.chat_template is not None:  # the template travels with the materialized directory
+        np.testing.assert_array_equal(hf.tokenizer.chat_prompt("What is the capital of France?"), ids)
+
+
+def test_native_samplers_follow_their_settings(hf_fp32, llamacpp):
+    """llama.cpp's chain and transformers' generate: top-k 1 is greedy; min-p keeps the sampled
+    distribution's support to tokens at least min_p of the top one; seeds repeat."""
+    from harness.sampling import Decoding
+
+    hf, _ = hf_fp32
+    ids = llamacpp.tokenizer.prompt("The history of the Roman Empire")
+    for backend in (llamacpp, hf):
+        greedy = backend.generate(ids, Decoding(temperature=0), 16)
+        assert backend.generate(ids, Decoding(temperature=1.0, top_k=1, seed=3), 16).tokens == greedy.tokens
+        a, b = (backend.generate(ids, Decoding(temperature=1.0, min_p=0.1, seed=s), 16) for s in (4, 4))
+        assert a.tokens == b.tokens
+        # at temperature 1 min-p filters the model's own distribution: every drawn token survived it
+        assert all(step["model_p"] >= 0.1 * step["top"][0][1] * (1 - 1e-4) for step in a.steps)

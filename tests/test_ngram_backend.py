@@ -101,11 +101,13 @@ def test_generation_greedy_seeded_and_confident(tmp_path):
     sampled = [backend.generate(the, Decoding(temperature=1.0, top_p=0.9, seed=s), 12).tokens for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] != sampled[2]
     assert len(greedy.max_prob) == len(greedy.entropy) >= len(greedy.tokens) > 0
-    assert all(0 < p <= 1 for p in greedy.max_prob)
-    # greedy picks the most likely token at every step
+    # greedy draws from a point mass; the trace keeps the model's own distribution beside it
+    assert greedy.max_prob == [1.0] * len(greedy.max_prob) and greedy.entropy == [0.0] * len(greedy.entropy)
     context = [backend.tokenizer.bos_id] + list(backend.tokenizer.encode("The"))
     first = backend.next_distribution(np.array(context))
-    assert greedy.tokens[0] == int(np.argmax(first)) and greedy.max_prob[0] == first.max()
+    step = greedy.steps[0]
+    assert greedy.tokens[0] == int(np.argmax(first)) == step["top"][0][0]
+    assert step["model_p"] == pytest.approx(first.max()) and step["p"] == 1.0
 
 
 def test_stupid_backoff_generates_but_never_scores(tmp_path):

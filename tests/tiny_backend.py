@@ -49,8 +49,7 @@ class UnigramBackend(Backend):
         self.calls.append(len(windows))
         return [self.logp[w.targets] for w in windows]
 
-    def generate(self, prompt_ids, decoding, max_new_tokens, *, ignore_eos=False, batch_size=1, trace=True,
-                 on_token=None):
+    def generate_native(self, prompt_ids, decoding, max_new_tokens, *, ignore_eos, batch_size, trace, on_token):
         """Greedy unigram text on a scripted clock: the prompt costs ``prefill_per_token`` per token,
         each new token ``step_s`` after the previous one, so every timing figure is known by hand."""
         self.prompts.append(np.asarray(prompt_ids).tolist())

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from harness.config import StrictModel
-from harness.sampling import Decoding, Generation
+from harness.errors import Unavailable
+from harness.sampling import HARNESS, NATIVE, Decoding, Generation, HarnessSampler
 from harness.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -18,9 +20,14 @@ if TYPE_CHECKING:
 
 #: Capability names a task may require.
 SCORE = "score"
-#: full-vocabulary log-probabilities at scored positions (entropy, KL-divergence)
+#: full-vocabulary log-probabilities at scored positions (entropy, KL-divergence) and next-token logits
+#: while generating (:meth:`Backend.logit_steps`, for the harness's sampler)
 LOGITS = "logits"
 GENERATE = "generate"
+#: generation with a sampler the caller can seed (repeatable draws)
+SEED = "seed"
+#: beam search in the backend's own generation
+BEAM = "beam"
 
 
 @dataclass
@@ -113,15 +120,65 @@ class Backend(ABC):
         raise NotImplementedError(f"backend {self.type_name} cannot score")
 
     def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
-                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
+                 sampler: str = NATIVE, ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
                  on_token: Callable[[int], None] | None = None) -> Generation:
         """Continue ``prompt_ids`` (the prompt's tokens, BOS included where the model wants one) by up to
         ``max_new_tokens`` tokens, calling ``on_token`` as each is ready; ``ignore_eos`` generates
-        exactly that many (throughput). ``batch_size`` > 1 runs that many copies of the prompt at once
-        where the backend batches (else it raises :class:`harness.errors.Unavailable`); the returned
-        tokens are the first copy's. ``trace`` records each step's max-prob and entropy; timing runs
-        turn it off, since it costs a pass over the vocabulary per token (capability ``generate``)."""
+        exactly that many (throughput). ``sampler`` is ``native`` (the backend's own sampler, what its
+        users get) or ``harness`` (:class:`harness.sampling.HarnessSampler` on the backend's logits, the
+        same implementation for every backend). ``batch_size`` > 1 runs that many copies of the prompt
+        at once where the backend batches (else :class:`harness.errors.Unavailable`); the returned tokens
+        are the first copy's. ``trace`` records each step's distribution; timing runs turn it off, since
+        it costs passes over the vocabulary per token (capability ``generate``)."""
+        if sampler == NATIVE:
+            return self.generate_native(prompt_ids, decoding, max_new_tokens, ignore_eos=ignore_eos,
+                                        batch_size=batch_size, trace=trace, on_token=on_token)
+        if sampler != HARNESS:
+            raise ValueError(f"unknown sampler {sampler!r}")
+        if LOGITS not in self.capabilities:
+            raise Unavailable(f"the {self.type_name} backend exposes no logits for the harness's sampler")
+        if decoding.beams > 1:
+            raise Unavailable("the harness's sampler does not search beams (native beam search only)")
+        if batch_size != 1:
+            raise Unavailable("the harness's sampler generates one sequence at a time")
+        return self.generate_stepwise(prompt_ids, HarnessSampler(decoding, prompt_ids), max_new_tokens,
+                                      ignore_eos=ignore_eos, trace=trace, on_token=on_token)
+
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
+        """:meth:`generate` with the backend's own sampler."""
         raise NotImplementedError(f"backend {self.type_name} cannot generate")
+
+    def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
+        """Next-token logits after the prompt, then after each token sent in (capability ``logits``)."""
+        raise NotImplementedError(f"backend {self.type_name} gives no next-token logits")
+
+    def ends_generation(self, token: int) -> bool:
+        return token == self.tokenizer.eos_id
+
+    def generate_stepwise(self, prompt_ids: np.ndarray, sampler, max_new_tokens: int, *, ignore_eos: bool,
+                          trace: bool, on_token: Callable[[int], None] | None) -> Generation:
+        """Generation one :meth:`logit_steps` step at a time, ``sampler.choose`` picking each token. The
+        prefill is the time to the first logits; each token's time is when it was chosen."""
+        out = Generation()
+        start = time.perf_counter()
+        steps = self.logit_steps(prompt_ids, max_new_tokens)
+        logits = next(steps)
+        out.prefill_s = time.perf_counter() - start
+        for step in range(max_new_tokens):
+            token = sampler.choose(logits, out if trace else None)
+            out.times.append(time.perf_counter() - start)
+            if not ignore_eos and self.ends_generation(token):
+                break
+            out.tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+            if step + 1 < max_new_tokens:
+                logits = steps.send(token)
+        steps.close()
+        out.text = self.tokenizer.text(out.tokens)
+        return out
 
     def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(window index, scored positions, their full-vocabulary log-probabilities [n, vocab]) in

@@ -49,6 +49,9 @@ class Gpt4AllBackend(Backend):
     settings_class = Gpt4AllSettings
     capabilities = frozenset({GENERATE})
     model_kinds = frozenset({"gguf"})
+    #: gpt4all-backend's ``llama_sample_top_p_top_k`` (its llama.cpp fork), per its source
+    native_sampler_order = ("repetition penalty (last repetition_window tokens) -> top-k -> top-p -> min-p -> "
+                            "temperature -> draw")
     dependencies = (("gpt4all", "gpt4all"), ("gguf", "gpt4all"), ("llama_cpp", "gguf"))
     settings: Gpt4AllSettings
 
@@ -87,21 +90,25 @@ class Gpt4AllBackend(Backend):
             "not_measurable": "log-probabilities (score, per-step max-prob/entropy) and seeds",
         })
 
-    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
-                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
         """gpt4all's generate with a streaming callback. It always stops at EOS (``ignore_eos`` cannot be
-        honoured: a timing run that ends early fails rather than reporting fewer tokens)."""
+        honoured: a timing run that ends early fails rather than reporting fewer tokens). The prompt
+        goes in as a chat session's prompt template with an empty message: gpt4all parses special
+        tokens (a chat template's ``<|im_start|>``) in templates only, and adds nothing of its own there."""
         if batch_size != 1:
             raise Unavailable("the gpt4all backend generates one sequence at a time")
-        tok = self.tokenizer
+        if decoding.beams > 1:
+            raise Unavailable("gpt4all has no beam search")
+        tok, d = self.tokenizer, decoding
         body = [int(t) for t in prompt_ids if int(t) != tok.bos_id]
         seen: list[int] = []
         seen_at: list[float] = []
         out = Generation()
         model = self._model.model
 
-        def on_prompt(token_id: int) -> bool:  # each token gpt4all evaluates: the prompt's, then its own
+        def on_prompt(token_id: int) -> bool:  # each prompt token gpt4all evaluates
             seen.append(token_id)
             seen_at.append(time.perf_counter() - start)
             return True
@@ -113,14 +120,17 @@ class Gpt4AllBackend(Backend):
                 on_token(token_id)
             return True
 
+        template = tok.markup(body).replace("{", "{{").replace("}", "}}") + "{0}{1}"  # %1%2: nothing added
         model._prompt_callback = on_prompt  # the instance's hook shadows gpt4all's no-op
         start = time.perf_counter()
-        self._model.generate(tok.text(body), max_tokens=max_new_tokens, temp=decoding.temperature,
-                             top_k=decoding.top_k or tok.vocab_size, top_p=decoding.top_p or 1.0, min_p=0.0,
-                             repeat_penalty=1.0, repeat_last_n=0, n_batch=self.settings.n_batch,
-                             callback=on_response)
+        with self._model.chat_session(system_prompt="", prompt_template=template):
+            self._model.generate("", max_tokens=max_new_tokens, temp=d.temperature,
+                                 top_k=d.top_k or tok.vocab_size, top_p=d.top_p or 1.0, min_p=d.min_p or 0.0,
+                                 repeat_penalty=d.repetition_penalty,
+                                 repeat_last_n=d.repetition_window if d.repetition_penalty != 1 else 0,
+                                 n_batch=self.settings.n_batch, callback=on_response)
         del model._prompt_callback
-        if seen[:len(body)] != body:
+        if seen != body:
             raise ValueError("gpt4all tokenized the prompt differently from the model's tokenizer "
                              f"({len(seen)} vs {len(body)} tokens); it takes text, so ids that do not "
                              "survive detokenizing cannot be given to it")

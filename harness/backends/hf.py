@@ -15,14 +15,14 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from harness.backends.base import GENERATE, LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Window
+from harness.backends.base import BEAM, GENERATE, LOGITS, SCORE, SEED, Backend, BackendSettings, LoadInfo, Window
 from harness.config import StrictModel
 from harness.errors import Unavailable, require
 from harness.measure import CudaMemory
@@ -102,6 +102,7 @@ class HfTokenizer(Tokenizer):
         probe = tokenizer("a", add_special_tokens=True).input_ids
         self.add_bos = self.bos_id is not None and probe[:1] == [self.bos_id]
         self._special = set(tokenizer.all_special_ids)
+        self.chat_template = getattr(tokenizer, "chat_template", None)
         decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
         self._byte_level = type(decoder).__name__ == "ByteLevel"
         if self._byte_level:
@@ -110,7 +111,14 @@ class HfTokenizer(Tokenizer):
             self._byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
 
     def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok(text, add_special_tokens=False, split_special_tokens=True).input_ids,
+                          dtype=np.int32)
+
+    def encode_special(self, text: str) -> np.ndarray:
         return np.asarray(self._tok(text, add_special_tokens=False).input_ids, dtype=np.int32)
+
+    def special_text(self, token_id: int | None) -> str:
+        return "" if token_id is None else self._tok.convert_ids_to_tokens(int(token_id))
 
     def token_bytes(self, token_id: int) -> bytes:
         if token_id in self._special:
@@ -157,8 +165,11 @@ class _TokenClock:
 class HfBackend(Backend):
     type_name = "hf"
     settings_class = HfSettings
-    capabilities = frozenset({SCORE, LOGITS, GENERATE})
+    capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED, BEAM})
     model_kinds = frozenset({"hf", "gguf"})
+    #: transformers' ``_get_logits_processor`` order
+    native_sampler_order = ("repetition penalty (the whole sequence: no window) -> temperature -> top-k -> top-p "
+                            "-> min-p -> draw")
     dependencies = (("torch", "hf"), ("transformers", "hf"), ("accelerate", "hf"))
     settings: HfSettings
 
@@ -264,35 +275,61 @@ class HfBackend(Backend):
         for i, logprobs, positions in self._logprob_blocks(windows):
             yield i, positions, logprobs.cpu().numpy()
 
-    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
-                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
+        """One forward pass over the prompt, then one per token on the KV cache; only the last
+        position's logits are computed (``logits_to_keep``)."""
+        torch = self._torch
+        ids = torch.from_numpy(np.asarray(prompt_ids, dtype=np.int64)[None, :]).to(self._device)
+        past = None
+        while True:
+            with torch.inference_mode():
+                result = self._model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = result.past_key_values
+            token = yield result.logits[0, -1].float().cpu().numpy()
+            ids = torch.tensor([[int(token)]], device=self._device)
+
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
         """transformers' own ``generate`` (what its users get), timed by a streamer that sees each new
         token as it is chosen. The prompt and the first token come out of one forward pass, so the
-        prefill is not told apart from the time to first token."""
-        torch = self._torch
+        prefill is not told apart from the time to first token. Its repetition penalty covers the
+        whole sequence: transformers has no window."""
+        torch, d = self._torch, decoding
         ids = torch.from_numpy(np.tile(np.asarray(prompt_ids, dtype=np.int64), (batch_size, 1))).to(self._device)
-        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": decoding.temperature > 0,
-                  "pad_token_id": self.tokenizer.eos_id, "attention_mask": torch.ones_like(ids)}
+        sampling = d.temperature > 0 and d.beams == 1
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "num_beams": d.beams,
+                  "repetition_penalty": d.repetition_penalty, "pad_token_id": self.tokenizer.eos_id,
+                  "attention_mask": torch.ones_like(ids)}
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
-        if decoding.temperature > 0:
-            kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k or 0, top_p=decoding.top_p or 1.0)
-            torch.manual_seed(decoding.seed)
-        if trace:
-            kwargs.update(output_logits=True, return_dict_in_generate=True)
+        if sampling:
+            kwargs.update(temperature=d.temperature, top_k=d.top_k or 0, top_p=d.top_p or 1.0, min_p=d.min_p)
+            torch.manual_seed(d.seed)
+        else:  # the model's generation_config may carry sampling defaults: greedy means greedy
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        traced = trace and d.beams == 1
+        if traced:  # raw logits (the model's distribution) and processed scores (the one drawn from)
+            kwargs.update(output_logits=True, output_scores=True, return_dict_in_generate=True)
         out = Generation()
-        clock = _TokenClock(out, on_token)
-        clock.start = time.perf_counter()
+        clock = _TokenClock(out, on_token) if d.beams == 1 else None  # beams stream no chosen tokens
+        start = time.perf_counter()
+        if clock is not None:
+            clock.start = start
         with torch.inference_mode():
             result = self._model.generate(ids, streamer=clock, **kwargs)
-        sequences = result.sequences if trace else result
+        sequences = result.sequences if traced else result
         out.tokens = sequences[0, len(prompt_ids):].tolist()
-        if trace:
-            for step_logits in result.logits:
-                probs = torch.softmax(step_logits[0].double(), dim=-1)
-                out.max_prob.append(float(probs.max()))
-                out.entropy.append(float(-(probs * torch.log(probs.clamp_min(1e-300))).sum()))
+        if clock is None:
+            out.times = [time.perf_counter() - start] * len(out.tokens)
+        if traced:
+            for token, raw, scores in zip(out.tokens, result.logits, result.scores, strict=True):
+                if sampling:
+                    sampled = torch.softmax(scores[0].double(), dim=-1).cpu().numpy()
+                else:
+                    sampled = np.zeros(raw.shape[-1])
+                    sampled[token] = 1.0
+                out.record_step(token, raw[0].float().cpu().numpy(), sampled)
         eos = self.tokenizer.eos_id
         if not ignore_eos and eos in out.tokens:  # generate pads after EOS; the text stops there
             out.tokens = out.tokens[:out.tokens.index(eos)]

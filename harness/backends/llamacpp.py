@@ -11,16 +11,16 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
+from harness.backends.base import GENERATE, LOGITS, SCORE, SEED, Backend, BackendSettings, LoadInfo, Tokenizer, Window
 from harness.errors import Unavailable, require
-from harness.sampling import Decoding, Generation, choose_from_logits
+from harness.sampling import Decoding, Generation
 
 
 class LlamaCppSettings(BackendSettings):
@@ -33,6 +33,8 @@ class LlamaCppSettings(BackendSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
 
 
+#: how llama.cpp's common sampler orders its chain (common/common.h), which the native sampler builds
+NATIVE_ORDER = "repetition penalty (last repetition_window tokens) -> top-k -> top-p -> min-p -> temperature -> draw"
 #: windows decoded side by side at most (llama.cpp allows 256 sequences; short windows would ask for more)
 MAX_PARALLEL_SEQUENCES = 64
 
@@ -49,29 +51,49 @@ def available_cpus() -> int:
 
 
 class LlamaCppTokenizer(Tokenizer):
-    def __init__(self, lib, vocab):
+    def __init__(self, lib, model):
+        vocab = lib.llama_model_get_vocab(model)
         self._lib, self._vocab = lib, vocab
         self.vocab_size = lib.llama_vocab_n_tokens(vocab)
         bos, eos = lib.llama_vocab_bos(vocab), lib.llama_vocab_eos(vocab)
         self.bos_id = bos if bos >= 0 else None
         self.eos_id = eos if eos >= 0 else None
         self.add_bos = bool(lib.llama_vocab_get_add_bos(vocab))
+        template = lib.llama_model_chat_template(model, None)
+        self.chat_template = template.decode() if template else None
 
     def encode(self, text: str) -> np.ndarray:
+        return self._tokenize(text, parse_special=False)
+
+    def encode_special(self, text: str) -> np.ndarray:
+        return self._tokenize(text, parse_special=True)
+
+    def special_text(self, token_id: int | None) -> str:
+        return "" if token_id is None else self._lib.llama_vocab_get_text(self._vocab, token_id).decode()
+
+    def markup(self, ids) -> str:
+        """The text of ``ids`` with special tokens written out (``<|im_start|>``), which
+        :meth:`encode_special` reads back to the same ids."""
+        return b"".join(self._piece(int(t), special=True) for t in ids).decode("utf-8", errors="replace")
+
+    def _tokenize(self, text: str, parse_special: bool) -> np.ndarray:
         data = text.encode("utf-8")
         capacity = len(data) + 16
         buf = (self._lib.llama_token * capacity)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, parse_special)
         if n < 0:  # cannot happen with one token per byte at most, but the API says to check
             raise RuntimeError(f"llama_tokenize needed {-n} tokens")
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
 
     def token_bytes(self, token_id: int) -> bytes:
+        return self._piece(token_id, special=False)
+
+    def _piece(self, token_id: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(256)
-        n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, False)
+        n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, False)
+            n = self._lib.llama_token_to_piece(self._vocab, int(token_id), buf, len(buf), 0, special)
         return buf.raw[:n]
 
 
@@ -85,7 +107,7 @@ def gguf_tokenizer(path) -> LlamaCppTokenizer:
     model = lib.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise RuntimeError(f"llama.cpp could not read the vocabulary of {path}")
-    tokenizer = LlamaCppTokenizer(lib, lib.llama_model_get_vocab(model))
+    tokenizer = LlamaCppTokenizer(lib, model)
     tokenizer.owner = model
     return tokenizer
 
@@ -93,7 +115,8 @@ def gguf_tokenizer(path) -> LlamaCppTokenizer:
 class LlamaCppBackend(Backend):
     type_name = "llamacpp"
     settings_class = LlamaCppSettings
-    capabilities = frozenset({SCORE, GENERATE})
+    capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED})
+    native_sampler_order = NATIVE_ORDER
     model_kinds = frozenset({"gguf"})
     dependencies = (("llama_cpp", "gguf"),)
     settings: LlamaCppSettings
@@ -127,8 +150,7 @@ class LlamaCppBackend(Backend):
         load_s = time.perf_counter() - start
         self._lib = lib
         self.n_batch = cparams.n_batch
-        vocab = lib.llama_model_get_vocab(self._model)
-        self.tokenizer = LlamaCppTokenizer(lib, vocab)
+        self.tokenizer = LlamaCppTokenizer(lib, self._model)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="logsoftmax")
         desc = ctypes.create_string_buffer(256)
@@ -190,37 +212,55 @@ class LlamaCppBackend(Backend):
             results.extend(np.split(flat, splits))
         return results
 
-    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
-                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
+    def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Full-vocabulary log-probabilities at each window's scored positions, one decode at a time."""
+        memory = self._lib.llama_get_memory(self._ctx)
+        for index, w in enumerate(windows):
+            if len(w.input_ids) > self.seq_ctx:
+                raise ValueError(f"a window of {len(w.input_ids)} tokens exceeds the loaded context of {self.seq_ctx}")
+            self._lib.llama_memory_clear(memory, True)
+            entries = [(int(tok), p, 0, bool(w.labels[p] >= 0)) for p, tok in enumerate(w.input_ids)]
+            scored = w.scored_positions
+            done = 0
+            for start in range(0, len(entries), self.n_batch):
+                logits = self._decode(entries[start:start + self.n_batch])
+                if logits is not None:
+                    yield index, scored[done:done + len(logits)], log_softmax(logits)
+                    done += len(logits)
+
+    def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
         """The prompt in ``n_batch`` chunks with logits for its last token only (as llama-bench's pp),
-        then one llama_decode per new token (its tg)."""
-        if batch_size != 1:
-            raise Unavailable("the llamacpp backend generates one sequence at a time")
+        then one llama_decode per new token (its tg). The logits are llama.cpp's buffer: read them
+        before sending the next token."""
         n = len(prompt_ids)
         if n + max_new_tokens > self.seq_ctx:
             raise ValueError(f"{n} prompt + {max_new_tokens} new tokens exceed the loaded context of {self.seq_ctx}")
-        lib, vocab = self._lib, self._lib.llama_model_get_vocab(self._model)
-        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-        rng = np.random.default_rng(decoding.seed)
-        out = Generation()
-        start = time.perf_counter()
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
         for first in range(0, n, self.n_batch):
             chunk = prompt_ids[first:first + self.n_batch]
             logits = self._decode([(int(t), first + i, 0, first + i == n - 1) for i, t in enumerate(chunk)])
-        out.prefill_s = time.perf_counter() - start
-        for step in range(max_new_tokens):
-            token = choose_from_logits(logits[-1], decoding, rng, out if trace else None)
-            out.times.append(time.perf_counter() - start)
-            if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
-                break
-            out.tokens.append(token)
-            if on_token is not None:
-                on_token(token)
-            if step + 1 < max_new_tokens:
-                logits = self._decode([(token, n + step, 0, True)])
-        out.text = self.tokenizer.text(out.tokens)
-        return out
+        while True:
+            token = yield logits[-1]
+            logits = self._decode([(int(token), n, 0, True)])
+            n += 1
+
+    def ends_generation(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._lib.llama_model_get_vocab(self._model), token))
+
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
+        """llama.cpp's own sampler chain (:class:`LlamaSampler`) on the same decode loop."""
+        if batch_size != 1:
+            raise Unavailable("the llamacpp backend generates one sequence at a time")
+        if decoding.beams > 1:
+            raise Unavailable("llama.cpp's sampler API has no beam search")
+        sampler = LlamaSampler(self._lib, self.tokenizer.vocab_size, decoding, prompt_ids)
+        try:
+            return self.generate_stepwise(prompt_ids, sampler, max_new_tokens, ignore_eos=ignore_eos, trace=trace,
+                                          on_token=on_token)
+        finally:
+            sampler.free()
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -231,6 +271,72 @@ class LlamaCppBackend(Backend):
         lib.llama_free(self._ctx)
         lib.llama_model_free(self._model)
         self._lib = None
+
+
+class LlamaSampler:
+    """llama.cpp's sampler chain, built as llama.cpp's common sampler orders it (:data:`NATIVE_ORDER`),
+    applied to a candidate array so that the distribution it draws from can be read back."""
+
+    order = NATIVE_ORDER
+
+    def __init__(self, lib, n_vocab: int, decoding: Decoding, prompt_ids):
+        self._lib, self.decoding = lib, decoding
+        self._chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lambda sampler: lib.llama_sampler_chain_add(self._chain, sampler)  # noqa: E731
+        d = decoding
+        if d.repetition_penalty != 1:
+            add(lib.llama_sampler_init_penalties(n_vocab, d.repetition_window, d.repetition_penalty, 0.0, 0.0))
+        if d.temperature == 0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            if d.top_k is not None:
+                add(lib.llama_sampler_init_top_k(d.top_k))
+            if d.top_p is not None:
+                add(lib.llama_sampler_init_top_p(d.top_p, 1))
+            if d.min_p is not None:
+                add(lib.llama_sampler_init_min_p(d.min_p, 1))
+            add(lib.llama_sampler_init_temp(d.temperature))
+            add(lib.llama_sampler_init_dist(d.seed))
+        for token in prompt_ids:  # the penalty window covers the prompt, as llama.cpp's server does
+            lib.llama_sampler_accept(self._chain, int(token))
+        self._data = (lib.llama_token_data * n_vocab)()
+        self._view = np.ctypeslib.as_array(self._data)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+
+    def choose(self, logits: np.ndarray, out: Generation | None) -> int:
+        d, lib = self.decoding, self._lib
+        if out is None and d.temperature == 0 and d.repetition_penalty == 1:
+            token = int(np.argmax(logits))  # what the greedy sampler picks, without filling the array
+        else:
+            view = self._view
+            view["id"], view["logit"], view["p"] = self._ids, logits, 0.0
+            candidates = lib.llama_token_data_array(
+                data=ctypes.cast(self._data, ctypes.POINTER(lib.llama_token_data)), size=len(view), selected=-1,
+                sorted=False)
+            lib.llama_sampler_apply(self._chain, ctypes.byref(candidates))
+            kept = view[:candidates.size]
+            token = int(kept["id"][candidates.selected])
+            if out is not None:
+                sampled = np.zeros(len(view))
+                if d.temperature == 0:
+                    sampled[token] = 1.0
+                else:
+                    sampled[kept["id"]] = kept["p"]
+                    sampled /= sampled.sum()
+                out.record_step(token, logits, sampled)
+        lib.llama_sampler_accept(self._chain, token)
+        return token
+
+    def free(self) -> None:
+        self._lib.llama_sampler_free(self._chain)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float32 (max-shifted, the sum in float64)."""
+    peak = logits.max(axis=1, keepdims=True)
+    shifted = logits - peak
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True, dtype=np.float64))
+    return (shifted - log_z).astype(np.float32)
 
 
 def target_logprobs(logits: np.ndarray, targets: np.ndarray, pool: ThreadPoolExecutor | None = None,

@@ -9,18 +9,18 @@ A count model has no context limit: a window only bounds what it sees.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer, Window
+from harness.backends.base import GENERATE, LOGITS, SCORE, SEED, Backend, BackendSettings, LoadInfo, Tokenizer, Window
 from harness.data import DatasetSpec, load_corpus
 from harness.errors import Unavailable
 from harness.models import NgramSpec
 from harness.ngram_model import NgramModel, build, training_stream
-from harness.sampling import Decoding, Generation, choose, entropy_nats
+from harness.sampling import HARNESS_ORDER, Decoding, Generation, HarnessSampler
 from harness.word_tokenizer import WordTokenizer
 
 NOT_NORMALIZED = "stupid-backoff scores are not a normalized distribution; perplexity needs kneser-ney"
@@ -33,8 +33,9 @@ class NgramSettings(BackendSettings):
 class NgramBackend(Backend):
     type_name = "ngram"
     settings_class = NgramSettings
-    capabilities = frozenset({SCORE, GENERATE})
+    capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED})
     model_kinds = frozenset({"ngram"})
+    native_sampler_order = HARNESS_ORDER + " (the harness's sampler: the n-gram model has no other)"
     settings: NgramSettings
 
     @classmethod
@@ -120,31 +121,38 @@ class NgramBackend(Backend):
     def next_distribution(self, context: np.ndarray) -> np.ndarray:
         return self.lm.next_distribution(context, self.spec.smoothing)
 
-    def generate(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
-                 ignore_eos: bool = False, batch_size: int = 1, trace: bool = True,
-                 on_token: Callable[[int], None] | None = None) -> Generation:
-        """Sample from the full next-token distribution; stops at the boundary token unless told not to.
-        The distribution is computed either way, so the trace is always kept."""
+    def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The full next-token distribution at each scored position, from the window's tokens up to it."""
+        if self.spec.smoothing != "kneser-ney":
+            raise ValueError(NOT_NORMALIZED)
+        for index, w in enumerate(windows):
+            positions = w.scored_positions
+            with np.errstate(divide="ignore"):
+                rows = np.log(np.stack([self.next_distribution(w.input_ids[:p + 1]) for p in positions]))
+            yield index, positions, rows
+
+    def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
+        """Log-probabilities serve as logits (softmax gives the distribution back exactly)."""
+        context = [int(t) for t in prompt_ids]
+        while True:
+            with np.errstate(divide="ignore"):
+                token = yield np.log(self.next_distribution(np.array(context)))
+            context.append(int(token))
+
+    def ends_generation(self, token: int) -> bool:
+        return token == self.lm.boundary
+
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
+        """The n-gram model has no sampler of its own: native sampling is the harness's. The
+        distribution is computed at every step either way."""
         if batch_size != 1:
             raise Unavailable("the ngram backend generates one sequence at a time")
-        rng = np.random.default_rng(decoding.seed)
-        context = [int(t) for t in prompt_ids]
-        out = Generation()
-        start = time.perf_counter()
-        for _ in range(max_new_tokens):
-            probs = self.next_distribution(np.array(context))
-            out.max_prob.append(float(probs.max()))
-            out.entropy.append(entropy_nats(probs))
-            token = choose(probs, decoding, rng)
-            out.times.append(time.perf_counter() - start)
-            if token == self.lm.boundary and not ignore_eos:
-                break
-            out.tokens.append(token)
-            context.append(token)
-            if on_token is not None:
-                on_token(token)
-        out.text = self.tokenizer.text(out.tokens)
-        return out
+        if decoding.beams > 1:
+            raise Unavailable("the ngram backend has no beam search")
+        return self.generate_stepwise(prompt_ids, HarnessSampler(decoding, prompt_ids), max_new_tokens,
+                                      ignore_eos=ignore_eos, trace=trace, on_token=on_token)
 
     def close(self) -> None:
         self.lm = None

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from harness.data import Corpus
 
 
+class Reference(StrictModel):
+    """A second model a task compares against or scores with (``reference:`` of a task)."""
+
+    model: str
+    backend: str
+
+
 class TaskSettings(StrictModel):
     """Suite settings of one task; each task subclasses it with a ``type`` literal."""
 
@@ -32,6 +39,8 @@ class TaskResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     #: settings the task resolved at run time (add_bos, stride, ...): they change the number
     resolved: dict = field(default_factory=dict)
+    #: files kept beside the cell's record (generated texts, traces): name -> text
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 class Task(ABC):
@@ -40,8 +49,11 @@ class Task(ABC):
     #: backend capabilities this task needs; a backend lacking one is skipped with a reason
     requires: ClassVar[frozenset[str]]
 
-    def __init__(self, settings: TaskSettings):
+    def __init__(self, settings: TaskSettings, reference: Backend | None = None):
         self.settings = settings
+        #: the ``reference:`` model's backend, constructed but not loaded: the task loads it when it
+        #: needs it (and closes it), so its memory is counted in the cell only for that time
+        self.reference = reference
 
     @abstractmethod
     def context_tokens(self) -> int:
