@@ -14,6 +14,17 @@ METRICS: dict[str, tuple[str, bool]] = {
     "nll_mean": ("nats/token", False),
     "tokens_scored": ("tokens", True),
     "bytes_scored": ("bytes", True),
+    # vs a reference (kld)
+    "kld_mean": ("nats", False),
+    "kld_p99": ("nats", False),
+    "kld_max": ("nats", False),
+    "kld_median": ("nats", False),
+    "same_top1": ("ratio", True),
+    "delta_p_mean": ("probability", True),
+    "delta_p_rms": ("probability", False),
+    "ref_token_ppl": ("ppl", False),
+    "ppl_ratio": ("ratio", False),
+    "ln_ppl_ratio": ("nats/token", False),
     # throughput
     "prefill_tok_s": ("tokens/s", True),
     "decode_tok_s": ("tokens/s", True),

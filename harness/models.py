@@ -61,12 +61,22 @@ class ModelSpec(StrictModel):
     hf: str | None = None
     ngram: NgramSpec | None = None
     chat: bool = False
+    quantize: str | None = Field(None, description="a GGUF derived from the gguf source: F32/F16 dequantized, "
+                                 "or llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, "
+                                 "Q4_0, Q3_K_M, Q2_K, ...)")
 
     @model_validator(mode="after")
     def _one_source(self):
+        from harness.quantize import TYPES
+
         given = [k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("expected exactly one source key: gguf, hf or ngram")
+        if self.quantize is not None:
+            if self.gguf is None:
+                raise ValueError("quantize applies to a gguf source only")
+            if self.quantize not in TYPES:
+                raise ValueError(f"quantize: expected one of {', '.join(TYPES)}, got {self.quantize!r}")
         return self
 
     @property
@@ -78,7 +88,9 @@ class ModelSpec(StrictModel):
         if self.ngram is not None:
             n = self.ngram
             return f"ngram:{n.unit}/order={n.order}/{n.smoothing}"
-        return self.gguf if self.gguf is not None else self.hf
+        if self.gguf is not None:
+            return self.gguf + (f"#quantize={self.quantize}" if self.quantize else "")
+        return self.hf
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,7 @@ def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     Trained models have no source file (see :func:`resolve_ngram`)."""
     if spec.kind == "ngram":
         return None
-    source = spec.source
+    source = spec.gguf if spec.gguf is not None else spec.hf
     if source.startswith("pkg:"):
         return _package_file(source[4:])
     if source.startswith("hf:"):
@@ -189,6 +201,10 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
         raise UserError(f"cannot resolve {spec.source}")
     if spec.kind == "gguf":
         check_gguf(path)
+        if spec.quantize is not None:
+            from harness.quantize import derive_gguf
+
+            path = derive_gguf(path, sha256_file(path), spec.quantize)
     size = path.stat().st_size if path.is_file() else sum(
         p.stat().st_size for p in path.rglob("*") if p.is_file())
     digest = sha256_file(path)

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from harness.backends.base import GENERATE, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
+from harness.backends.base import GENERATE, LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
 from harness.sampling import Generation
 
 
@@ -31,7 +31,7 @@ class CharTokenizer(Tokenizer):
 class UnigramBackend(Backend):
     type_name = "tiny-unigram"
     settings_class = BackendSettings
-    capabilities = frozenset({SCORE, GENERATE})
+    capabilities = frozenset({SCORE, LOGITS, GENERATE})
     model_kinds = frozenset()
 
     def __init__(self, probs: dict[str, float], bos: bool = False):
@@ -48,6 +48,13 @@ class UnigramBackend(Backend):
     def score(self, windows):
         self.calls.append(len(windows))
         return [self.logp[w.targets] for w in windows]
+
+    def logprobs(self, windows):
+        """The same distribution at every position (BOS and EOS get none of it)."""
+        full = np.full(self.tokenizer.vocab_size, -np.inf)
+        full[:len(self.logp)] = self.logp
+        for i, w in enumerate(windows):
+            yield i, w.scored_positions, np.tile(full, (len(w.scored_positions), 1))
 
     def generate_native(self, prompt_ids, decoding, max_new_tokens, *, ignore_eos, batch_size, trace, on_token):
         """Greedy unigram text on a scripted clock: the prompt costs ``prefill_per_token`` per token,

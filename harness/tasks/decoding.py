@@ -39,6 +39,9 @@ from harness.metrics import Measurement
 from harness.sampling import HARNESS, HARNESS_ORDER, NATIVE, Decoding, Generation
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
 
+#: a corpus prompt is cut to this many words (a long first sentence is still a prompt, not a document)
+PROMPT_WORDS = 40
+
 
 class Strategy(StrictModel):
     """One entry of ``strategies:``; a list value sweeps (one cell per combination)."""
@@ -117,8 +120,9 @@ class DecodingSettings(TaskSettings):
 
 
 def passage_prompts(text: str, n: int) -> list[str]:
-    """The first sentence of each of the first ``n`` paragraphs (blocks between blank lines) that are
-    prose: headings (WikiText's ``= Title =``) and blocks under eight words are passed over."""
+    """The first sentence (at most :data:`PROMPT_WORDS` words) of each of the first ``n`` paragraphs
+    (blocks between blank lines) that are prose: headings (WikiText's ``= Title =``) and blocks under
+    eight words are passed over."""
     prompts = []
     for block in re.split(r"\n\s*\n", text):
         words = block.split()
@@ -126,7 +130,8 @@ def passage_prompts(text: str, n: int) -> list[str]:
             continue
         paragraph = " ".join(words)
         match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
-        prompts.append(match.group(1) if match else " ".join(words[:24]))
+        sentence = match.group(1) if match else paragraph
+        prompts.append(" ".join(sentence.split()[:PROMPT_WORDS]))
         if len(prompts) == n:
             break
     return prompts

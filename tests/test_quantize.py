@@ -1,0 +1,35 @@
+"""The GGUF quantization ladder: rungs derived once from the shipped file by llama.cpp's own quantizer,
+cached by source and type, and refused where they make no sense."""
+
+from pathlib import Path
+
+import pytest
+from conftest import SMOLLM2_PKG
+from pydantic import ValidationError
+
+from harness.models import ModelSpec, resolve
+
+pytestmark = pytest.mark.integration
+
+
+def test_rungs_are_quantized_once_and_cached(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    q8 = resolve("q8", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q8_0"), tmp_path)
+    reader = gguf.GGUFReader(q8.path)
+    assert reader.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    types = {t.tensor_type.name for t in reader.tensors}
+    assert "Q8_0" in types and not types & {"Q4_1", "Q4_0"}
+    assert q8.source.endswith("#quantize=Q8_0") and q8.path.name.endswith("-Q8_0.gguf")
+    mtime = q8.path.stat().st_mtime_ns
+    again = resolve("q8", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q8_0"), tmp_path)
+    assert again.path == q8.path and again.path.stat().st_mtime_ns == mtime and again.sha256 == q8.sha256
+    f32 = resolve("f32", ModelSpec(gguf=SMOLLM2_PKG, quantize="F32"), tmp_path)
+    assert f32.bytes_on_disk > 3 * q8.bytes_on_disk  # 4 bytes a weight against 8.5 bits
+    assert not list(Path(q8.path.parent).glob("*.tmp"))
+
+
+def test_quantize_is_checked_in_the_suite():
+    with pytest.raises(ValidationError, match="quantize: expected one of F32, F16, Q8_0"):
+        ModelSpec(gguf=SMOLLM2_PKG, quantize="Q9_9")
+    with pytest.raises(ValidationError, match="quantize applies to a gguf source only"):
+        ModelSpec(hf="models/x", quantize="Q8_0")
