@@ -9,8 +9,8 @@ segment of its own. A split is kept only when
    threshold of a timing, the tolerance of a deterministic metric),
 2. it is large against the series' own noise (``Z`` robust standard deviations of its night-to-night
    differences), and
-3. it persists: more than half the runs of each segment lie on their own side of the midpoint between
-   the two levels (a two-run segment must have both).
+3. it persists: a two-run segment (whose median is the mean of its runs, so one outlier could make the
+   level) has both runs on its side of the midpoint between the levels.
 
 A step in the last run is therefore reported the night after, once it has held for two runs.
 """
@@ -86,10 +86,11 @@ def _real_step(left: np.ndarray, right: np.ndarray, policy: Policy, sigma: float
         return False
     if abs(after - before) <= Z * sigma:
         return False
+    # a two-run segment's median is the mean of its runs, so one outlier could make the level on its own:
+    # both runs must lie past the midpoint between the levels (a longer segment's median ignores one)
     mid, up = (before + after) / 2, after > before
-    held_left = np.mean(left < mid if up else left > mid)
-    held_right = np.mean(right > mid if up else right < mid)
-    return held_left > 0.5 and held_right > 0.5
+    return all(np.all(seg < mid if side_low else seg > mid) for seg, side_low in ((left, up), (right, not up))
+               if len(seg) == 2)
 
 
 def change_points(values: np.ndarray, policy: Policy, min_size: int = MIN_SEGMENT) -> list[int]:
