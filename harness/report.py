@@ -219,14 +219,21 @@ def quantization_view(ok: pd.DataFrame) -> list:
 
 # --- the document -------------------------------------------------------------------------------------------
 
+def _span(start: str | None, end: str | None) -> str | None:
+    return start and f"{start} – {end or 'unfinished'}"
+
+
 def build(run: RunTables) -> list[Section]:
     frame = run.results
     env = run.info.get("environment", {})
-    header = [f"Run `{run.run_id}` of suite **{run.suite}**, {run.info.get('started_at')} – "
-              f"{run.info.get('ended_at')}; harness {env.get('harness_version')} at {env.get('git_commit')}; "
-              f"{env.get('cpu')} ({env.get('cpu_count')} CPUs), {env.get('memory_gb')} GiB; "
-              f"GPU: {', '.join(env.get('gpu') or []) or 'none'}; Python {env.get('python')}; "
-              + ", ".join(f"{k} {v}" for k, v in sorted(env.get("libraries", {}).items()))]
+    facts = [f"Run `{run.run_id}` of suite **{run.suite}**",
+             _span(run.info.get("started_at"), run.info.get("ended_at")),
+             env.get("git_commit") and f"harness {env.get('harness_version', '?')} at {env['git_commit']}",
+             env.get("cpu") and f"{env['cpu']} ({env.get('cpu_count')} CPUs)",
+             env.get("memory_gb") and f"{env['memory_gb']} GiB", f"GPU: {', '.join(env.get('gpu') or []) or 'none'}",
+             env.get("python") and f"Python {env['python']}",
+             ", ".join(f"{k} {v}" for k, v in sorted(env.get("libraries", {}).items()))]
+    header = ["; ".join(f for f in facts if f) + "."]
     sections = [Section(f"{run.suite} — {run.run_id}", header)]
     if frame.empty:
         return sections + [Section("Results", ["The run has no cells."])]
