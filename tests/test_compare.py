@@ -238,3 +238,34 @@ def test_exports_of_the_new_run(tmp_path, capsys):
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "1/decode_tok_s" in shown.stdout and "ttft_s" in shown.stdout
+
+
+def test_real_runs_of_a_tiny_suite(tmp_path, capsys):
+    """The whole path on real runs: the n-gram backend scoring the built-in corpus, twice unchanged (the
+    deterministic rows agree exactly), then with a lower order under the same model name (flagged)."""
+    import yaml
+
+    def suite(order):
+        path = tmp_path / f"order{order}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "tiny", "models": {"words": {"ngram": {"order": order, "train": "builtin:stdlib-docs#train"}}},
+            "backends": {"ngram": {"type": "ngram"}}, "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+            "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 256}},
+            "matrix": [{"model": "words", "backend": "ngram", "task": "ppl"}]}))
+        return path
+
+    for name, order in (("a", 4), ("b", 4), ("c", 2)):
+        assert main(["run", str(suite(order)), "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json", "--all"])
+    doc = json.loads(capsys.readouterr().out)
+    quality = {r["metric"]: r for r in doc["rows"] if r["metric"] in ("token_ppl", "bits_per_byte", "model_bytes")}
+    assert {r["verdict"] for r in quality.values()} == {"unchanged"}
+    assert quality["token_ppl"]["base"] == quality["token_ppl"]["new"]
+    assert all(r["note"] == "" for r in doc["rows"]), "the second run loads the cached model: not a setting"
+
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c"), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    ppl = next(r for r in doc["rows"] if r["metric"] == "token_ppl")
+    assert ppl["verdict"] == "regressed" and ppl["new"] > ppl["base"]
+    assert "model.ngram.order: 4 → 2" in ppl["note"]
