@@ -7,8 +7,9 @@ are listed in the row's note, so a reader sees why a number moved.
 
 Each metric is judged by its gate (:mod:`harness.gates`) in its direction (``higher_is_better``):
 timings must pass a ratio threshold and be significant (asv's rule); deterministic metrics must pass a
-tolerance. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count with
-no direction). Regressed or failed rows make the exit code 1.
+tolerance. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count that
+differs, or a timing past its threshold that has no samples or CI to test it with: shown, never gating).
+Regressed or failed rows make the exit code 1.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def significance(a: np.ndarray, b: np.ndarray, ci_a: tuple, ci_b: tuple, alpha: 
     if all(_finite(x) for x in (*ci_a, *ci_b)):
         disjoint = ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0]
         return disjoint, "CIs disjoint" if disjoint else "CIs overlap", None
-    return None, "one measurement each: ratio only", None
+    return None, "one measurement each: untestable", None
 
 
 def _finite(x) -> bool:
@@ -117,9 +118,13 @@ def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: p
     ratio = max(b, n) / min(b, n) if min(b, n) > 0 else math.inf
     sig, test, p = significance(base_samples, new_samples, (base["ci_low"], base["ci_high"]),
                                 (new["ci_low"], new["ci_high"]), alpha)
-    moved = ratio >= policy.threshold and sig is not False
-    return {**out, "verdict": (IMPROVED if better else REGRESSED) if moved else UNCHANGED, "test": test,
-            "p_value": p}
+    if ratio < policy.threshold or sig is False:
+        verdict = UNCHANGED
+    elif sig is None:  # past the threshold, but one measurement each cannot show it is more than noise
+        verdict = CHANGED
+    else:
+        verdict = IMPROVED if better else REGRESSED
+    return {**out, "verdict": verdict, "test": test, "p_value": p}
 
 
 def _flat(params: dict, prefix: str = "") -> dict:

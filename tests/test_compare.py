@@ -115,6 +115,12 @@ def test_ratio_below_threshold_is_unchanged_even_if_significant(tmp_path):
     assert judged["verdict"] == "regressed" and judged["worse_by"] == pytest.approx(100 / 85)
     judged = compare.judge(policy, True, base, {**new, "value": 120.0}, samples, samples * 1.2, alpha=0.002)
     assert judged["verdict"] == "improved"
+    # one measurement each, no CI: past the threshold it is shown as changed, never gated
+    one = {"value": 100.0, "ci_low": None, "ci_high": None}
+    judged = compare.judge(DEFAULTS["scored_tok_s"], True, one, {**one, "value": 70.0}, [], [], alpha=0.002)
+    assert judged["verdict"] == "changed" and judged["test"] == "one measurement each: untestable"
+    judged = compare.judge(DEFAULTS["scored_tok_s"], True, one, {**one, "value": 90.0}, [], [], alpha=0.002)
+    assert judged["verdict"] == "unchanged"
     ppl = DEFAULTS["token_ppl"]
     for factor, verdict in ((1.0005, "unchanged"), (1.005, "regressed"), (0.99, "improved")):
         judged = compare.judge(ppl, False, {"value": 10.0}, {"value": 10 * factor}, [], [], 0.002)
