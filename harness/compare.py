@@ -91,9 +91,9 @@ def significance(a: np.ndarray, b: np.ndarray, ci_a: tuple, ci_b: tuple, alpha: 
         from scipy.stats import mannwhitneyu
 
         p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-        return p < alpha, f"Mann-Whitney U ({len(a)} vs {len(b)}) p={p:.2g}", p
+        return bool(p < alpha), f"Mann-Whitney U ({len(a)} vs {len(b)}) p={p:.2g}", p
     if all(_finite(x) for x in (*ci_a, *ci_b)):
-        disjoint = ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0]
+        disjoint = bool(ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])  # a plain bool, not numpy's
         return disjoint, "CIs disjoint" if disjoint else "CIs overlap", None
     return None, "one measurement each: untestable", None
 

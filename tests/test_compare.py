@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
@@ -100,6 +101,11 @@ def test_significance_follows_asv_rule():
     assert (sig, test, p) == (True, "CIs disjoint", None)
     sig, _, _ = compare.significance(a[:5], b[:5], (95, 105), (78, 96), alpha=0.002)
     assert sig is False
+    # CIs as the results table holds them (numpy floats): overlapping CIs keep a 30% move unchanged
+    base = pd.Series({"value": 100.0, "ci_low": np.float64(60), "ci_high": np.float64(140)})
+    new = pd.Series({"value": 70.0, "ci_low": np.float64(50), "ci_high": np.float64(90)})
+    judged = compare.judge(DEFAULTS["decode_tok_s"], True, base, new, a[:5], b[:5], alpha=0.002)
+    assert (judged["verdict"], judged["test"]) == ("unchanged", "CIs overlap")
     assert compare.significance(np.array([]), np.array([]), (None, None), (1, 2), 0.002)[0] is None
 
 
