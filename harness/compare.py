@@ -141,7 +141,13 @@ def settings_diff(base_params: str, new_params: str) -> list[str]:
     """``key: old → new`` for every setting (suite or resolved at run time) that differs."""
     old, new = _flat(json.loads(base_params)), _flat(json.loads(new_params))
     keys = sorted(k for k in old.keys() | new.keys() if not MEASURED.search(k) and old.get(k) != new.get(k))
-    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys]
+
+    def echoes_a_setting(key: str) -> bool:  # resolved.backend.n_threads repeating backend.n_threads
+        suite_key = key.removeprefix("resolved.")
+        return suite_key != key and suite_key in keys and (old.get(key), new.get(key)) == (
+            old.get(suite_key), new.get(suite_key))
+
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys if not echoes_a_setting(k)]
 
 
 def _fingerprint_notes(base: RunTables, new: RunTables, cell: pd.Series) -> list[str]:
