@@ -1,4 +1,6 @@
-"""Command line: ``harness run | validate | schema | list`` (also ``python -m harness``).
+"""Command line: harness run | validate | compare | history | report | schema | list.
+
+Also ``python -m harness``.
 
 Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed.
 """
@@ -62,6 +64,74 @@ def cmd_run(args, console: Console) -> int:
     return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
 
 
+def _gates(args, run_info: dict):
+    from harness.gates import Gates, parse_overrides
+
+    return Gates(suite=run_info.get("gates", {}), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
+                 tolerance=parse_overrides(args.tolerance, "--tolerance", 0.0), alpha=args.alpha)
+
+
+def _emit(text: str, out: Path | None) -> None:
+    from harness.atomic import atomic_write_text
+
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        atomic_write_text(out, text)
+
+
+def cmd_compare(args, console: Console) -> int:
+    from harness import compare, export
+    from harness.results import read_run
+
+    base, new = read_run(args.base), read_run(args.new)
+    result = compare.compare(base, new, _gates(args, new.info))
+    if args.format == "markdown":
+        _emit(compare.to_markdown(result, args.all), args.out)
+    elif args.format == "json":
+        _emit(compare.to_json(result), args.out)
+    else:  # the new run's figures, for a tool that keeps its own history
+        _emit(json.dumps(export.EXPORTS[args.format](new), indent=2), args.out)
+    if args.out is not None:
+        print(f"{args.out}: {result.regressions} regressions", file=sys.stderr)
+    return EXIT_REGRESSION if result.regressions else EXIT_OK
+
+
+def cmd_history(args, console: Console) -> int:
+    from harness import history
+
+    runs = history.load_runs(args.dirs)
+    trends = history.history(runs, _gates(args, runs[-1].info))
+    text = history.to_json(runs, trends) if args.format == "json" else history.to_markdown(runs, trends, args.last)
+    _emit(text, args.out)
+    return EXIT_OK
+
+
+def cmd_report(args, console: Console) -> int:
+    from harness import export
+    from harness.report import write_report
+    from harness.results import read_run
+
+    if args.format != "html":
+        _emit(json.dumps(export.EXPORTS[args.format](read_run(args.run_dir)), indent=2), args.out)
+        return EXIT_OK
+    md, page = write_report(args.run_dir, args.out)
+    console.print(f"report: {md}, {page}", highlight=False)
+    return EXIT_OK
+
+
+def _gate_options(parser: argparse.ArgumentParser) -> None:
+    from harness.gates import ALPHA
+
+    parser.add_argument("--threshold", action="append", default=[], metavar="[METRIC=]RATIO",
+                        help="timings: the ratio a change must pass (and be significant), for one metric or "
+                        "all; repeatable; overrides the suite's gates")
+    parser.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]REL",
+                        help="deterministic metrics: the relative change allowed; repeatable")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
+    parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
+
+
 def cmd_schema(args, console: Console) -> int:
     from harness.suite import json_schema
 
@@ -107,6 +177,31 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("suite", type=Path)
     validate.add_argument("--corpora", type=Path)
     validate.set_defaults(func=cmd_validate)
+
+    compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")
+    compare.add_argument("base", type=Path, help="run directory of the baseline (last night)")
+    compare.add_argument("new", type=Path, help="run directory of the candidate (tonight)")
+    compare.add_argument("--format", default="markdown",
+                         choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
+                         help="the last two export NEW's figures for those tools (the exit code still compares)")
+    compare.add_argument("--all", action="store_true", help="markdown: list unchanged rows too")
+    _gate_options(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    hist = sub.add_parser("history", help="trend of every metric over many runs, and where it stepped")
+    hist.add_argument("dirs", type=Path, nargs="+", help="run directories, or folders of them (results/SUITE)")
+    hist.add_argument("--format", default="markdown", choices=["markdown", "json"])
+    hist.add_argument("--last", type=int, default=10, help="runs shown as columns (all are analysed)")
+    _gate_options(hist)
+    hist.set_defaults(func=cmd_history)
+
+    report = sub.add_parser("report", help="report.md and a self-contained report.html with plots")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--format", default="html", choices=["html", "github-action-benchmark", "pytest-benchmark"],
+                        help="html: report.md + report.html; the others print the run's figures for those tools")
+    report.add_argument("--out", type=Path, help="html: directory for the report (default: the run directory); "
+                        "otherwise a file (default: stdout)")
+    report.set_defaults(func=cmd_report)
 
     sub.add_parser("schema", help="print the suite JSON Schema").set_defaults(func=cmd_schema)
     sub.add_parser("list", help="list backends, tasks, dataset sources and suites").set_defaults(func=cmd_list)

@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.atomic import atomic_write, atomic_write_text
+from harness.errors import UserError
 
 COLUMNS = ["run_id", "cell_id", "suite", "model", "backend", "task", "dataset", "metric", "value", "unit",
            "higher_is_better", "n", "ci_low", "ci_high", "stderr", "status", "reason", "params"]
@@ -152,3 +154,45 @@ def _gpu() -> list[str]:
 
 def write_run_json(run_dir: Path, info: dict) -> None:
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+@dataclass
+class RunTables:
+    """A finished run directory as compare, history and report read it."""
+
+    path: Path
+    info: dict
+    results: pd.DataFrame
+    samples: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return self.info.get("run_id") or self.path.name
+
+    @property
+    def suite(self) -> str | None:
+        return self.info.get("suite") or (self.results["suite"].iloc[0] if len(self.results) else None)
+
+
+def read_run(run_dir: Path) -> RunTables:
+    """Read a run directory's tables, or raise UserError naming the file that is missing or unreadable."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory (expected results.parquet and run.json inside)")
+    tables = {}
+    for name in ("run.json", "results.parquet", "samples.parquet"):
+        path = run_dir / name
+        if not path.is_file():
+            if name == "samples.parquet":
+                tables[name] = pd.DataFrame(columns=["run_id", "cell_id", "sample", "index", "value"])
+                continue
+            raise UserError(f"{path}: not found; is {run_dir} a run directory of `harness run`?")
+        try:
+            tables[name] = json.loads(path.read_text()) if name.endswith(".json") else pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                            ) from None
+    missing = set(COLUMNS) - set(tables["results.parquet"].columns)
+    if missing:
+        raise UserError(f"{run_dir / 'results.parquet'}: missing columns {', '.join(sorted(missing))}")
+    return RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])

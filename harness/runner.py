@@ -176,7 +176,8 @@ class Runner:
                 "suite_file": str(self.options.suite_path), "environment": results.environment(),
                 "started_at": previous.get("started_at", _now()), "ended_at": None,
                 "models": {k: v.fingerprint() for k, v in models.items()}, "datasets": corpora,
-                "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s}
+                "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
+                "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()}}
         results.write_run_json(run_dir, info)
 
         done = {r["cell_id"] for r in results.read_cell_records(run_dir) if r["status"] == results.OK}

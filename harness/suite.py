@@ -18,6 +18,7 @@ from harness.backends import BACKENDS
 from harness.config import StrictModel
 from harness.data import DatasetSpec
 from harness.errors import UserError
+from harness.gates import Gate, check_gates
 from harness.models import ModelSpec
 from harness.tasks import TASKS
 
@@ -57,12 +58,20 @@ class Suite(StrictModel):
     datasets: dict[str, DatasetSpec] = {}
     tasks: dict[str, TaskSettingsUnion]
     matrix: list[MatrixEntry] = Field(min_length=1)
+    gates: dict[str, Gate] = Field({}, description="per-metric gates of `harness compare` and `history`, "
+                                   "overriding the defaults (harness.gates.DEFAULTS)")
 
     @field_validator("models", "backends", "tasks")
     @classmethod
     def _not_empty(cls, value):
         if not value:
             raise ValueError("expected at least one entry")
+        return value
+
+    @field_validator("gates")
+    @classmethod
+    def _known_metrics(cls, value):
+        check_gates(value)
         return value
 
 

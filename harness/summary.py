@@ -17,7 +17,7 @@ HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": 
             "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
 
 
-def _fmt(value: float, stderr: float | None = None) -> str:
+def fmt_value(value: float, stderr: float | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
@@ -37,7 +37,7 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
         for metric in HEADLINE:
             if metric in by_metric:
                 r = by_metric[metric]
-                row[HEADLINE[metric]] = _fmt(r.value, r.stderr if metric == "token_ppl" else None)
+                row[HEADLINE[metric]] = fmt_value(r.value, r.stderr if metric == "token_ppl" else None)
         if first["status"] != "ok":
             row["reason"] = first["reason"]
         rows.append(row)

@@ -1,0 +1,81 @@
+"""harness report: report.md with its PNGs and a self-contained report.html; views chosen by what ran."""
+
+import base64
+import re
+
+import numpy as np
+from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
+
+from harness import report, results
+from harness.cli import main
+from harness.metrics import Measurement
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_perplexity_and_throughput(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    run = write_run(tmp_path / "run", [
+        perplexity_cell(rng), perplexity_cell(rng, backend("hf-cpu"), nll=3.36, model_bytes=538_060_288),
+        throughput_cell(rng), throughput_cell(rng, backend("hf-cpu"), decode=12.7, prefill=503),
+        failed_cell(backend("hf-cuda"), results.SKIPPED, "device cuda: no CUDA device visible"),
+    ])
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert titles == ["Results", "Cells that did not run", "Perplexity and bits per byte", "Throughput",
+                      "Memory and model size"]
+    images = re.findall(r"!\[[^]]*\]\((report_files/[^)]+\.png)\)", md)
+    assert images == ["report_files/perplexity-ppl.png", "report_files/throughput-speed.png",
+                      "report_files/memory.png"]
+    for image in images:
+        assert (run / image).read_bytes().startswith(PNG)
+    # self-contained: every image inline, nothing fetched
+    inline = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(inline) == len(images)
+    assert all(base64.b64decode(data).startswith(PNG) for data in inline)
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)
+    assert "no CUDA device visible" in md and "no CUDA device visible" in page
+    # the figures in the tables are the run's
+    table = results.read_run(run).results
+    decode = table[(table.metric == "decode_tok_s") & (table.backend == "hf-cpu")]["value"].iloc[0]
+    assert f"{decode:.4g}" in md.split("## Throughput")[1]
+
+
+def test_views_follow_the_tasks_that_ran(tmp_path):
+    rng = np.random.default_rng(1)
+    run = write_run(tmp_path / "ppl-only", [perplexity_cell(rng)])
+    titles = [s.title for s in report.build(results.read_run(run))]
+    assert "Perplexity and bits per byte" in titles and "Throughput" not in titles
+
+
+def test_decoding_and_quantization_views(tmp_path):
+    rng = np.random.default_rng(2)
+    records = []
+    for name, kld, size in (("q4", 0.05, 96e6), ("q8", 0.01, 160e6), ("nf4", 0.08, 166e6)):
+        rec = perplexity_cell(rng, backend(name), model_bytes=size)
+        rec["measurements"].append({**Measurement("token_ppl", 1.0).row(), "metric": "kld_mean", "value": kld,
+                                    "unit": "nats", "higher_is_better": False})
+        records.append(rec)
+    for temp in (0.5, 1.0, 1.5):
+        rec = perplexity_cell(rng, backend("gguf-cpu", temperature=temp))
+        rec["cell"]["task"] = rec["cell"]["task"] + f"-t{temp}"
+        rec["cell_id"] = rec["cell_id"][:12] + f"{int(temp * 10):04d}"
+        rec["measurements"] = [{**Measurement("token_ppl", 1.0).row(), "metric": m, "value": v * temp,
+                                "unit": "", "higher_is_better": True}
+                               for m, v in (("entropy_mean", 2.0), ("distinct_2", 0.4))]
+        records.append(rec)
+    run = write_run(tmp_path / "run", records)
+    sections = {s.title: s for s in report.build(results.read_run(run))}
+    quant = sections["Quantization: quality against size and speed"]
+    assert [b.name for b in quant.blocks if isinstance(b, report.Plot)] == ["quantization"]
+    decoding = sections["Decoding"]
+    table = next(b for b in decoding.blocks if hasattr(b, "columns"))
+    assert table["temperature"].tolist() == [0.5, 1.0, 1.5]
+    assert table["entropy_mean"].tolist() == ["1", "2", "3"]
+
+
+def test_report_of_a_missing_run_is_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
