@@ -52,10 +52,9 @@ def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 order, paths = int(sys.argv[1]), sys.argv[2:]
 before = rss()
 start = time.perf_counter()
-texts = [open(p, encoding="utf-8").read() for p in paths]
+texts = (open(p, encoding="utf-8").read() for p in paths)
 tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
-del texts
-stream = training_stream(encoded, tok.bos_id)
+stream = training_stream(encoded, tok.bos_id, tok.vocab_size)
 del encoded
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
 seconds = time.perf_counter() - start
@@ -72,7 +71,7 @@ from harness.word_tokenizer import WordTokenizer
 order, eval_path, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 texts = [open(p, encoding="utf-8").read() for p in paths]
 tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
-stream = training_stream(encoded, tok.bos_id)
+stream = training_stream(encoded, tok.bos_id, tok.vocab_size)
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
 ev = np.concatenate([[tok.bos_id], tok.encode(open(eval_path, encoding="utf-8").read())])
 starts, scored = np.zeros(len(ev), np.int64), np.arange(1, len(ev))

@@ -17,8 +17,9 @@ from harness.tokenizer import Tokenizer, utf8_offsets
 WORD = re.compile(r"\w+|[^\w\s]")
 SPACE = re.compile(r"\s")
 BOUNDARY, UNKNOWN = "<s>", "<unk>"
-#: characters per findall call: fast like one findall, without a list of every word of a large text
-_SLICE = 1 << 18
+#: characters per findall call: as fast as one findall, and the words of one slice are few enough that
+#: the memory they take is reused by the next slice instead of scattering the vocabulary over the heap
+_SLICE = 1 << 14
 
 
 def _words(text: str, lowercase: bool) -> Iterable[str]:
@@ -45,20 +46,26 @@ class WordTokenizer(Tokenizer):
         self.vocab_size = len(words)
 
     @classmethod
-    def train(cls, texts: list[str], lowercase: bool, min_count: int) -> tuple[WordTokenizer, list[np.ndarray]]:
+    def train(cls, texts: Iterable[str], lowercase: bool, min_count: int) -> tuple[WordTokenizer, list[np.ndarray]]:
         """The vocabulary of the training texts, most frequent first (ties alphabetical), and the texts
-        encoded with it: one pass numbers words as first seen, then the numbers are remapped."""
+        encoded with it in the smallest unsigned type that holds every id: one pass numbers words as
+        first seen, then the numbers are remapped. ``texts`` may be a generator: one text is held at a
+        time."""
         seen: dict[str, int] = {}
-        first_ids = [np.fromiter((seen.setdefault(w, len(seen)) for w in _words(t, lowercase)), np.int32)
-                     for t in texts]
-        counts = np.bincount(np.concatenate(first_ids), minlength=len(seen)) if seen else np.zeros(0, int)
+        encoded, counts = [], np.zeros(0, np.int64)
+        for text in texts:
+            ids = np.fromiter((seen.setdefault(w, len(seen)) for w in _words(text, lowercase)), np.int32)
+            counts = np.bincount(ids, minlength=len(seen)) + np.pad(counts, (0, len(seen) - len(counts)))
+            encoded.append(ids)
         words = list(seen)
         kept = sorted((i for i in range(len(words)) if counts[i] >= min_count),
                       key=lambda i: (-counts[i], words[i]))
-        remap = np.ones(len(words), dtype=np.int32)  # <unk>
-        remap[kept] = np.arange(2, len(kept) + 2, dtype=np.int32)
+        remap = np.ones(len(words), dtype=np.min_scalar_type(len(kept) + 1))  # <unk>
+        remap[kept] = np.arange(2, len(kept) + 2)
         tokenizer = cls([BOUNDARY, UNKNOWN] + [words[i] for i in kept], lowercase)
-        return tokenizer, [remap[ids] for ids in first_ids]
+        for i, ids in enumerate(encoded):
+            encoded[i] = remap[ids]
+        return tokenizer, encoded
 
     def encode(self, text: str) -> np.ndarray:
         get, unk = self.index.get, self.unk_id
