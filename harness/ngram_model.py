@@ -264,19 +264,24 @@ def training_stream(documents: list[np.ndarray], boundary: int, vocab_size: int)
     return stream
 
 
+#: items (slots of the suffix order, or stream positions) per step of every pass over the training
+#: stream, so that a pass's temporaries stay small however long the stream is
+_CHUNK = 1 << 14
+
+
 @dataclass
 class _SuffixOrder:
-    """The stream's positions sorted by their next ``order`` tokens (a depth-limited suffix array)."""
+    """The stream's positions sorted by their next ``order`` tokens (a depth-limited suffix array):
+    every gram of every order up to ``order`` is one run of consecutive slots."""
 
-    sa: np.ndarray    # int32: the positions in sorted order ("slots")
-    lcp: np.ndarray   # uint8: tokens the grams at slots i-1 and i share, capped at ``order`` (lcp[0] = 0)
-    rank: np.ndarray  # int32: the slot of each position (the inverse of ``sa``)
+    sa: np.ndarray   # int32: the positions in sorted order ("slots")
+    lcp: np.ndarray  # uint8: tokens the grams at slots i-1 and i share, capped at ``order`` (lcp[0] = 0)
 
 
 @dataclass
-class _Stored:
-    """The stored grams of one order as runs of slots: a k-gram's occurrences are one run, and the runs
-    of its one-longer children split it."""
+class _Runs:
+    """Grams of one order as runs of slots: a k-gram's occurrences are one run, which the runs of the
+    (k+1)-grams that extend it split."""
 
     first: np.ndarray  # int32: the run's first slot
     size: np.ndarray   # int32: the run's length, the gram's raw count
@@ -287,10 +292,9 @@ def build(stream: np.ndarray, order: int, vocab_size: int, boundary: int) -> Ngr
     """Count every gram of ``stream`` up to ``order`` and derive the Kneser–Ney statistics.
 
     ``stream`` must start and end with ``boundary``, which also separates documents. One sort of the
-    stream's positions by their next ``order`` tokens groups equal grams of every order; each order
-    visits only the children of the previous order's stored grams, and a gram's continuation count
-    is the number of distinct one-longer grams whose suffix it is, found through the inverse of that
-    sort. Memory beyond the model and that sort stays a fraction of the stream's length."""
+    stream's positions by their next ``order`` tokens groups equal grams of every order. Each order
+    then visits only the children of the previous order's stored grams, a block of them at a time,
+    so that memory beyond the model, the stream and that sort stays a small fraction of the stream."""
     if order < 1:
         raise ValueError("order must be at least 1")
     if len(stream) and not 0 <= np.min(stream) <= np.max(stream) < vocab_size:
@@ -310,10 +314,10 @@ def build(stream: np.ndarray, order: int, vocab_size: int, boundary: int) -> Ngr
 
 
 def _unigrams(stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size: int, boundary: int,
-              discounts: np.ndarray) -> tuple[Level, _Stored]:
+              discounts: np.ndarray) -> tuple[Level, _Runs]:
     """Order 1: every vocabulary id has a row, and its row number is the id."""
     first = np.flatnonzero(so.lcp == 0).astype(np.int32)
-    runs = _Stored(first=first, size=np.diff(first, append=np.int32(len(stream))))
+    runs = _Runs(first=first, size=np.diff(first, append=np.int32(len(stream))))
     runs.row = token = stream[so.sa[first]]
     adj = _adjusted(1, runs, token, stream, so, order, boundary)
     discounts[0] = modified_kn_discounts(adj)
@@ -322,155 +326,169 @@ def _unigrams(stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size: int,
     return Level(raw=_smallest_uint(raw), adj=_smallest_uint(a)), runs
 
 
+@dataclass
+class _Children:
+    """The k-grams that extend one block of stored (k-1)-grams and fit before the stream ends."""
+
+    first: np.ndarray   # int32: first slot of the child's run
+    size: np.ndarray    # int32: its raw count
+    pos: np.ndarray     # int32: the start of one occurrence
+    parent: np.ndarray  # the parent's row in the level of order k-1
+
+
 def _level(k: int, stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size: int, boundary: int,
-           parents: _Stored, parent_level: Level, discounts: np.ndarray) -> tuple[Level, _Stored]:
+           parents: _Runs, parent_level: Level, discounts: np.ndarray) -> tuple[Level, _Runs]:
     """Order k >= 2 from the stored (k-1)-grams ``parents``: their children (the k-grams that extend
     them) become child keys; the children seen at least twice become rows. A gram seen once is never
     stored, and its adjusted count is 1: its one occurrence has one left neighbour (or starts with the
-    boundary, where the raw count 1 is kept)."""
-    first, pos, parent, size = _children(k, so, parents)
-    explicit = size >= 2
-    rows = _Stored(first=first[explicit], size=size[explicit])
-    del first
-    adj_rows = _smallest_uint(_adjusted(k, rows, stream[pos[explicit]], stream, so, order, boundary))
-    grams = int(np.count_nonzero(so.lcp < k)) - min(k - 1, len(stream))  # k-grams that fit: one run each
-    discounts[k - 1] = modified_kn_discounts(adj_rows, seen_once=grams - len(rows.first))
+    boundary, where the raw count 1 is kept).
 
-    adj = np.ones(len(pos), adj_rows.dtype)
-    adj[explicit] = adj_rows
-    parent_rows = parent if parents.row is None else parents.row[parent]
-    del parent
-    _history_stats(parent_level, parent_rows, size, adj, discounts[k - 1])
-    del size, adj
+    Two passes over the children, a block of parents at a time: the first finds the rows, whose
+    adjusted counts give this order's discounts; the second, which needs the discounts, sums each
+    parent's children and writes the child keys."""
+    blocks = _blocks(parents.size, _CHUNK)
+    found = [(c.first[c.size >= 2], c.size[c.size >= 2], len(c.pos)) for c in _children(k, stream, so, parents, blocks)]
+    rows = _Runs(first=np.concatenate([f for f, _, _ in found]), size=np.concatenate([s for _, s, _ in found]))
+    n_children = sum(n for _, _, n in found)
+    del found
+    adj_rows = _smallest_uint(_adjusted(k, rows, stream[so.sa[rows.first]], stream, so, order, boundary))
+    grams = int(np.count_nonzero(so.lcp < k)) - min(k - 1, len(stream))  # k-grams that fit: one run each
+    d = modified_kn_discounts(adj_rows, seen_once=grams - len(rows.first))
+    discounts[k - 1] = d
+
+    n_rows = len(parent_level.raw)
+    total, follow, mass = np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows)
     # keys stay below (rows of order k-1) * vocab_size, so int32 holds them on most corpora
-    key_type = np.int32 if len(parent_level.raw) * vocab_size <= np.iinfo(np.int32).max else np.int64
-    keys = parent_rows.astype(key_type) * vocab_size + stream[pos + k - 1]
-    refs = -pos - 1
-    refs[explicit] = np.arange(len(rows.first), dtype=np.int32)
+    keys = np.empty(n_children, np.int32 if n_rows * vocab_size <= np.iinfo(np.int32).max else np.int64)
+    refs = np.empty(n_children, np.int32)
+    at = row = 0
+    for c in _children(k, stream, so, parents, blocks):
+        explicit = c.size >= 2
+        adj = np.ones(len(c.pos), adj_rows.dtype)
+        adj[explicit] = adj_rows[row:row + np.count_nonzero(explicit)]
+        # children come in their parents' row order, a parent's all in one block, and bincount adds
+        # them in order: the sums do not depend on the blocks
+        span = slice(c.parent[0], c.parent[-1] + 1)
+        local = c.parent - c.parent[0]
+        total[span] += np.bincount(local, weights=adj)
+        follow[span] += np.bincount(local, weights=c.size)
+        mass[span] += np.bincount(local, weights=d[np.minimum(adj, 3)])
+        keys[at:at + len(c.pos)] = c.parent.astype(keys.dtype) * vocab_size + stream[c.pos + k - 1]
+        ref = -c.pos - 1
+        ref[explicit] = np.arange(row, row + len(ref[explicit]), dtype=np.int32)
+        refs[at:at + len(c.pos)] = ref
+        at, row = at + len(c.pos), row + np.count_nonzero(explicit)
+    parent_level.total, parent_level.follow = _smallest_uint(total), _smallest_uint(follow)
+    parent_level.backoff = np.divide(mass, total, out=np.zeros(n_rows), where=total > 0)
     return Level(raw=_smallest_uint(rows.size), adj=adj_rows, child_keys=keys, child_refs=refs), rows
 
 
-def _children(k: int, so: _SuffixOrder, parents: _Stored) -> tuple[np.ndarray, ...]:
-    """The k-grams that extend the parents and fit before the stream ends, as runs of slots: first
-    slot, position, index of the parent, size (all int32). Inside a parent's run every lcp is >= k-1,
-    so a child starts at the parent's first slot and wherever lcp is exactly k-1; the last child of a
-    parent ends where the parent ends."""
-    n = len(so.sa)
-    inside = np.zeros(n + 1, np.int8)
-    np.add.at(inside, parents.first, 1)
-    np.add.at(inside, parents.first + parents.size, -1)
-    starts = np.cumsum(inside[:-1], dtype=np.int8).view(bool) & (so.lcp < k)
-    del inside
-    first = np.flatnonzero(starts).astype(np.int32)
-    del starts
-    parent = (np.searchsorted(parents.first, first, side="right") - 1).astype(np.int32)
-    size = np.minimum(np.append(first[1:], np.int32(n)), parents.first[parent] + parents.size[parent])
-    size -= first
-    pos = so.sa[first]
-    fits = pos <= n - k  # the few grams that run past the end are children too, but never counted
-    first, pos, parent, size = first[fits], pos[fits], parent[fits], size[fits]
-    return first, pos, parent, size
+def _children(k: int, stream: np.ndarray, so: _SuffixOrder, parents: _Runs, blocks: list[tuple[int, int]]):
+    """Per block of parents, their children. Inside a parent's run every lcp is >= k-1, so a child's
+    run starts at the parent's first slot and wherever lcp is exactly k-1; the last child of a parent
+    ends where the parent does."""
+    for lo, hi in blocks:
+        slots, parent = _slots(parents.first[lo:hi], parents.size[lo:hi])
+        starts = np.flatnonzero(so.lcp[slots] < k)
+        size = np.diff(starts, append=len(slots)).astype(np.int32)
+        first = slots[starts]
+        pos = so.sa[first]
+        parent = parent[starts] + lo
+        if parents.row is not None:
+            parent = parents.row[parent]
+        fits = pos <= len(stream) - k  # the few grams that run past the end are never counted
+        if not fits.any():
+            continue
+        yield _Children(first=first[fits], size=size[fits], pos=pos[fits], parent=parent[fits])
 
 
-def _adjusted(k: int, runs: _Stored, token: np.ndarray, stream: np.ndarray, so: _SuffixOrder, order: int,
+def _slots(first: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The slots of consecutive runs, concatenated (int32), and each slot's run (0-based)."""
+    run = np.repeat(np.arange(len(first), dtype=np.int32), size)
+    offset = np.cumsum(size, dtype=np.int32) - size  # where each run starts in the concatenation
+    return first[run] + (np.arange(len(run), dtype=np.int32) - offset[run]), run
+
+
+def _blocks(weights: np.ndarray, target: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges [lo, hi) of ``weights``, each weighing about ``target`` (a single
+    heavy item may weigh more)."""
+    if not len(weights):
+        return []
+    before = np.cumsum(weights) - weights
+    edges = (np.flatnonzero(np.diff(before // target)) + 1).tolist()
+    return list(zip([0, *edges], [*edges, len(weights)], strict=True))
+
+
+def _adjusted(k: int, runs: _Runs, token: np.ndarray, stream: np.ndarray, so: _SuffixOrder, order: int,
               boundary: int) -> np.ndarray:
     """Kneser–Ney adjusted counts of k-grams given as runs (``token``: their first tokens): raw counts
     at the highest order and for grams that start with the boundary, continuation counts otherwise."""
     if k == order:
         return runs.size.copy()
-    adj = _continuations(k, so, runs)
+    adj = _continuations(stream, so, runs)
     at_boundary = token == boundary
     adj[at_boundary] = runs.size[at_boundary]
     return adj
 
 
-#: slots per step when scanning the whole suffix order, so that temporaries stay small
-_CHUNK = 1 << 16
-
-
-def _continuations(k: int, so: _SuffixOrder, runs: _Stored) -> np.ndarray:
-    """Per run of k-grams: how many distinct (k+1)-grams that fit end with it. Each (k+1)-gram is one
-    run starting where lcp <= k; the suffix of the one at position p is the k-gram at p + 1."""
-    n = len(so.sa)
+def _continuations(stream: np.ndarray, so: _SuffixOrder, runs: _Runs) -> np.ndarray:
+    """Per run: the number of distinct tokens right before its occurrences, which is the number of
+    distinct one-longer grams that end with it (each fits before the stream ends where the run's gram
+    does). Position 0 has none; its grams start with the boundary and keep their raw counts."""
     counts = np.zeros(len(runs.first), np.int64)
-    ends = runs.first + runs.size
-    for s in range(0, n, _CHUNK):
-        pos = so.sa[s + np.flatnonzero(so.lcp[s:s + _CHUNK] <= k)]
-        target = so.rank[pos[pos <= n - k - 1] + 1]
-        run = np.searchsorted(runs.first, target, side="right") - 1
-        hit = run >= 0
-        hit[hit] = target[hit] < ends[run[hit]]
-        counts += np.bincount(run[hit], minlength=len(counts))
+    shift = 8 * stream.itemsize
+    for lo, hi in _blocks(runs.size, _CHUNK):
+        slots, run = _slots(runs.first[lo:hi], runs.size[lo:hi])
+        left = stream[np.maximum(so.sa[slots] - 1, 0)]
+        pairs = np.sort((run.astype(np.int64) << shift) | left)
+        distinct = np.ones(len(pairs), dtype=bool)
+        distinct[1:] = pairs[1:] != pairs[:-1]
+        counts[lo:hi] = np.bincount(pairs[distinct] >> shift, minlength=hi - lo)
     return counts
 
 
 def _suffix_order(stream: np.ndarray, order: int, vocab_size: int) -> _SuffixOrder:
     """Sort the stream's positions block by block, a block being a range of first tokens, so that the
-    sort keys exist for one block at a time. Within a block, as many tokens as fit are packed into each
-    63-bit key (4 per key for a 13k-word vocabulary): ceil(order / per_key) passes instead of ``order``.
-    Ties keep the positions' order."""
+    sort keys exist for one block at a time. Ties keep the positions' order."""
     n = len(stream)
-    so = _SuffixOrder(sa=np.empty(n, np.int32), lcp=np.zeros(n, np.uint8), rank=np.empty(n, np.int32))
+    so = _SuffixOrder(sa=np.empty(n, np.int32), lcp=np.zeros(n, np.uint8))
+    padded = np.append(stream, np.full(order, vocab_size, stream.dtype))  # vocab_size sorts after every id
     at = 0
-    for lo, hi in _first_token_blocks(stream, vocab_size):
+    # each block costs a pass over the stream: at most ~32 of them, or more only for short streams
+    for lo, hi in _blocks(np.bincount(stream, minlength=vocab_size), max(_CHUNK, n // 32)):
         pos = np.flatnonzero((stream >= lo) & (stream < hi)).astype(np.int32)
-        pos = pos[_depth_order(stream, pos, order, vocab_size)]
+        pos = pos[_depth_order(padded, pos, order, vocab_size)]
         so.sa[at:at + len(pos)] = pos
-        so.rank[pos] = np.arange(at, at + len(pos), dtype=np.int32)
-        so.lcp[at + 1:at + len(pos)] = _common_prefix(stream, pos, order, vocab_size)
+        so.lcp[at + 1:at + len(pos)] = _common_prefix(padded, pos, order, vocab_size)
         at += len(pos)
     return so
 
 
-def _first_token_blocks(stream: np.ndarray, vocab_size: int) -> list[tuple[int, int]]:
-    """Ranges [lo, hi) of token ids, each the first token of about max(64k, n/32) positions (a
-    frequent token alone may hold more)."""
-    counts = np.bincount(stream, minlength=vocab_size)
-    block = (np.cumsum(counts) - counts) // max(_CHUNK, len(stream) // 32)
-    edges = [0, *(np.flatnonzero(np.diff(block)) + 1).tolist(), vocab_size]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def _token_at(stream: np.ndarray, at: np.ndarray, pad_id: int) -> np.ndarray:
-    """``stream[at]`` as int64, ``pad_id`` (which sorts after every real id) past the stream's end."""
-    out = np.full(len(at), pad_id, dtype=np.int64)
-    inside = at < len(stream)
-    out[inside] = stream[at[inside]]
-    return out
-
-
-def _depth_order(stream: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
-    """The order that sorts ``pos`` by the next ``order`` tokens (at least) of each position."""
+def _depth_order(padded: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
+    """The stable order that sorts ``pos`` by the next ``order`` tokens of each position. As many
+    tokens as fit are packed into each 63-bit key (4 per key for a 13k-word vocabulary); the keys'
+    dense ranks are combined pairwise, so that every sort is numpy's fast (unstable) sort of int64."""
     bits = int(pad_id).bit_length()
     per_key = max(1, 63 // bits)
-    keys = []
-    for j in range(-(-order // per_key)):
+    index_bits = int(len(pos)).bit_length()
+    rank = None
+    for j in range(0, order, per_key):
         key = np.zeros(len(pos), dtype=np.int64)
-        for i in range(j * per_key, (j + 1) * per_key):
+        for i in range(j, min(j + per_key, order)):
             key <<= bits
-            key |= _token_at(stream, pos + i, pad_id)
-        keys.append(key)
-    return np.lexsort(keys[::-1])
+            key |= padded[pos + i]
+        key = np.unique(key, return_inverse=True)[1]
+        rank = key if rank is None else np.unique((rank << index_bits) | key, return_inverse=True)[1]
+    index = np.arange(len(pos), dtype=np.int64)
+    return np.sort((rank << index_bits) | index) & ((1 << index_bits) - 1)
 
 
-def _common_prefix(stream: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
+def _common_prefix(padded: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
     """Tokens shared by the grams at pos[i-1] and pos[i] (i >= 1), capped at ``order``."""
     lcp = np.zeros(max(len(pos) - 1, 0), dtype=np.uint8)
     alive = np.ones(len(lcp), dtype=bool)
     for k in range(order):
-        token = _token_at(stream, pos + k, pad_id)
+        token = padded[pos + k]
         alive &= (token[:-1] == token[1:]) & (token[1:] != pad_id)
         lcp += alive
     return lcp
-
-
-def _history_stats(parent_level: Level, parent_rows: np.ndarray, size: np.ndarray, adj: np.ndarray,
-                   d: np.ndarray) -> None:
-    """Per stored (k-1)-gram: total, back-off weight and raw follow count over its k-gram children
-    (given as the parent row, raw count and adjusted count of every child of a stored parent)."""
-    n_rows = len(parent_level.raw)
-    total = np.bincount(parent_rows, weights=adj, minlength=n_rows)
-    parent_level.total = _smallest_uint(total)
-    parent_level.follow = _smallest_uint(np.bincount(parent_rows, weights=size, minlength=n_rows))
-    mass = np.bincount(parent_rows, weights=d[np.minimum(adj, 3)], minlength=n_rows)
-    parent_level.backoff = np.divide(mass, total, out=np.zeros(n_rows), where=total > 0)
