@@ -347,10 +347,13 @@ def _level(k: int, stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size:
     adjusted counts give this order's discounts; the second, which needs the discounts, sums each
     parent's children and writes the child keys."""
     blocks = _blocks(parents.size, _CHUNK)
-    found = [(c.first[c.size >= 2], c.size[c.size >= 2], len(c.pos)) for c in _children(k, stream, so, parents, blocks)]
-    rows = _Runs(first=np.concatenate([f for f, _, _ in found]), size=np.concatenate([s for _, s, _ in found]))
-    n_children = sum(n for _, _, n in found)
-    del found
+    firsts, sizes, n_children = [np.empty(0, np.int32)], [np.empty(0, np.int32)], 0
+    for c in _children(k, stream, so, parents, blocks):
+        firsts.append(c.first[c.size >= 2])
+        sizes.append(c.size[c.size >= 2])
+        n_children += len(c.pos)
+    rows = _Runs(first=np.concatenate(firsts), size=np.concatenate(sizes))
+    del firsts, sizes
     adj_rows = _smallest_uint(_adjusted(k, rows, stream[so.sa[rows.first]], stream, so, order, boundary))
     grams = int(np.count_nonzero(so.lcp < k)) - min(k - 1, len(stream))  # k-grams that fit: one run each
     d = modified_kn_discounts(adj_rows, seen_once=grams - len(rows.first))
