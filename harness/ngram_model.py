@@ -7,6 +7,8 @@ all its counts are 1 and its only continuation is the next token of the training
 into the text (its start position) stands for it. Only grams seen at least twice get a row, and the
 children of every such row sit in one sorted table per order, keyed by ``parent_row * vocab + token``.
 On four Austen novels at order 8 that is under a million rows instead of 3.3 million grams.
+The build works a block of grams at a time, so that besides the model it holds little more than
+the sort itself (5 bytes per training token).
 
 A *state* is how a gram is referred to during a query: ``>= 0`` a row of its order, ``<= -1`` an
 unstored gram starting at text position ``-state - 1``, :data:`ABSENT` a gram never seen in training.
@@ -20,6 +22,7 @@ unigram level interpolates with the uniform distribution, so every token gets a 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,8 +370,9 @@ def _level(k: int, stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size:
     at = row = 0
     for c in _children(k, stream, so, parents, blocks):
         explicit = c.size >= 2
+        their_rows = np.arange(row, row + np.count_nonzero(explicit), dtype=np.int32)
         adj = np.ones(len(c.pos), adj_rows.dtype)
-        adj[explicit] = adj_rows[row:row + np.count_nonzero(explicit)]
+        adj[explicit] = adj_rows[their_rows]
         # children come in their parents' row order, a parent's all in one block, and bincount adds
         # them in order: the sums do not depend on the blocks
         span = slice(c.parent[0], c.parent[-1] + 1)
@@ -378,15 +382,16 @@ def _level(k: int, stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size:
         mass[span] += np.bincount(local, weights=d[np.minimum(adj, 3)])
         keys[at:at + len(c.pos)] = c.parent.astype(keys.dtype) * vocab_size + stream[c.pos + k - 1]
         ref = -c.pos - 1
-        ref[explicit] = np.arange(row, row + len(ref[explicit]), dtype=np.int32)
+        ref[explicit] = their_rows
         refs[at:at + len(c.pos)] = ref
-        at, row = at + len(c.pos), row + np.count_nonzero(explicit)
+        at, row = at + len(c.pos), row + len(their_rows)
     parent_level.total, parent_level.follow = _smallest_uint(total), _smallest_uint(follow)
     parent_level.backoff = np.divide(mass, total, out=np.zeros(n_rows), where=total > 0)
     return Level(raw=_smallest_uint(rows.size), adj=adj_rows, child_keys=keys, child_refs=refs), rows
 
 
-def _children(k: int, stream: np.ndarray, so: _SuffixOrder, parents: _Runs, blocks: list[tuple[int, int]]):
+def _children(k: int, stream: np.ndarray, so: _SuffixOrder, parents: _Runs,
+              blocks: list[tuple[int, int]]) -> Iterator[_Children]:
     """Per block of parents, their children. Inside a parent's run every lcp is >= k-1, so a child's
     run starts at the parent's first slot and wherever lcp is exactly k-1; the last child of a parent
     ends where the parent does."""
