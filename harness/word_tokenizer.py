@@ -72,8 +72,8 @@ class WordTokenizer(Tokenizer):
             ids = _ids(text, lowercase, seen.__getitem__)
             counts = np.bincount(ids, minlength=len(seen)) + np.pad(counts, (0, len(seen) - len(counts)))
             encoded.append(ids)
-        words = list(seen)
-        kept = sorted((i for i in range(len(words)) if counts[i] >= min_count),
+        words, counts = list(seen), counts.tolist()  # Python ints: a fast sort key
+        kept = sorted((i for i, count in enumerate(counts) if count >= min_count),
                       key=lambda i: (-counts[i], words[i]))
         remap = np.ones(len(words), dtype=np.min_scalar_type(len(kept) + 1))  # <unk>
         remap[kept] = np.arange(2, len(kept) + 2)
