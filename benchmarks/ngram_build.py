@@ -3,10 +3,18 @@
 The textbook approach (as popular tutorials teach it): for every position and every order up to n,
 a Python dict maps the string of the previous words to a dict of next-word counts. Both builds run
 in fresh processes on the same text (the four Austen novels other than Persuasion) with the same
-tokenization, reading and tokenizing included; each reports its build time, its peak RSS (the
-kernel's ru_maxrss) and its RSS before the build (interpreter and imports), so the memory the build
-itself needs can be told apart from the interpreter's. Also measures the harness's query speed at
-order 5 on Persuasion on one core.
+tokenization, reading and tokenizing included. Also measures the harness's query speed at order 5
+on Persuasion on one core.
+
+What is compared (issue 3 asks for a build >= 20x faster and a peak RSS >= 30x smaller):
+- speed: wall-clock seconds of each build, and its CPU seconds (steadier on a shared machine); the
+  query's verdict uses wall-clock time (best of 20), its rate per CPU second shown beside it;
+- memory, two ways, both from the kernel's ru_maxrss (peak resident set):
+  * whole process: peak RSS of each process. The harness's process holds Python with numpy
+    imported before it builds anything (~28 MiB, about 1/30 of the textbook build's peak), so this
+    ratio cannot reach 30x whatever the build does;
+  * the build's own memory: peak RSS minus the RSS just before the build (interpreter and imports
+    loaded, nothing read yet). This is what the build itself costs, and where the 30x is met.
 
     python benchmarks/ngram_build.py --corpora ../shared/corpora
 """
@@ -29,7 +37,7 @@ from collections import defaultdict
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 order, paths = int(sys.argv[1]), sys.argv[2:]
 before = rss()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 text = "\n".join(open(p, encoding="utf-8").read() for p in paths)
 words = re.findall(r"\w+|[^\w\s]", text)
 model = defaultdict(lambda: defaultdict(int))
@@ -38,8 +46,8 @@ for i in range(len(words)):
         if i - k + 1 < 0:
             break
         model[" ".join(words[i - k + 1:i])][words[i]] += 1
-seconds = time.perf_counter() - start
-print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": before,
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"build_s": seconds, "cpu_s": cpu, "peak_rss_mb": rss(), "rss_before_mb": before,
                   "tokens": len(words), "prefixes": len(model)}))
 """
 
@@ -51,15 +59,14 @@ from harness.word_tokenizer import WordTokenizer
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 order, paths = int(sys.argv[1]), sys.argv[2:]
 before = rss()
-start = time.perf_counter()
-texts = [open(p, encoding="utf-8").read() for p in paths]
+start, cpu = time.perf_counter(), time.process_time()
+texts = (open(p, encoding="utf-8").read() for p in paths)
 tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
-del texts
-stream = training_stream(encoded, tok.bos_id)
+stream = training_stream(encoded, tok.bos_id, tok.vocab_size)
 del encoded
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
-seconds = time.perf_counter() - start
-print(json.dumps({"build_s": seconds, "peak_rss_mb": rss(), "rss_before_mb": before,
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"build_s": seconds, "cpu_s": cpu, "peak_rss_mb": rss(), "rss_before_mb": before,
                   "tokens": int(len(stream)), "model_mb": lm.n_bytes() / 2**20,
                   "stored_rows": [int(len(l.raw)) for l in lm.levels]}))
 """
@@ -72,17 +79,17 @@ from harness.word_tokenizer import WordTokenizer
 order, eval_path, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 texts = [open(p, encoding="utf-8").read() for p in paths]
 tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)
-stream = training_stream(encoded, tok.bos_id)
+stream = training_stream(encoded, tok.bos_id, tok.vocab_size)
 lm = build(stream, order, tok.vocab_size, tok.bos_id)
 ev = np.concatenate([[tok.bos_id], tok.encode(open(eval_path, encoding="utf-8").read())])
 starts, scored = np.zeros(len(ev), np.int64), np.arange(1, len(ev))
-best = float("inf")
-for _ in range(5):
-    t = time.perf_counter()
+best = best_cpu = float("inf")
+for _ in range(20):
+    t, cpu = time.perf_counter(), time.process_time()
     logp = lm.logprob(ev, starts, scored)
-    best = min(best, time.perf_counter() - t)
+    best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - cpu)
 print(json.dumps({"scored_tokens": len(scored), "best_s": best, "tok_per_s": len(scored) / best,
-                  "ppl": float(np.exp(-logp.mean()))}))
+                  "tok_per_cpu_s": len(scored) / best_cpu, "ppl": float(np.exp(-logp.mean()))}))
 """
 
 
@@ -103,19 +110,24 @@ def main() -> None:
     naive = run(NAIVE, [str(args.order), *paths])
     ours = run(HARNESS, [str(args.order), *paths])
     query = run(QUERY, [str(args.query_order), str(args.corpora / "janeausten" / EVAL), *paths])
+    runs = {"textbook dicts": naive, "harness arrays": ours}
+    own = {name: r["peak_rss_mb"] - r["rss_before_mb"] for name, r in runs.items()}
     print(f"order {args.order}, {ours['tokens']:,} training tokens (4 Austen novels)")
-    for name, r in (("textbook dicts", naive), ("harness arrays", ours)):
-        print(f"  {name:15s} build {r['build_s']:7.2f} s   peak RSS {r['peak_rss_mb']:7.1f} MiB "
-              f"(before the build {r['rss_before_mb']:5.1f} MiB, build's own "
-              f"{r['peak_rss_mb'] - r['rss_before_mb']:6.1f} MiB)")
-    own = lambda r: r["peak_rss_mb"] - r["rss_before_mb"]  # noqa: E731
-    print(f"  speed-up {naive['build_s'] / ours['build_s']:.1f}x; "
-          f"peak RSS {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x smaller; "
-          f"the build's own memory {own(naive) / own(ours):.1f}x smaller; "
-          f"model arrays {ours['model_mb']:.1f} MiB, stored rows per order {ours['stored_rows']}")
+    print(f"  {'':15s} {'build s':>8s} {'CPU s':>7s} {'peak RSS':>9s} {'before':>7s} {'own':>7s}  (MiB)")
+    for name, r in runs.items():
+        print(f"  {name:15s} {r['build_s']:8.2f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:9.1f} "
+              f"{r['rss_before_mb']:7.1f} {own[name]:7.1f}")
+    ratios = {"build wall time": (naive["build_s"] / ours["build_s"], 20),
+              "build CPU time": (naive["cpu_s"] / ours["cpu_s"], 20),
+              "peak RSS, whole process": (naive["peak_rss_mb"] / ours["peak_rss_mb"], 30),
+              "peak RSS, the build's own (peak - before)": (own["textbook dicts"] / own["harness arrays"], 30)}
+    for what, (ratio, target) in ratios.items():
+        print(f"  {what:42s} {ratio:5.1f}x  (target {target}x: {'met' if ratio >= target else 'NOT met'})")
+    print(f"  model arrays {ours['model_mb']:.1f} MiB, stored rows per order {ours['stored_rows']}")
     print(f"query, order {args.query_order}, one core: {query['scored_tokens']:,} Persuasion tokens in "
           f"{query['best_s'] * 1000:.0f} ms -> {query['tok_per_s'] / 1e6:.2f} M scored tok/s "
-          f"(ppl {query['ppl']:.1f})")
+          f"({query['tok_per_cpu_s'] / 1e6:.2f} M per CPU second; target 1 M: "
+          f"{'met' if query['tok_per_s'] >= 1e6 else 'NOT met'}; ppl {query['ppl']:.1f})")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
 
 
 #: bump when the trained n-gram file layout changes, so stale caches are rebuilt, not misread
-NGRAM_FORMAT = 1
+NGRAM_FORMAT = 2
 
 
 def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,

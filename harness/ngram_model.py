@@ -7,6 +7,8 @@ all its counts are 1 and its only continuation is the next token of the training
 into the text (its start position) stands for it. Only grams seen at least twice get a row, and the
 children of every such row sit in one sorted table per order, keyed by ``parent_row * vocab + token``.
 On four Austen novels at order 8 that is under a million rows instead of 3.3 million grams.
+The build works a block of grams at a time, so that besides the model it holds little more than
+the sort itself (5 bytes per training token).
 
 A *state* is how a gram is referred to during a query: ``>= 0`` a row of its order, ``<= -1`` an
 unstored gram starting at text position ``-state - 1``, :data:`ABSENT` a gram never seen in training.
@@ -20,6 +22,7 @@ unigram level interpolates with the uniform distribution, so every token gets a 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +42,11 @@ class Level:
     raw: np.ndarray            # raw count of each row
     adj: np.ndarray            # Kneser–Ney adjusted count of each row
     # as a history of the next order (absent on the highest order):
-    total: np.ndarray | None = None    # Σ adjusted counts of its children
+    total: np.ndarray | None = None    # Σ adjusted counts of its children (an integer)
     backoff: np.ndarray | None = None  # γ: discounted mass handed to the lower order, / total
-    follow: np.ndarray | None = None   # Σ raw counts of its children (stupid back-off's denominator)
+    follow: np.ndarray | None = None   # Σ raw counts of its children (stupid back-off's denominator, an integer)
     # children of the previous order's rows, sorted (absent on order 1):
-    child_keys: np.ndarray | None = None  # parent_row * vocab + token
+    child_keys: np.ndarray | None = None  # parent_row * vocab + token (int32 where that fits)
     child_refs: np.ndarray | None = None  # the child's state
 
 
@@ -53,6 +56,7 @@ class NgramModel:
     vocab_size: int
     boundary: int
     stream: np.ndarray                     # the training tokens, documents separated by ``boundary``
+                                           # (the smallest unsigned type: see :func:`token_dtype`)
     levels: list[Level]                    # levels[k - 1] holds order k
     discounts: np.ndarray                  # [order, 4]: D(0)=0, D(1), D(2), D(3+)
     meta: dict = field(default_factory=dict)
@@ -91,7 +95,8 @@ class NgramModel:
         state = np.full(len(prev), ABSENT, dtype=np.int64)
         stored = np.flatnonzero((prev >= 0) & fits)
         if len(stored) and len(lvl.child_keys):
-            keys = prev[stored] * self.vocab_size + tokens[stored]
+            # below len(rows of order k-1) * vocab_size, so they fit the keys' type: no copy of the table
+            keys = (prev[stored] * self.vocab_size + tokens[stored]).astype(lvl.child_keys.dtype)
             idx = np.searchsorted(lvl.child_keys, keys)
             idx_c = np.minimum(idx, len(lvl.child_keys) - 1)
             hit = lvl.child_keys[idx_c] == keys
@@ -149,7 +154,8 @@ class NgramModel:
         """Tokens that follow history ``hist`` (a state of order k-1) and their states of order k."""
         if hist >= 0:
             keys = self.levels[k - 1].child_keys
-            lo, hi = np.searchsorted(keys, [hist * self.vocab_size, (hist + 1) * self.vocab_size])
+            bounds = np.array([hist * self.vocab_size, (hist + 1) * self.vocab_size], dtype=keys.dtype)
+            lo, hi = np.searchsorted(keys, bounds)
             return keys[lo:hi] - hist * self.vocab_size, self.levels[k - 1].child_refs[lo:hi]
         nxt = -hist - 1 + k - 1
         if nxt >= len(self.stream):
@@ -223,10 +229,13 @@ class NgramModel:
 # -------------------------------------------------------------------- training
 
 
-def modified_kn_discounts(adj: np.ndarray) -> np.ndarray:
-    """D(0..3+) from counts of counts (Chen & Goodman). Tiny corpora lack some counts of counts; then
-    every D falls back to Ney's single discount n1/(n1+2n2), which stays inside (0, 1)."""
+def modified_kn_discounts(adj: np.ndarray, seen_once: int = 0) -> np.ndarray:
+    """D(0..3+) from counts of counts (Chen & Goodman) of the adjusted counts ``adj`` and of
+    ``seen_once`` further grams whose adjusted count is 1 (grams seen once, which the build never
+    lists). Tiny corpora lack some counts of counts; then every D falls back to Ney's single discount
+    n1/(n1+2n2), which stays inside (0, 1)."""
     n = [int(np.count_nonzero(adj == r)) for r in (1, 2, 3, 4)]
+    n[0] += seen_once
     fallback = n[0] / (n[0] + 2 * n[1]) if n[0] else 0.5
     d = np.array([0.0, fallback, fallback, fallback])
     if all(n):
@@ -241,9 +250,14 @@ def _smallest_uint(values: np.ndarray) -> np.ndarray:
     return values.astype(np.min_scalar_type(top))
 
 
-def training_stream(documents: list[np.ndarray], boundary: int) -> np.ndarray:
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type holding every id and ``vocab_size`` itself (the padding id)."""
+    return np.min_scalar_type(vocab_size)
+
+
+def training_stream(documents: list[np.ndarray], boundary: int, vocab_size: int) -> np.ndarray:
     """Documents' token ids joined into one stream that starts, ends and is separated by ``boundary``."""
-    stream = np.empty(sum(len(d) for d in documents) + len(documents) + 1, dtype=np.int32)
+    stream = np.empty(sum(len(d) for d in documents) + len(documents) + 1, dtype=token_dtype(vocab_size))
     stream[0] = boundary
     at = 1
     for doc in documents:
@@ -253,126 +267,236 @@ def training_stream(documents: list[np.ndarray], boundary: int) -> np.ndarray:
     return stream
 
 
+#: items (slots of the suffix order, or stream positions) per step of every pass over the training
+#: stream, so that a pass's temporaries stay small however long the stream is
+_CHUNK = 1 << 14
+
+
 @dataclass
-class _Groups:
-    """The distinct grams of one order as runs of the depth-sorted suffix array."""
+class _SuffixOrder:
+    """The stream's positions sorted by their next ``order`` tokens (a depth-limited suffix array):
+    every gram of every order up to ``order`` is one run of consecutive slots."""
 
-    gid: np.ndarray     # per suffix-array slot: its group
-    pos: np.ndarray     # per group: the start of one occurrence in the stream
-    size: np.ndarray    # per group: raw count
-    valid: np.ndarray   # per group: the gram fits before the stream ends
-    parent: np.ndarray | None  # per group: its (k-1)-prefix's group
+    sa: np.ndarray   # int32: the positions in sorted order ("slots")
+    lcp: np.ndarray  # uint8: tokens the grams at slots i-1 and i share, capped at ``order`` (lcp[0] = 0)
 
 
-def _groups(k: int, sa: np.ndarray, lcp: np.ndarray, prev: _Groups | None) -> _Groups:
-    starts = lcp < k
-    gid = np.cumsum(starts, dtype=np.int32) - 1
-    first_slot = np.flatnonzero(starts).astype(np.int32)
-    size = np.diff(first_slot, append=np.int32(len(sa)))
-    pos = sa[first_slot]
-    return _Groups(gid=gid, pos=pos, size=size, valid=pos <= len(sa) - k,
-                   parent=prev.gid[first_slot] if prev is not None else None)
+@dataclass
+class _Runs:
+    """Grams of one order as runs of slots: a k-gram's occurrences are one run, which the runs of the
+    (k+1)-grams that extend it split."""
+
+    first: np.ndarray  # int32: the run's first slot
+    size: np.ndarray   # int32: the run's length, the gram's raw count
+    row: np.ndarray | None = None  # each run's row number where it is not its index (order 1: the token)
 
 
 def build(stream: np.ndarray, order: int, vocab_size: int, boundary: int) -> NgramModel:
     """Count every gram of ``stream`` up to ``order`` and derive the Kneser–Ney statistics.
 
     ``stream`` must start and end with ``boundary``, which also separates documents. One sort of the
-    stream's positions by their next ``order`` tokens groups equal grams of every order; a gram's
-    continuation count is the number of distinct one-longer grams whose suffix it is, found through
-    the inverse of that sort."""
+    stream's positions by their next ``order`` tokens groups equal grams of every order. Each order
+    then visits only the children of the previous order's stored grams, a block of them at a time,
+    so that memory beyond the model, the stream and that sort stays a small fraction of the stream."""
     if order < 1:
         raise ValueError("order must be at least 1")
-    stream = np.ascontiguousarray(stream, dtype=np.int32)
-    n = len(stream)
-    if n < 2 or stream[0] != boundary or stream[-1] != boundary:
+    if len(stream) and not 0 <= np.min(stream) <= np.max(stream) < vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size})")
+    stream = np.ascontiguousarray(stream, dtype=token_dtype(vocab_size))
+    if len(stream) < 2 or stream[0] != boundary or stream[-1] != boundary:
         raise ValueError("the training stream must start and end with the boundary token")
-    sa = _depth_sorted(stream, order, vocab_size)
-    lcp = _common_prefix(stream, sa, order, vocab_size)
-    rank = np.empty(n, dtype=np.int32)
-    rank[sa] = np.arange(n, dtype=np.int32)
-
-    levels, discounts = [], np.zeros((order, 4))
-    cur = _groups(1, sa, lcp, None)
-    prev_rows = prev_explicit = None
-    for k in range(1, order + 1):
-        nxt = _groups(k + 1, sa, lcp, cur) if k < order else None
-        first = stream[cur.pos]
-        adj = np.where(cur.valid, cur.size, 0)
-        if nxt is not None:  # lower orders: distinct left neighbours, except after the boundary
-            left = nxt.valid
-            continuation = np.bincount(cur.gid[rank[nxt.pos[left] + 1]], minlength=len(adj))
-            use = cur.valid & (first != boundary)
-            adj[use] = continuation[use]
-        discounts[k - 1] = modified_kn_discounts(adj[cur.valid])
-
-        if k == 1:  # every vocabulary id has a row, and its row number is the id
-            explicit = cur.valid
-            rows = np.where(explicit, first, -1)
-            raw, a = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, np.int64)
-            raw[first[explicit]], a[first[explicit]] = cur.size[explicit], adj[explicit]
-            level = Level(raw=_smallest_uint(raw), adj=_smallest_uint(a))
-        else:
-            explicit = cur.valid & (cur.size >= 2)
-            rows = np.where(explicit, np.cumsum(explicit, dtype=np.int32) - 1, -1)
-            level = Level(raw=_smallest_uint(cur.size[explicit]), adj=_smallest_uint(adj[explicit]))
-            child = cur.valid & prev_explicit[cur.parent]  # grams whose prefix has a row
-            parent_rows = prev_rows[cur.parent[child]]
-            _history_stats(levels[-1], parent_rows, cur.size[child], adj[child], discounts[k - 1])
-            token = stream[cur.pos[child] + k - 1]
-            level.child_keys = parent_rows.astype(np.int64) * vocab_size + token
-            level.child_refs = np.where(explicit[child], rows[child], -cur.pos[child] - 1).astype(np.int32)
+    so = _suffix_order(stream, order, vocab_size)
+    discounts = np.zeros((order, 4))
+    level, parents = _unigrams(stream, so, order, vocab_size, boundary, discounts)
+    levels = [level]
+    for k in range(2, order + 1):
+        level, parents = _level(k, stream, so, order, vocab_size, boundary, parents, levels[-1], discounts)
         levels.append(level)
-        prev_rows, prev_explicit, cur = rows, explicit, nxt
     return NgramModel(order=order, vocab_size=vocab_size, boundary=boundary, stream=stream,
                       levels=levels, discounts=discounts)
 
 
-def _padded(stream: np.ndarray, extra: int, pad_id: int) -> np.ndarray:
-    pad = np.full(len(stream) + extra, pad_id, dtype=np.int32)  # pad_id sorts after every real id
-    pad[:len(stream)] = stream
-    return pad
+def _unigrams(stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size: int, boundary: int,
+              discounts: np.ndarray) -> tuple[Level, _Runs]:
+    """Order 1: every vocabulary id has a row, and its row number is the id."""
+    first = np.flatnonzero(so.lcp == 0).astype(np.int32)
+    runs = _Runs(first=first, size=np.diff(first, append=np.int32(len(stream))))
+    runs.row = token = stream[so.sa[first]]
+    adj = _adjusted(1, runs, token, stream, so, order, boundary)
+    discounts[0] = modified_kn_discounts(adj)
+    raw, a = np.zeros(vocab_size, np.int64), np.zeros(vocab_size, np.int64)
+    raw[token], a[token] = runs.size, adj
+    return Level(raw=_smallest_uint(raw), adj=_smallest_uint(a)), runs
 
 
-def _depth_sorted(stream: np.ndarray, order: int, vocab_size: int) -> np.ndarray:
-    """Stream positions sorted by their next ``order`` tokens (at least), as int32.
+@dataclass
+class _Children:
+    """The k-grams that extend one block of stored (k-1)-grams and fit before the stream ends."""
 
-    As many tokens as fit are packed into each 63-bit key (4 per key for a 13k-word vocabulary), so
-    the sort takes ceil(order / per_key) passes instead of ``order``."""
-    bits = int(vocab_size).bit_length()
-    per_key = max(1, 63 // bits)
-    n_keys = -(-order // per_key)
-    n = len(stream)
-    pad = _padded(stream, n_keys * per_key, vocab_size)
-    keys = []
-    for j in range(n_keys):
-        key = np.zeros(n, dtype=np.int64)
-        for i in range(j * per_key, (j + 1) * per_key):
-            key <<= bits
-            key |= pad[i:i + n]
-        keys.append(key)
-    return np.lexsort(keys[::-1]).astype(np.int32)
+    first: np.ndarray   # int32: first slot of the child's run
+    size: np.ndarray    # int32: its raw count
+    pos: np.ndarray     # int32: the start of one occurrence
+    parent: np.ndarray  # the parent's row in the level of order k-1
 
 
-def _common_prefix(stream: np.ndarray, sa: np.ndarray, order: int, pad_id: int) -> np.ndarray:
-    """lcp[i]: tokens shared by the suffixes at sa[i-1] and sa[i], capped at ``order`` (lcp[0] = 0)."""
-    pad = _padded(stream, order, pad_id)
-    lcp = np.zeros(len(sa), dtype=np.uint8)
-    alive = np.ones(len(sa) - 1, dtype=bool)
-    for k in range(order):
-        a, b = pad[sa[:-1] + k], pad[sa[1:] + k]
-        alive &= (a == b) & (a != pad_id)
-        lcp[1:] += alive
-    return lcp
+def _level(k: int, stream: np.ndarray, so: _SuffixOrder, order: int, vocab_size: int, boundary: int,
+           parents: _Runs, parent_level: Level, discounts: np.ndarray) -> tuple[Level, _Runs]:
+    """Order k >= 2 from the stored (k-1)-grams ``parents``: their children (the k-grams that extend
+    them) become child keys; the children seen at least twice become rows. A gram seen once is never
+    stored, and its adjusted count is 1: its one occurrence has one left neighbour (or starts with the
+    boundary, where the raw count 1 is kept).
 
+    Two passes over the children, a block of parents at a time: the first finds the rows, whose
+    adjusted counts give this order's discounts; the second, which needs the discounts, sums each
+    parent's children and writes the child keys."""
+    blocks = _blocks(parents.size, _CHUNK)
+    firsts, sizes, n_children = [np.empty(0, np.int32)], [np.empty(0, np.int32)], 0
+    for c in _children(k, stream, so, parents, blocks):
+        firsts.append(c.first[c.size >= 2])
+        sizes.append(c.size[c.size >= 2])
+        n_children += len(c.pos)
+    rows = _Runs(first=np.concatenate(firsts), size=np.concatenate(sizes))
+    del firsts, sizes
+    adj_rows = _smallest_uint(_adjusted(k, rows, stream[so.sa[rows.first]], stream, so, order, boundary))
+    grams = int(np.count_nonzero(so.lcp < k)) - min(k - 1, len(stream))  # k-grams that fit: one run each
+    d = modified_kn_discounts(adj_rows, seen_once=grams - len(rows.first))
+    discounts[k - 1] = d
 
-def _history_stats(parent_level: Level, parent_rows: np.ndarray, size: np.ndarray, adj: np.ndarray,
-                   d: np.ndarray) -> None:
-    """Per stored (k-1)-gram: total, back-off weight and raw follow count over its k-gram children
-    (given as the parent row, raw count and adjusted count of every child of a stored parent)."""
     n_rows = len(parent_level.raw)
-    total = np.bincount(parent_rows, weights=adj, minlength=n_rows)
-    parent_level.total = total
-    parent_level.follow = np.bincount(parent_rows, weights=size, minlength=n_rows)
-    mass = np.bincount(parent_rows, weights=d[np.minimum(adj, 3)], minlength=n_rows)
+    total, follow, mass = np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows)
+    # keys stay below (rows of order k-1) * vocab_size, so int32 holds them on most corpora
+    keys = np.empty(n_children, np.int32 if n_rows * vocab_size <= np.iinfo(np.int32).max else np.int64)
+    refs = np.empty(n_children, np.int32)
+    at = row = 0
+    for c in _children(k, stream, so, parents, blocks):
+        explicit = c.size >= 2
+        their_rows = np.arange(row, row + np.count_nonzero(explicit), dtype=np.int32)
+        adj = np.ones(len(c.pos), adj_rows.dtype)
+        adj[explicit] = adj_rows[their_rows]
+        # children come in their parents' row order, a parent's all in one block, and bincount adds
+        # them in order: the sums do not depend on the blocks
+        span = slice(c.parent[0], c.parent[-1] + 1)
+        local = c.parent - c.parent[0]
+        total[span] += np.bincount(local, weights=adj)
+        follow[span] += np.bincount(local, weights=c.size)
+        mass[span] += np.bincount(local, weights=d[np.minimum(adj, 3)])
+        keys[at:at + len(c.pos)] = c.parent.astype(keys.dtype) * vocab_size + stream[c.pos + k - 1]
+        ref = -c.pos - 1
+        ref[explicit] = their_rows
+        refs[at:at + len(c.pos)] = ref
+        at, row = at + len(c.pos), row + len(their_rows)
+    parent_level.total, parent_level.follow = _smallest_uint(total), _smallest_uint(follow)
     parent_level.backoff = np.divide(mass, total, out=np.zeros(n_rows), where=total > 0)
+    return Level(raw=_smallest_uint(rows.size), adj=adj_rows, child_keys=keys, child_refs=refs), rows
+
+
+def _children(k: int, stream: np.ndarray, so: _SuffixOrder, parents: _Runs,
+              blocks: list[tuple[int, int]]) -> Iterator[_Children]:
+    """Per block of parents, their children. Inside a parent's run every lcp is >= k-1, so a child's
+    run starts at the parent's first slot and wherever lcp is exactly k-1; the last child of a parent
+    ends where the parent does."""
+    for lo, hi in blocks:
+        slots, parent = _slots(parents.first[lo:hi], parents.size[lo:hi])
+        starts = np.flatnonzero(so.lcp[slots] < k)
+        size = np.diff(starts, append=len(slots)).astype(np.int32)
+        first = slots[starts]
+        pos = so.sa[first]
+        parent = parent[starts] + lo
+        if parents.row is not None:
+            parent = parents.row[parent]
+        fits = pos <= len(stream) - k  # the few grams that run past the end are never counted
+        if not fits.any():
+            continue
+        yield _Children(first=first[fits], size=size[fits], pos=pos[fits], parent=parent[fits])
+
+
+def _slots(first: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The slots of consecutive runs, concatenated (int32), and each slot's run (0-based)."""
+    run = np.repeat(np.arange(len(first), dtype=np.int32), size)
+    offset = np.cumsum(size, dtype=np.int32) - size  # where each run starts in the concatenation
+    return first[run] + (np.arange(len(run), dtype=np.int32) - offset[run]), run
+
+
+def _blocks(weights: np.ndarray, target: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges [lo, hi) of ``weights``, each weighing about ``target`` (a single
+    heavy item may weigh more)."""
+    if not len(weights):
+        return []
+    before = np.cumsum(weights) - weights
+    edges = (np.flatnonzero(np.diff(before // target)) + 1).tolist()
+    return list(zip([0, *edges], [*edges, len(weights)], strict=True))
+
+
+def _adjusted(k: int, runs: _Runs, token: np.ndarray, stream: np.ndarray, so: _SuffixOrder, order: int,
+              boundary: int) -> np.ndarray:
+    """Kneser–Ney adjusted counts of k-grams given as runs (``token``: their first tokens): raw counts
+    at the highest order and for grams that start with the boundary, continuation counts otherwise."""
+    if k == order:
+        return runs.size.copy()
+    adj = _continuations(stream, so, runs)
+    at_boundary = token == boundary
+    adj[at_boundary] = runs.size[at_boundary]
+    return adj
+
+
+def _continuations(stream: np.ndarray, so: _SuffixOrder, runs: _Runs) -> np.ndarray:
+    """Per run: the number of distinct tokens right before its occurrences, which is the number of
+    distinct one-longer grams that end with it (each fits before the stream ends where the run's gram
+    does). Position 0 has none; its grams start with the boundary and keep their raw counts."""
+    counts = np.zeros(len(runs.first), np.int64)
+    shift = 8 * stream.itemsize
+    for lo, hi in _blocks(runs.size, _CHUNK):
+        slots, run = _slots(runs.first[lo:hi], runs.size[lo:hi])
+        left = stream[np.maximum(so.sa[slots] - 1, 0)]
+        pairs = np.sort((run.astype(np.int64) << shift) | left)
+        distinct = np.ones(len(pairs), dtype=bool)
+        distinct[1:] = pairs[1:] != pairs[:-1]
+        counts[lo:hi] = np.bincount(pairs[distinct] >> shift, minlength=hi - lo)
+    return counts
+
+
+def _suffix_order(stream: np.ndarray, order: int, vocab_size: int) -> _SuffixOrder:
+    """Sort the stream's positions block by block, a block being a range of first tokens, so that the
+    sort keys exist for one block at a time. Ties keep the positions' order."""
+    n = len(stream)
+    so = _SuffixOrder(sa=np.empty(n, np.int32), lcp=np.zeros(n, np.uint8))
+    padded = np.append(stream, np.full(order, vocab_size, stream.dtype))  # vocab_size sorts after every id
+    at = 0
+    # each block costs a pass over the stream: at most ~32 of them, or more only for short streams
+    for lo, hi in _blocks(np.bincount(stream, minlength=vocab_size), max(_CHUNK, n // 32)):
+        pos = np.flatnonzero((stream >= lo) & (stream < hi)).astype(np.int32)
+        pos = pos[_depth_order(padded, pos, order, vocab_size)]
+        so.sa[at:at + len(pos)] = pos
+        so.lcp[at + 1:at + len(pos)] = _common_prefix(padded, pos, order, vocab_size)
+        at += len(pos)
+    return so
+
+
+def _depth_order(padded: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
+    """The stable order that sorts ``pos`` by the next ``order`` tokens of each position. As many
+    tokens as fit are packed into each 63-bit key (4 per key for a 13k-word vocabulary); the keys'
+    dense ranks are combined pairwise, so that every sort is numpy's fast (unstable) sort of int64."""
+    bits = int(pad_id).bit_length()
+    per_key = max(1, 63 // bits)
+    index_bits = int(len(pos)).bit_length()
+    rank = None
+    for j in range(0, order, per_key):
+        key = np.zeros(len(pos), dtype=np.int64)
+        for i in range(j, min(j + per_key, order)):
+            key <<= bits
+            key |= padded[pos + i]
+        key = np.unique(key, return_inverse=True)[1]
+        rank = key if rank is None else np.unique((rank << index_bits) | key, return_inverse=True)[1]
+    index = np.arange(len(pos), dtype=np.int64)
+    return np.sort((rank << index_bits) | index) & ((1 << index_bits) - 1)
+
+
+def _common_prefix(padded: np.ndarray, pos: np.ndarray, order: int, pad_id: int) -> np.ndarray:
+    """Tokens shared by the grams at pos[i-1] and pos[i] (i >= 1), capped at ``order``."""
+    lcp = np.zeros(max(len(pos) - 1, 0), dtype=np.uint8)
+    alive = np.ones(len(lcp), dtype=bool)
+    for k in range(order):
+        token = padded[pos + k]
+        alive &= (token[:-1] == token[1:]) & (token[1:] != pad_id)
+        lcp += alive
+    return lcp

@@ -77,28 +77,33 @@ class NgramBackend(Backend):
 
     def _train(self, recipe: dict) -> tuple[NgramModel, Tokenizer]:
         start = time.perf_counter()
+        meta = {}
+        if self.spec.unit == "word":
+            tokenizer, encoded = WordTokenizer.train(self._texts(recipe), self.spec.lowercase, self.spec.min_count)
+            meta["words"] = tokenizer.words
+        else:
+            tokenizer = self._tokenizer(recipe)
+            encoded = [tokenizer.encode(text) for text in self._texts(recipe)]
+        boundary = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if boundary is None:
+            raise ValueError("the tokenizer has neither BOS nor EOS to separate documents with")
+        stream = training_stream(encoded, boundary, tokenizer.vocab_size)
+        del encoded
+        lm = build(stream, self.spec.order, tokenizer.vocab_size, boundary)
+        lm.meta = {**meta, "train_s": time.perf_counter() - start}
+        return lm, tokenizer
+
+    @staticmethod
+    def _texts(recipe: dict) -> Iterator[str]:
+        """The training texts one at a time (a large corpus is never held whole), each checked against
+        the fingerprint the run started with."""
         base = Path(recipe["base_dir"])
         corpora = Path(recipe["corpora"]) if recipe["corpora"] else None
-        texts = []
         for fingerprint in recipe["train"]:
             corpus = load_corpus(fingerprint["source"], DatasetSpec(source=fingerprint["source"]), base, corpora)
             if corpus.sha256 != fingerprint["sha256"]:
                 raise RuntimeError(f"{fingerprint['source']} changed since the run started")
-            texts.append(corpus.text)
-        meta = {}
-        if self.spec.unit == "word":
-            tokenizer, encoded = WordTokenizer.train(texts, self.spec.lowercase, self.spec.min_count)
-            meta["words"] = tokenizer.words
-        else:
-            tokenizer = self._tokenizer(recipe)
-            encoded = [tokenizer.encode(text) for text in texts]
-        del texts
-        boundary = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-        if boundary is None:
-            raise ValueError("the tokenizer has neither BOS nor EOS to separate documents with")
-        lm = build(training_stream(encoded, boundary), self.spec.order, tokenizer.vocab_size, boundary)
-        lm.meta = {**meta, "train_s": time.perf_counter() - start}
-        return lm, tokenizer
+            yield corpus.text
 
     def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """All windows in one vectorized pass: each window is a segment the model may not look
