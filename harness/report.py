@@ -174,47 +174,112 @@ def memory_view(ok: pd.DataFrame) -> list:
 
 @view("decoding", "Decoding", {"entropy_mean", "distinct_2"})
 def decoding_view(ok: pd.DataFrame) -> list:
+    """The classic curve: entropy of the sampled distribution and distinct-2 against temperature, from the
+    cells whose strategy is temperature alone (no truncation, penalty or beams), one line per backend
+    and sampler."""
     cells = ok[ok["metric"].isin(["entropy_mean", "distinct_2"])].copy()
-    cells["temperature"] = [_find(json.loads(p), "temperature") for p in cells["params"]]
-    cells = cells.dropna(subset=["temperature"]).astype({"temperature": float})
+    task = [json.loads(p).get("resolved", {}).get("task", {}) for p in cells["params"]]
+    strategy = [t.get("strategy") or {} for t in task]
+    pure = [bool(st) and st.get("top_k") is None and st.get("top_p") is None and not st.get("min_p")
+            and st.get("repetition_penalty", 1) == 1 and st.get("beams", 1) == 1 for st in strategy]
+    cells["temperature"] = [st.get("temperature") for st in strategy]
+    cells["sampler"] = [t.get("sampler") for t in task]
+    cells["sweep"] = cells["task"].str.split(".").str[0] + [".chat" if t.get("chat") else "" for t in task]
+    cells = cells[pure].astype({"temperature": float})
+    swept = cells.groupby(["model", "backend", "sweep", "sampler"])["temperature"].transform("nunique") > 1
+    cells = cells[swept]
     if cells.empty:
-        return ["No decoding cell records a temperature."]
+        return ["No decoding cell sweeps temperature alone."]
     fig, axes = _figure(2)
     for ax, metric in zip(axes, ("entropy_mean", "distinct_2"), strict=True):
         rows = cells[cells["metric"] == metric]
-        for (model, backend), line in rows.groupby(["model", "backend"], sort=False):
+        for (model, backend, sweep, sampler), line in rows.groupby(["model", "backend", "sweep", "sampler"],
+                                                                   sort=False):
             line = line.sort_values("temperature")
-            ax.plot(line["temperature"], line["value"], marker="o", label=f"{model}/{backend}")
+            ax.plot(line["temperature"], line["value"], marker="o", label=f"{model}/{backend} {sweep} ({sampler})")
         ax.set_xlabel("temperature")
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(metric + (" (nats, of the distribution sampled from)" if metric == "entropy_mean" else ""),
+                     fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    table = cells.pivot_table(index=["model", "backend", "temperature"], columns="metric", values="value",
-                              aggfunc="mean").map(fmt_value).reset_index()
-    return [Plot("decoding", _png(fig), "entropy and distinct-2 against temperature, by backend"), table]
+    table = cells.pivot_table(index=["model", "backend", "sweep", "sampler", "temperature"], columns="metric",
+                              values="value", aggfunc="first").map(fmt_value).reset_index()
+    return [Plot("decoding", _png(fig), "entropy and distinct-2 against temperature, by backend and sampler"),
+            table]
+
+
+#: the quantization table's columns: (metric, from the kld cell or the throughput cell)
+QUANT_COLUMNS = [("model_bytes", "speed"), ("token_ppl", "kld"), ("ppl_ratio", "kld"), ("kld_mean", "kld"),
+                 ("kld_p99", "kld"), ("same_top1", "kld"), ("prefill_tok_s", "speed"), ("decode_tok_s", "speed"),
+                 ("peak_rss_mb", "speed")]
+
+
+def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Rows no other row beats on both (lower cost and lower loss, one of them strictly)."""
+    better = (cost[None, :] <= cost[:, None]) & (loss[None, :] <= loss[:, None]) & (
+        (cost[None, :] < cost[:, None]) | (loss[None, :] < loss[:, None]))
+    return ~better.any(axis=1)
+
+
+def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant (model, backend): bits per weight, size, quality from its kld cell, speed and
+    memory from its throughput cell (the kld cell holds the reference too), and its Pareto flags."""
+    kinds = {cell: json.loads(p).get("task", {}).get("type") for cell, p in zip(ok["cell_id"], ok["params"],
+                                                                              strict=True)}
+    ok = ok.assign(kind=ok["cell_id"].map(kinds).map({"kld": "kld", "throughput": "speed"}))
+    rows = []
+    for (model, backend), group in ok.groupby(["model", "backend"], sort=False):
+        if not (group["metric"] == "kld_mean").any():
+            continue
+        row = {"model": model, "backend": backend}
+        for metric, kind in QUANT_COLUMNS:
+            values = group[(group["metric"] == metric) & (group["kind"] == kind)]["value"]
+            if values.empty:  # a cell of another task that reports it
+                values = group[group["metric"] == metric]["value"]
+            row[metric] = values.iloc[0] if not values.empty else np.nan
+        n_params = _find(json.loads(group["params"].iloc[0]), "n_params")
+        row["bits_per_weight"] = 8 * row["model_bytes"] / n_params if n_params else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["pareto_size"] = pareto_front(table["model_bytes"].to_numpy(), table["kld_mean"].to_numpy())
+    if table["decode_tok_s"].notna().all():
+        table["pareto_speed"] = pareto_front(-table["decode_tok_s"].to_numpy(), table["kld_mean"].to_numpy())
+    return table[["model", "backend", "bits_per_weight"] + [c for c, _ in QUANT_COLUMNS]
+                 + [c for c in ("pareto_size", "pareto_speed") if c in table]]
 
 
 @view("quantization", "Quantization: quality against size and speed", {"kld_mean"})
 def quantization_view(ok: pd.DataFrame) -> list:
-    per = ok.pivot_table(index=["model", "backend"], columns="metric", values="value", aggfunc="max", sort=False)
-    per = per.dropna(subset=["kld_mean"]).reset_index()
-    labels = _label(per, ["model", "backend"])
-    against = [(m, name) for m, name in (("model_bytes", "weights in memory (MiB)"), ("decode_tok_s", "decode tok/s"))
-               if m in per and per[m].notna().any()]
-    if not against:
-        return [_metric_table(ok, ["kld_mean", "kld_p99", "same_top1"], ["model", "backend"])]
+    table = quantization_table(ok)
+    if table.empty:
+        return ["No variant has a kld cell."]
+    labels = _label(table, ["model", "backend"])
+    against = [(m, name, flag) for m, name, flag in (("model_bytes", "weights in memory (MiB)", "pareto_size"),
+                                                       ("decode_tok_s", "decode tok/s", "pareto_speed"))
+               if flag in table]
     fig, axes = _figure(len(against))
-    for ax, (metric, name) in zip(axes, against, strict=True):
-        x = per[metric] / (2**20 if metric == "model_bytes" else 1)
-        ax.scatter(x, per["kld_mean"])
-        for xi, yi, text in zip(x, per["kld_mean"], labels, strict=True):
+    for ax, (metric, name, flag) in zip(axes, against, strict=True):
+        x = table[metric] / (2**20 if metric == "model_bytes" else 1)
+        front = table[flag].to_numpy()
+        ax.scatter(x[~front], table["kld_mean"][~front], color="tab:gray", label="dominated")
+        ax.scatter(x[front], table["kld_mean"][front], color="tab:red", label="Pareto front")
+        order = np.argsort(x[front].to_numpy())
+        ax.plot(x[front].to_numpy()[order], table["kld_mean"][front].to_numpy()[order], color="tab:red", alpha=0.5)
+        for xi, yi, text in zip(x, table["kld_mean"], labels, strict=True):
             ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(name)
         ax.set_ylabel("KLD mean vs reference (nats)")
+        ax.set_yscale("symlog", linthresh=1e-4)
         ax.grid(alpha=0.3)
-    return [Plot("quantization", _png(fig), "mean KL divergence from the reference against size and speed"),
-            _metric_table(ok, ["kld_mean", "kld_p99", "same_top1", "model_bytes", "decode_tok_s"],
-                          ["model", "backend"])]
+        ax.legend(fontsize=7)
+    shown = table.copy()
+    for col in shown.columns:
+        if col not in ("model", "backend") and not col.startswith("pareto"):
+            shown[col] = shown[col].map(fmt_value)
+    return [Plot("quantization", _png(fig), "mean KL divergence from the reference against size and decode speed; "
+                 "red: the Pareto front (nothing smaller/faster is closer to the reference)"), shown]
 
 
 # --- the document -------------------------------------------------------------------------------------------

@@ -59,8 +59,11 @@ def test_decoding_and_quantization_views(tmp_path):
                                     "unit": "nats", "higher_is_better": False})
         records.append(rec)
     for temp in (0.5, 1.0, 1.5):
-        rec = perplexity_cell(rng, backend("gguf-cpu", temperature=temp))
-        rec["cell"]["task"] = rec["cell"]["task"] + f"-t{temp}"
+        rec = perplexity_cell(rng, backend("gguf-cpu"))
+        rec["cell"]["task"] = f"decode.native.t{temp}"
+        strategy = {"temperature": temp, "top_k": None, "top_p": None, "min_p": None, "repetition_penalty": 1.0,
+                    "beams": 1}
+        rec["resolved"] = {"task": {"strategy": strategy, "sampler": "native", "chat": False}}
         rec["cell_id"] = rec["cell_id"][:12] + f"{int(temp * 10):04d}"
         rec["measurements"] = [{**Measurement("token_ppl", 1.0).row(), "metric": m, "value": v * temp,
                                 "unit": "", "higher_is_better": True}
@@ -79,3 +82,10 @@ def test_decoding_and_quantization_views(tmp_path):
 def test_report_of_a_missing_run_is_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_pareto_front_by_hand():
+    # sizes and KLDs: b is dominated by a (bigger and worse), d by c; a, c, e trade size for quality
+    cost = np.array([100.0, 120.0, 60.0, 70.0, 200.0])
+    loss = np.array([0.01, 0.02, 0.05, 0.06, 0.001])
+    assert report.pareto_front(cost, loss).tolist() == [True, False, True, False, True]
