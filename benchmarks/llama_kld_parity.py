@@ -40,7 +40,7 @@ def llama_kld(binary: Path, base: Path, candidate: Path, text: Path, args, tmp: 
     log = proc.stdout
     out = {}
     for label, metric in REPORT.items():
-        match = re.search(re.escape(label) + r":\s+(-?[\d.]+)", log)
+        match = re.search(re.escape(label) + r"\s*:\s+(-?[\d.]+)", log)
         if match:
             out[metric] = float(match.group(1)) / (100 if metric == "delta_p_rms" else 1)
     same = re.search(r"Same top p:\s+([\d.]+)", log)
