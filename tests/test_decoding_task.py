@@ -140,3 +140,12 @@ def test_a_suite_run_keeps_texts_scores_with_a_reference_and_skips_what_cannot_r
     assert len(lines) == 4 and all(json.loads(x)["text"] for x in lines)
     params = json.loads(greedy.params.iloc[0])
     assert params["reference"]["model"] == "w3" and params["resolved"]["task"]["prompts"][0]
+
+
+def test_samples_of_different_prompts_draw_different_streams(ngram):
+    """Sample j of every prompt must not replay one random stream: at a high temperature a weakly
+    conditioned model would otherwise repeat whole continuations across prompts."""
+    result = DecodingTask(settings(strategies=[{"temperature": 1.5}], samples=1, max_new_tokens=16)).run(ngram, None)
+    records = [json.loads(line) for line in result.artifacts["generations.jsonl"].splitlines()]
+    assert len({r["seed"] for r in records}) == len(PROMPTS)
+    assert len({tuple(r["tokens"][2:]) for r in records}) == len(PROMPTS)

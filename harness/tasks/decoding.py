@@ -17,6 +17,9 @@ of every prompt (sample j drawn with ``seeds[j]``) and reports (DESIGN.md's name
 - ``deterministic``: 1 when generating the first prompt's first sample again with the same seed
   gives the same tokens.
 
+Sample j of prompt i draws with a seed mixed from ``seeds[j]`` and i (:func:`draw_seed`), recorded
+with each generation.
+
 What a backend cannot give (gpt4all: log-probabilities, seeds) is listed under ``not_measured`` in
 the cell's params with the reason. Texts and per-step traces go to the cell's ``generations.jsonl``.
 """
@@ -137,6 +140,13 @@ def passage_prompts(text: str, n: int) -> list[str]:
     return prompts
 
 
+def draw_seed(seed: int, prompt_index: int) -> int:
+    """The seed of one generation: sample seed and prompt mixed, so that sample j of every prompt does not
+    replay the same random stream (with a weakly conditioned model that repeats whole continuations
+    across prompts and deflates distinct-n)."""
+    return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
+
+
 def distinct_n(word_lists: list[list[str]], n: int) -> float:
     grams = [tuple(words[i:i + n]) for words in word_lists for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else float("nan")
@@ -185,10 +195,10 @@ class DecodingTask(Task):
         records, generations = [], []
         for i, ids in enumerate(prompt_ids):
             for j, seed in enumerate(seeds):
-                gen = backend.generate(ids, decoding.model_copy(update={"seed": seed}), s.max_new_tokens,
-                                       sampler=sampler)
+                gen = backend.generate(ids, decoding.model_copy(update={"seed": draw_seed(seed, i)}),
+                                       s.max_new_tokens, sampler=sampler)
                 generations.append(gen)
-                records.append({"prompt_index": i, "prompt": prompts[i], "sample": j, "seed": seed,
+                records.append({"prompt_index": i, "prompt": prompts[i], "sample": j, "seed": draw_seed(seed, i),
                                 "prompt_tokens": len(ids), "text": gen.text, "tokens": gen.tokens,
                                 "steps": _with_pieces(gen.steps, tok)})
         not_measured = {}
@@ -199,7 +209,7 @@ class DecodingTask(Task):
         measurements, samples = self._metrics(generations, traced)
         seeded = decoding.greedy or decoding.beams > 1 or SEED in backend.capabilities
         if seeded:
-            again = backend.generate(prompt_ids[0], decoding.model_copy(update={"seed": seeds[0]}),
+            again = backend.generate(prompt_ids[0], decoding.model_copy(update={"seed": draw_seed(seeds[0], 0)}),
                                      s.max_new_tokens, sampler=sampler)
             measurements.append(Measurement("deterministic", float(again.tokens == generations[0].tokens)))
         else:
