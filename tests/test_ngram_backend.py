@@ -37,7 +37,8 @@ def metric(df, model, name):
     return df[(df.model == model) & (df.metric == name)].value.item()
 
 
-def test_trains_once_then_loads_from_the_cache(tmp_path):
+def test_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # trained here, not by an earlier test
     path = write_suite(tmp_path, {"w3": {"ngram": {"order": 3, "train": DOCS}},
                                   "sb": {"ngram": {"order": 3, "train": DOCS, "smoothing": "stupid-backoff"}}},
                        [{"model": ["w3", "sb"], "backend": "ngram", "task": "ppl"}])

@@ -22,7 +22,7 @@ TRAIN = "builtin:stdlib-docs#train"
 @pytest.fixture(scope="module")
 def word_stream():
     tok, encoded = WordTokenizer.train([stdlib_docs("train")], lowercase=False, min_count=1)
-    return tok, training_stream(encoded, tok.bos_id)
+    return tok, training_stream(encoded, tok.bos_id, tok.vocab_size)
 
 
 def test_ngram_build(benchmark, word_stream):
