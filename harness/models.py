@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from harness.config import StrictModel
 from harness.errors import UserError
@@ -78,6 +78,15 @@ class ModelSpec(StrictModel):
             if self.quantize not in TYPES:
                 raise ValueError(f"quantize: expected one of {', '.join(TYPES)}, got {self.quantize!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _unset_quantize_left_out(self, handler):
+        """``quantize`` appears in the resolved settings only when set: the ids of the cells of every
+        suite written before it existed stay as they were (resume, history)."""
+        data = handler(self)
+        if data.get("quantize") is None:
+            data.pop("quantize", None)
+        return data
 
     @property
     def kind(self) -> str:
