@@ -33,3 +33,9 @@ def test_quantize_is_checked_in_the_suite():
         ModelSpec(gguf=SMOLLM2_PKG, quantize="Q9_9")
     with pytest.raises(ValidationError, match="quantize applies to a gguf source only"):
         ModelSpec(hf="models/x", quantize="Q8_0")
+
+
+def test_an_unset_quantize_leaves_cell_ids_as_they_were():
+    """Suites written before quantize existed keep their cell ids (resume and history key on them)."""
+    assert "quantize" not in ModelSpec(gguf=SMOLLM2_PKG).model_dump(mode="json")
+    assert ModelSpec(gguf=SMOLLM2_PKG, quantize="Q4_0").model_dump(mode="json")["quantize"] == "Q4_0"
