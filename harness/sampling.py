@@ -8,7 +8,7 @@ temperature (logits / T; on a count model's log-probabilities that is p^(1/T) re
 top-k, top-p (the smallest set reaching the mass), min-p (tokens at least ``min_p`` × the top
 probability), then a draw. Temperature 0 is greedy: the argmax after the penalty.
 
-What each backend's own ("native") sampler does instead is in :data:`NATIVE_ORDER` of each backend.
+What each backend's own ("native") sampler does instead is its ``Backend.native_sampler_order``.
 """
 
 from __future__ import annotations
@@ -132,8 +132,6 @@ def shape(logits: np.ndarray, decoding: Decoding, history: list[int] | None = No
 
 class HarnessSampler:
     """Chooses tokens from raw logits with :func:`shape`, remembering the tokens the penalty looks at."""
-
-    order = HARNESS_ORDER
 
     def __init__(self, decoding: Decoding, prompt_ids):
         self.decoding = decoding

@@ -88,6 +88,8 @@ class Backend(ABC):
     model_kinds: ClassVar[frozenset[str]]
     #: (module, extra) pairs checked before any cell runs, so a missing package is bad input
     dependencies: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: the order in which the backend's own sampler applies penalties, truncations and temperature
+    native_sampler_order: ClassVar[str] = "unknown"
 
     tokenizer: Tokenizer
 

@@ -33,8 +33,6 @@ class LlamaCppSettings(BackendSettings):
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
 
 
-#: how llama.cpp's common sampler orders its chain (common/common.h), which the native sampler builds
-NATIVE_ORDER = "repetition penalty (last repetition_window tokens) -> top-k -> top-p -> min-p -> temperature -> draw"
 #: windows decoded side by side at most (llama.cpp allows 256 sequences; short windows would ask for more)
 MAX_PARALLEL_SEQUENCES = 64
 
@@ -116,7 +114,9 @@ class LlamaCppBackend(Backend):
     type_name = "llamacpp"
     settings_class = LlamaCppSettings
     capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED})
-    native_sampler_order = NATIVE_ORDER
+    #: how llama.cpp's common sampler orders its chain (common/common.h), which :class:`LlamaSampler` builds
+    native_sampler_order = ("repetition penalty (last repetition_window tokens) -> top-k -> top-p -> min-p -> "
+                            "temperature -> draw")
     model_kinds = frozenset({"gguf"})
     dependencies = (("llama_cpp", "gguf"),)
     settings: LlamaCppSettings
@@ -274,10 +274,9 @@ class LlamaCppBackend(Backend):
 
 
 class LlamaSampler:
-    """llama.cpp's sampler chain, built as llama.cpp's common sampler orders it (:data:`NATIVE_ORDER`),
-    applied to a candidate array so that the distribution it draws from can be read back."""
-
-    order = NATIVE_ORDER
+    """llama.cpp's sampler chain, built in llama.cpp's common order
+    (:attr:`LlamaCppBackend.native_sampler_order`) and applied to a candidate array, so that the
+    distribution it draws from can be read back."""
 
     def __init__(self, lib, n_vocab: int, decoding: Decoding, prompt_ids):
         self._lib, self.decoding = lib, decoding

@@ -2,7 +2,7 @@
 repetition penalty and beam search, with the backend's own sampler or the harness's.
 
 Each (strategy, sampler, chat) of the suite is one cell. A cell generates ``samples`` continuations
-of every prompt (sample j drawn with ``seeds[j]``) and reports (DESIGN.md's names):
+of every prompt and reports (DESIGN.md's names):
 
 - ``distinct_1``, ``distinct_2``: distinct word uni-/bigrams over all the cell's words (Li et al.'s
   corpus-level distinct-n), on whitespace-separated words so that models with different tokenizers
@@ -218,7 +218,7 @@ class DecodingTask(Task):
             ref_nll = self._reference_nll(prompts, generations, chat)
             samples["ref_nll"] = ref_nll.tolist()
             measurements.append(_mean_with_ci("ref_nll_mean", ref_nll))
-        order = HARNESS_ORDER if sampler == HARNESS else getattr(backend, "native_sampler_order", "unknown")
+        order = HARNESS_ORDER if sampler == HARNESS else backend.native_sampler_order
         resolved = {"strategy": decoding.model_dump(exclude={"seed"}), "sampler": sampler, "chat": chat,
                     "sampler_order": order, "seeds": seeds, "prompts": prompts,
                     "temperature": decoding.temperature, "not_measured": not_measured}
