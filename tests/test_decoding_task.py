@@ -4,17 +4,16 @@ curve on an n-gram model whose distribution is exact, and whole runs through the
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from harness.backends.ngram import NgramBackend, NgramSettings
-from harness.cli import main
 from harness.data import DatasetSpec, load_corpus
 from harness.errors import UserError
 from harness.models import ModelSpec, resolve_ngram
 from harness.suite import expand, parse_suite
 from harness.tasks.decoding import DecodingSettings, DecodingTask, distinct_n, passage_prompts, repeated_share
+from suites import run_suite, write_suite
 
 DOCS = "builtin:stdlib-docs#train"
 PROMPTS = ["The module provides", "To create a new", "This function returns"]
@@ -124,13 +123,9 @@ def test_a_suite_run_keeps_texts_scores_with_a_reference_and_skips_what_cannot_r
                                "max_new_tokens": 12, "strategies": ["greedy", {"beams": 2}],
                                "reference": {"model": "w3", "backend": "ngram"}}},
              "matrix": [{"model": "w2", "backend": "ngram", "task": "dec"}]}
-    path = tmp_path / "dec.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    parsed, _ = parse_suite(path)
+    parsed, _ = parse_suite(write_suite(tmp_path, suite))
     assert all(c.reference["model"] == "w3" for c in expand(parsed))
-    out = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(out)]) == 0
-    df = pd.read_parquet(out / "results.parquet")
+    out, df = run_suite(tmp_path, suite)
     greedy = df[df.task == "dec.native.greedy"].set_index("metric")
     assert 0 < greedy.loc["ref_nll_mean", "value"] < 20 and greedy.loc["ref_nll_mean", "n"] == 4
     beam = df[df.task == "dec.native.beam2"]

@@ -3,13 +3,11 @@ tokenizes exactly as llama.cpp does, greedy text equal to the llamacpp backend's
 measure recorded as skipped."""
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 from conftest import SMOLLM2_PKG
 
-from harness.cli import main
 from harness.sampling import Decoding
+from suites import run_suite
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("gpt4all")
@@ -82,11 +80,7 @@ def test_what_gpt4all_cannot_measure_is_skipped_with_a_reason(tmp_path):
                        "speed": {"type": "throughput", "dataset": "docs", "prompt_tokens": 64, "new_tokens": 8,
                                  "repeats": 2, "warmup": 0}},
              "matrix": [{"model": "m", "backend": "g4a", "task": ["ppl", "speed"]}]}
-    path = tmp_path / "g4a.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    out = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(out)]) == 0
-    table = pd.read_parquet(out / "results.parquet")
+    _, table = run_suite(tmp_path, suite)
     ppl = table[table.task == "ppl"]
     assert ppl.status.tolist() == ["skipped"] and "lacks capability score" in ppl.reason.iloc[0]
     speed = table[table.task == "speed"].set_index("metric")

@@ -12,6 +12,7 @@ from harness.backends.base import Window
 from harness.errors import Unavailable
 from harness.models import ModelSpec, resolve
 from harness.windows import chunked, rolling, sliding
+from suites import run_suite
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -263,10 +264,6 @@ def test_suite_runs_hf_cells_and_skips_cuda_with_its_reason(llama_dir, tmp_path)
     pytest.importorskip("bitsandbytes")
     import json
 
-    import pandas as pd
-    import yaml
-
-    from harness.cli import main
 
     suite = {
         "name": "hf-tiny",
@@ -279,11 +276,7 @@ def test_suite_runs_hf_cells_and_skips_cuda_with_its_reason(llama_dir, tmp_path)
                           "max_tokens": 512}},
         "matrix": [{"model": "tiny", "backend": ["fp32", "int8", "fp16-cuda"], "task": "ppl"}],
     }
-    path = tmp_path / "hf-tiny.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    out = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(out)]) == 0
-    table = pd.read_parquet(out / "results.parquet")
+    _, table = run_suite(tmp_path, suite)
     cuda = table[table.backend == "fp16-cuda"]
     assert cuda.status.tolist() == ["skipped"] and "no CUDA device" in cuda.reason.iloc[0]
     fp32 = table[table.backend == "fp32"].set_index("metric")

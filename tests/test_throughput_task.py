@@ -10,6 +10,7 @@ from tiny_backend import UnigramBackend
 from harness import stats
 from harness.data import Corpus
 from harness.tasks.throughput import ThroughputSettings, ThroughputTask
+from suites import write_suite
 
 PROBS = {"a": 0.5, "b": 0.25, "c": 0.125, " ": 0.125}
 
@@ -78,7 +79,6 @@ def test_interleaved_cells_run_round_robin_and_merge(tmp_path):
     import json
 
     import pandas as pd
-    import yaml
 
     from harness.cli import main
 
@@ -87,8 +87,7 @@ def test_interleaved_cells_run_round_robin_and_merge(tmp_path):
              "backends": {"ngram": {"type": "ngram"}},
              "tasks": {"short": {**speed, "prompt_tokens": 8}, "long": {**speed, "prompt_tokens": 64}},
              "matrix": [{"model": "ng", "backend": "ngram", "task": ["short", "long"]}]}
-    path = tmp_path / "inter.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path = write_suite(tmp_path, suite)
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out)]) == 0
     logs = sorted((out / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime_ns)
