@@ -22,11 +22,11 @@ from harness.tasks import TASKS
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 0, 1, 2, 3
 
 
-def _load(path: Path, only: list[str]):
+def _load(path: Path, only: list[str], overrides: list[str]):
     from harness.runner import select_cells
     from harness.suite import expand, parse_suite
 
-    suite, _ = parse_suite(path)
+    suite, _ = parse_suite(path, overrides)
     cells = select_cells(expand(suite), only)
     if not cells:
         raise UserError(f"{path}: --only {' '.join(only)} matches no cell")
@@ -37,7 +37,7 @@ def cmd_validate(args, console: Console) -> int:
     from harness.data import corpora_dir
     from harness.runner import check_inputs
 
-    suite, cells = _load(args.suite, [])
+    suite, cells = _load(args.suite, [], args.set)
     check_inputs(suite, cells, args.suite, corpora_dir(args.corpora))
     console.print(f"{args.suite}: ok, {len(cells)} cells")
     return EXIT_OK
@@ -47,7 +47,7 @@ def cmd_run(args, console: Console) -> int:
     from harness.runner import Runner, RunOptions
     from harness.summary import print_results
 
-    suite, cells = _load(args.suite, args.only)
+    suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
             settings = {k: v for k, v in cell.task_spec.items() if v is not None and k != "type"}
@@ -55,8 +55,8 @@ def cmd_run(args, console: Console) -> int:
                           soft_wrap=True)
         console.print(f"{len(cells)} cells would run")
         return EXIT_OK
-    options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, resume=args.resume,
-                         corpora=args.corpora, timeout_s=args.timeout)
+    options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,
+                         resume=args.resume, corpora=args.corpora, timeout_s=args.timeout)
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
@@ -155,6 +155,12 @@ def cmd_list(args, console: Console) -> int:
     return EXIT_OK
 
 
+def _set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one suite setting (VALUE is YAML; null unsets), e.g. "
+                        "tasks.kld.max_tokens=null; repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
@@ -171,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpora", type=Path, help="corpora directory for corpora: datasets "
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
+    _set_option(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a suite and its inputs without running anything")
     validate.add_argument("suite", type=Path)
     validate.add_argument("--corpora", type=Path)
+    _set_option(validate)
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")

@@ -36,6 +36,7 @@ class RunOptions:
     suite_path: Path
     out: Path | None = None
     only: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
     resume: bool = False
     corpora: Path | None = None
     timeout_s: float | None = None
@@ -173,7 +174,8 @@ class Runner:
         if (run_dir / "run.json").exists():
             previous = json.loads((run_dir / "run.json").read_text())
         info = {**previous, "run_id": run_id, "suite": self.suite.name,
-                "suite_file": str(self.options.suite_path), "environment": results.environment(),
+                "suite_file": str(self.options.suite_path),
+                "overrides": self.options.overrides, "environment": results.environment(),
                 "started_at": previous.get("started_at", _now()), "ended_at": None,
                 "models": {k: v.fingerprint() for k, v in models.items()}, "datasets": corpora,
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,

@@ -147,8 +147,30 @@ def _describe(error: dict, raw: dict) -> str:
     return f"{where}: {msg.removeprefix('Value error, ')}{shown}"
 
 
-def parse_suite(path: Path) -> tuple[Suite, dict]:
-    """Read and validate a suite file, or raise UserError with one line naming file and key."""
+def apply_overrides(path: Path, raw: dict, overrides: list[str]) -> dict:
+    """``KEY.PATH=VALUE`` settings from the command line (VALUE read as YAML, ``null`` unsets) on top of the
+    file, so a variant of a suite (the nightly's full-length run of a CI-sized suite) needs no copy of it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {item}: expected KEY.PATH=VALUE, e.g. tasks.kld.max_tokens=null")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item}: the value is not valid YAML") from None
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{path}: --set {item}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        node[parts[-1]] = parsed
+    return raw
+
+
+def parse_suite(path: Path, overrides: list[str] = ()) -> tuple[Suite, dict]:
+    """Read and validate a suite file (with command-line overrides), or raise UserError with one line
+    naming file and key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -166,12 +188,16 @@ def parse_suite(path: Path) -> tuple[Suite, dict]:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of suite keys at the top level, got "
                         f"{type(raw).__name__}")
+    raw = apply_overrides(path, raw, list(overrides))
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise UserError(f"{path}: {_describe(errors[0], raw)}{more}") from None
+        where = _format_loc(_clean_loc(tuple(errors[0]["loc"]), raw))
+        culprit = [o for o in overrides if where.startswith(o.partition("=")[0])]
+        cause = f" (from --set {culprit[-1]})" if culprit else ""
+        raise UserError(f"{path}: {_describe(errors[0], raw)}{more}{cause}") from None
     _check_references(path, suite)
     return suite, raw
 

@@ -1,14 +1,16 @@
 """The command line as a user meets it: good suites run, bad input is one line and exit code 2."""
 
 import json
+import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
 from harness.cli import main
-from suites import smollm2_suite
+from suites import smollm2_suite, write_suite
 
 
 def error_line(capsys):
@@ -113,6 +115,44 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
     assert main(["run", str(path), "--dry-run", "--only", "*/b"]) == 0
     assert "1 cells would run" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_set_overrides_a_setting_and_errors_name_it(tmp_path, capsys):
+    path = smollm2_suite(tmp_path)
+    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.max_tokens=256", "--set", "tasks.ppl.n_ctx=64"]) == 0
+    assert '"n_ctx": 64, "max_tokens": 256' in capsys.readouterr().out
+    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.max_tokens=null"]) == 0
+    assert "max_tokens" not in capsys.readouterr().out
+    assert main(["validate", str(path), "--set", "tasks.ppl.n_ctx=big"]) == 2
+    assert error_line(capsys) == (f"harness: error: {path}: tasks.ppl.n_ctx: Input should be a valid integer, unable "
+                                  "to parse string as an integer, got 'big' (from --set tasks.ppl.n_ctx=big)")
+    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.n_ctx.deep=1"]) == 2
+    assert "tasks.ppl.n_ctx is not a mapping" in error_line(capsys)
+    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl"]) == 2
+    assert "expected KEY.PATH=VALUE" in error_line(capsys)
+
+
+def test_shards_run_apart_assemble_into_one_run(tmp_path, capsys):
+    """A long suite split over machines: each shard runs with --only into its own directory; their cell
+    records copied into one directory and resumed there make the whole run's tables without re-running."""
+    suite = {"name": "shards", "backends": {"ngram": {"type": "ngram"}},
+             "models": {f"w{n}": {"ngram": {"order": n, "train": "builtin:stdlib-docs#train"}} for n in (2, 3)},
+             "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 128}},
+             "matrix": [{"model": ["w2", "w3"], "backend": "ngram", "task": "ppl"}]}
+    path = write_suite(tmp_path, suite)
+    for shard in ("w2", "w3"):
+        assert main(["run", str(path), "--only", f"{shard}/*", "--out", str(tmp_path / shard)]) == 0
+    for record in (tmp_path / "w3" / "cells").glob("*.json"):
+        shutil.copy(record, tmp_path / "w2" / "cells")
+    capsys.readouterr()
+    assert main(["run", str(path), "--resume", "--out", str(tmp_path / "w2")]) == 0
+    assert "(0 cells ran, 2 reused, 0 failed, 0 skipped)" in capsys.readouterr().out
+    whole = pd.read_parquet(tmp_path / "w2" / "results.parquet")
+    shard = pd.read_parquet(tmp_path / "w3" / "results.parquet")
+    ppl = whole[whole.metric == "token_ppl"].set_index("model").value
+    assert ppl["w3"] == shard[(shard.model == "w3") & (shard.metric == "token_ppl")].value.item()
+    assert ppl["w3"] < ppl["w2"]
 
 
 def test_schema_is_json_schema_of_the_suite(capsys):
