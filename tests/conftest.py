@@ -52,3 +52,14 @@ def smollm2_model(smollm2_path, _isolated_cache):
     from harness.models import ModelSpec, resolve
 
     return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
+
+
+@pytest.fixture(scope="module")
+def smollm2_llamacpp(smollm2_model):
+    """SmolLM2 loaded by the llamacpp backend (2 threads, 256-token context), once per test module."""
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+
+    backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_model)
+    backend.load(context_tokens=256)
+    yield backend
+    backend.close()

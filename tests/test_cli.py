@@ -119,7 +119,8 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path, capsys):
 
 def test_set_overrides_a_setting_and_errors_name_it(tmp_path, capsys):
     path = smollm2_suite(tmp_path)
-    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.max_tokens=256", "--set", "tasks.ppl.n_ctx=64"]) == 0
+    assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.max_tokens=256",
+                 "--set", "tasks.ppl.n_ctx=64"]) == 0
     assert '"n_ctx": 64, "max_tokens": 256' in capsys.readouterr().out
     assert main(["run", str(path), "--dry-run", "--set", "tasks.ppl.max_tokens=null"]) == 0
     assert "max_tokens" not in capsys.readouterr().out

@@ -13,8 +13,6 @@ import pytest
 import yaml
 from conftest import SMOLLM2_PKG
 
-from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from harness.models import ModelSpec, resolve
 from harness.sampling import Decoding
 
 pytestmark = pytest.mark.integration
@@ -22,12 +20,8 @@ PROMPT = "The history of the Roman Empire"
 
 
 @pytest.fixture(scope="module")
-def backend(smollm2_path):
-    model = resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
-    b = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
-    b.load(context_tokens=256)
-    yield b
-    b.close()
+def backend(smollm2_llamacpp):
+    return smollm2_llamacpp
 
 
 def test_greedy_tokens_match_llama_cpp_python(backend, smollm2_path):

@@ -26,13 +26,8 @@ def hf_fp32(smollm2_model):
 
 
 @pytest.fixture(scope="module")
-def llamacpp(smollm2_model):
-    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-
-    backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_model)
-    backend.load(context_tokens=256)
-    yield backend
-    backend.close()
+def llamacpp(smollm2_llamacpp):
+    return smollm2_llamacpp
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The kld task: llama-perplexity's statistics checked by hand on unigram models whose distributions
-are fixed, a model against itself, and the refusal of a pair whose tokenizers differ."""
+are fixed, a model against itself, the refusal of a pair whose vocabularies differ, and the
+reference's tokens scored by both."""
 
 import math
 
@@ -48,5 +49,22 @@ def test_a_model_against_itself_diverges_nowhere():
 
 
 def test_different_tokenizers_are_refused():
-    with pytest.raises(ValueError, match="tokenizer differs"):
+    with pytest.raises(ValueError, match="tokenizer differs.*vocabularies 5 vs 6"):
         run(UnigramBackend({"a": 0.5, "b": 0.3, "c": 0.1, "d": 0.1}), UnigramBackend(P))
+    with pytest.raises(ValueError, match="tokenizer differs.*BOS"):
+        run(UnigramBackend(P, bos=True), UnigramBackend(P))
+    with pytest.raises(ValueError, match="tokenizer differs.*token 2 is b'c' vs b'd'"):
+        run(UnigramBackend({"a": 0.5, "b": 0.3, "d": 0.2}), UnigramBackend(P))
+
+
+def test_the_candidate_scores_the_references_tokens():
+    """One vocabulary, two ways to split the text (as llama.cpp and transformers part on 2 of WikiText-2's
+    303k SmolLM2 tokens): both models score the reference's ids, and the difference is reported."""
+    merged = {"a": 0.3, "b": 0.2, "c": 0.1, "ab": 0.4}
+    values, result = run(UnigramBackend(merged, merge=False), UnigramBackend(merged))
+    assert values["kld_mean"].value == 0 and values["same_top1"].value == 1
+    # the reference's tokens: "ab", "c", "ab" for every "abcab"; chunks of 16 score their last 7
+    reference_tokens = 3 * len(TEXT) // 5
+    assert values["tokens_scored"].value == reference_tokens // 16 * 7
+    assert result.resolved["candidate_own_tokenization"] == {
+        "tokens": len(TEXT), "reference_tokens": reference_tokens, "positions_that_differ": None}

@@ -17,12 +17,8 @@ def text(corpora_dir):
 
 
 @pytest.fixture(scope="module")
-def backend(smollm2_path):
-    model = resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
-    b = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), model)
-    b.load(context_tokens=256)
-    yield b
-    b.close()
+def backend(smollm2_llamacpp):
+    return smollm2_llamacpp
 
 
 @pytest.fixture(scope="module")

@@ -75,17 +75,20 @@ def test_killed_cell_is_recorded_and_resume_finishes_only_it(tmp_path, capsys):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_timeout_kills_the_cell_and_the_run_goes_on(tmp_path, capsys):
-    tasks = {"slow": {**TASKS["chunked"], "max_tokens": None, "n_ctx": 512},
+def test_timeout_kills_the_cell_and_the_run_goes_on(tmp_path, capsys, corpora_dir):
+    # the slow cell scores all of WikiText-2 (~290k tokens: minutes on any CPU), the fast one 256 tokens
+    # (a few seconds, well under the timeout even on a heavily loaded machine)
+    tasks = {"slow": {**TASKS["chunked"], "dataset": "wiki", "max_tokens": None, "n_ctx": 512},
              "fast": {**TASKS["chunked"], "max_tokens": 256}}
-    path = smollm2_suite(tmp_path, tasks=tasks, matrix=[{"model": "smollm2", "backend": "gguf",
-                                                         "task": ["slow", "fast"]}])
+    datasets = {"docs": {"source": "builtin:stdlib-docs#test"},
+                "wiki": {"source": f"file:{corpora_dir / 'wikitext-2-raw' / 'wiki.test.raw'}"}}
+    path = smollm2_suite(tmp_path, tasks=tasks, datasets=datasets,
+                         matrix=[{"model": "smollm2", "backend": "gguf", "task": ["slow", "fast"]}])
     out = tmp_path / "run"
-    # 10 s: the slow cell needs about a minute; the fast one a few seconds even on a loaded machine
-    assert main(["run", str(path), "--out", str(out), "--timeout", "10"]) == 3
+    assert main(["run", str(path), "--out", str(out), "--timeout", "30"]) == 3
     table = pd.read_parquet(out / "results.parquet")
     slow = table[table.task == "slow"]
-    assert slow.status.tolist() == ["timeout"] and slow.reason.iloc[0] == "timed out after 10 s"
+    assert slow.status.tolist() == ["timeout"] and slow.reason.iloc[0] == "timed out after 30 s"
     assert (table[table.task == "fast"].status == "ok").all()
 
 

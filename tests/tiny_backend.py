@@ -1,4 +1,5 @@
-"""A tiny language model built in code for unit tests of tasks: a character-level unigram model.
+"""A tiny language model built in code for unit tests of tasks: a unigram model over characters
+(and longer pieces).
 
 Its probabilities are fixed, so every perplexity figure can be computed by hand.
 """
@@ -14,18 +15,27 @@ from harness.sampling import Generation
 
 
 class CharTokenizer(Tokenizer):
-    def __init__(self, alphabet: str, bos: bool):
-        self.alphabet = alphabet
-        self.bos_id = len(alphabet) if bos else None
-        self.eos_id = len(alphabet) + 1
+    """Pieces (characters, or longer strings) matched greedily, longest first; ``merge=False`` splits
+    into characters only: the same vocabulary tokenizing a text another way."""
+
+    def __init__(self, pieces: list[str], bos: bool, merge: bool = True):
+        self.pieces = pieces
+        self.merge = merge
+        self.bos_id = len(pieces) if bos else None
+        self.eos_id = len(pieces) + 1
         self.add_bos = bos
-        self.vocab_size = len(alphabet) + 2
+        self.vocab_size = len(pieces) + 2
 
     def encode(self, text):
-        return np.array([self.alphabet.index(c) for c in text], dtype=np.int32)
+        ids, i = [], 0
+        while i < len(text):
+            piece = max((p for p in self.pieces if text.startswith(p, i) and (self.merge or len(p) == 1)), key=len)
+            ids.append(self.pieces.index(piece))
+            i += len(piece)
+        return np.array(ids, dtype=np.int32)
 
     def token_bytes(self, token_id):
-        return self.alphabet[token_id].encode() if token_id < len(self.alphabet) else b""
+        return self.pieces[token_id].encode() if token_id < len(self.pieces) else b""
 
 
 class UnigramBackend(Backend):
@@ -34,9 +44,9 @@ class UnigramBackend(Backend):
     capabilities = frozenset({SCORE, LOGITS, GENERATE})
     model_kinds = frozenset()
 
-    def __init__(self, probs: dict[str, float], bos: bool = False):
+    def __init__(self, probs: dict[str, float], bos: bool = False, merge: bool = True):
         self.probs = probs
-        self.tokenizer = CharTokenizer("".join(probs), bos)
+        self.tokenizer = CharTokenizer(list(probs), bos, merge)
         self.logp = np.log(np.array(list(probs.values())))
         self.calls = []
         self.prompts = []
