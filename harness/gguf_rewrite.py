@@ -1,4 +1,5 @@
-"""GGUF files derived from another with gguf-py: weights dequantized (F32/F16), or metadata replaced.
+"""GGUF files read and derived with gguf-py: which quantization types the weights really have, and copies
+with the weights dequantized (F32/F16) or the metadata replaced.
 
 A dequantized copy gives llama.cpp the exact weights transformers computes with after dequantizing, so
 the two backends can be compared on equal weights (what is left is the arithmetic), and it is the top
@@ -20,12 +21,24 @@ from harness.errors import require
 _WRITER_FIELDS = ("general.architecture",)
 
 
+def tensor_types(path: Path) -> dict[str, float]:
+    """Share of the weights (by count) stored in each type, largest first. A file's nominal type can hide
+    fallbacks: llama.cpp's K-quants need rows of a multiple of 256, so SmolLM2's 576-wide tensors in a
+    "Q6_K" file are Q8_0 (80% of its weights)."""
+    gguf = require("gguf", "gguf", "reading a GGUF file's tensor types")
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + int(tensor.n_elements)
+    total = sum(counts.values())
+    return {name: round(n / total, 4) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
 def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
                  dequantize_to: Literal["f32", "f16"] | None = None) -> Path:
     """Write ``target`` from ``source`` with the ``metadata`` values replaced (same types) and, with
     ``dequantize_to``, every tensor dequantized (1-D tensors stay F32, as llama.cpp's converter keeps
     norms and biases). Written to a temp file and renamed, so a reader never sees half a file."""
-    gguf = require("gguf", "hf", "writing a GGUF file")
+    gguf = require("gguf", "gguf", "writing a GGUF file")
     from gguf.quants import dequantize
 
     metadata = dict(metadata or {})

@@ -221,6 +221,13 @@ def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return ~better.any(axis=1)
 
 
+def weight_types_label(shares: dict | None) -> str:
+    """What a GGUF's weights really are ("Q8_0 80% + Q6_K 20%"): K-quant files fall back to other types
+    for tensors whose rows are not a multiple of 256, so the name alone can mislead."""
+    largest_first = sorted((shares or {}).items(), key=lambda kv: -kv[1])
+    return " + ".join(f"{name} {100 * share:.0f}%" for name, share in largest_first if share >= 0.005)
+
+
 def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (model, backend): bits per weight, size, quality from its kld cell, speed and
     memory from its throughput cell (the kld cell holds the reference too), and its Pareto flags."""
@@ -237,8 +244,10 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
             if values.empty:  # a cell of another task that reports it
                 values = group[group["metric"] == metric]["value"]
             row[metric] = values.iloc[0] if not values.empty else np.nan
-        n_params = _find(json.loads(group["params"].iloc[0]), "n_params")
+        params = json.loads(group["params"].iloc[0])
+        n_params = _find(params, "n_params")
         row["bits_per_weight"] = 8 * row["model_bytes"] / n_params if n_params else np.nan
+        row["weight_types"] = weight_types_label(params.get("resolved", {}).get("backend", {}).get("tensor_types"))
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -246,7 +255,7 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     table["pareto_size"] = pareto_front(table["model_bytes"].to_numpy(), table["kld_mean"].to_numpy())
     if table["decode_tok_s"].notna().all():
         table["pareto_speed"] = pareto_front(-table["decode_tok_s"].to_numpy(), table["kld_mean"].to_numpy())
-    return table[["model", "backend", "bits_per_weight"] + [c for c, _ in QUANT_COLUMNS]
+    return table[["model", "backend", "weight_types", "bits_per_weight"] + [c for c, _ in QUANT_COLUMNS]
                  + [c for c in ("pareto_size", "pareto_speed") if c in table]]
 
 
@@ -276,7 +285,7 @@ def quantization_view(ok: pd.DataFrame) -> list:
         ax.legend(fontsize=7)
     shown = table.copy()
     for col in shown.columns:
-        if col not in ("model", "backend") and not col.startswith("pareto"):
+        if col not in ("model", "backend", "weight_types") and not col.startswith("pareto"):
             shown[col] = shown[col].map(fmt_value)
     return [Plot("quantization", _png(fig), "mean KL divergence from the reference against size and decode speed; "
                  "red: the Pareto front (nothing smaller/faster is closer to the reference)"), shown]

@@ -7,6 +7,7 @@ import pytest
 from conftest import SMOLLM2_PKG
 from pydantic import ValidationError
 
+from harness.gguf_rewrite import tensor_types
 from harness.models import ModelSpec, resolve
 
 pytestmark = pytest.mark.integration
@@ -39,3 +40,13 @@ def test_an_unset_quantize_leaves_cell_ids_as_they_were():
     """Suites written before quantize existed keep their cell ids (resume and history key on them)."""
     assert "quantize" not in ModelSpec(gguf=SMOLLM2_PKG).model_dump(mode="json")
     assert ModelSpec(gguf=SMOLLM2_PKG, quantize="Q4_0").model_dump(mode="json")["quantize"] == "Q4_0"
+
+
+def test_tensor_types_show_the_k_quant_fallbacks(smollm2_path, tmp_path):
+    """SmolLM2's hidden size (576) is no multiple of 256, so llama.cpp stores the tensors that K-quants
+    cannot hold in a fallback type: its "Q6_K" file is mostly Q8_0. The shipped file: Q4_1, embeddings Q8_0."""
+    shipped = tensor_types(smollm2_path)
+    assert list(shipped)[:2] == ["Q4_1", "Q8_0"] and shipped["Q4_1"] == pytest.approx(0.789, abs=0.001)
+    assert sum(shipped.values()) == pytest.approx(1, abs=1e-3)
+    q6 = tensor_types(resolve("q6", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q6_K"), tmp_path).path)
+    assert q6["Q8_0"] > 0.75 and 0.15 < q6["Q6_K"] < 0.25

@@ -57,6 +57,7 @@ def test_decoding_and_quantization_views(tmp_path):
         rec = perplexity_cell(rng, backend(name), model_bytes=size)
         rec["measurements"].append({**Measurement("token_ppl", 1.0).row(), "metric": "kld_mean", "value": kld,
                                     "unit": "nats", "higher_is_better": False})
+        rec["resolved"]["backend"]["tensor_types"] = {"Q8_0": 0.8, "Q6_K": 0.197, "F32": 0.003}
         records.append(rec)
     for temp in (0.5, 1.0, 1.5):
         rec = perplexity_cell(rng, backend("gguf-cpu"))
@@ -73,6 +74,9 @@ def test_decoding_and_quantization_views(tmp_path):
     sections = {s.title: s for s in report.build(results.read_run(run))}
     quant = sections["Quantization: quality against size and speed"]
     assert [b.name for b in quant.blocks if isinstance(b, report.Plot)] == ["quantization"]
+    quant_table = next(b for b in quant.blocks if hasattr(b, "columns"))
+    assert quant_table["weight_types"].tolist() == ["Q8_0 80% + Q6_K 20%"] * 3
+    assert quant_table["pareto_size"].tolist() == [True, True, False]  # nf4: bigger and worse than q8
     decoding = sections["Decoding"]
     table = next(b for b in decoding.blocks if hasattr(b, "columns"))
     assert table["temperature"].tolist() == [0.5, 1.0, 1.5]

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from harness.backends.base import GENERATE, LOGITS, SCORE, SEED, Backend, BackendSettings, LoadInfo, Tokenizer, Window
 from harness.errors import Unavailable, require
+from harness.gguf_rewrite import tensor_types
 from harness.sampling import Decoding, Generation
 
 
@@ -118,7 +119,7 @@ class LlamaCppBackend(Backend):
     native_sampler_order = ("repetition penalty (last repetition_window tokens) -> top-k -> top-p -> min-p -> "
                             "temperature -> draw")
     model_kinds = frozenset({"gguf"})
-    dependencies = (("llama_cpp", "gguf"),)
+    dependencies = (("llama_cpp", "gguf"), ("gguf", "gguf"))
     settings: LlamaCppSettings
 
     def load(self, context_tokens: int) -> LoadInfo:
@@ -158,7 +159,7 @@ class LlamaCppBackend(Backend):
         return LoadInfo(load_s=load_s, model_bytes=int(lib.llama_model_size(self._model)), details={
             "model_desc": desc.value.decode(errors="replace"),
             "n_params": int(lib.llama_model_n_params(self._model)),
-            "bytes_on_disk": self.model.bytes_on_disk,
+            "bytes_on_disk": self.model.bytes_on_disk, "tensor_types": tensor_types(self.model.path),
             "n_ctx_seq": self.seq_ctx, "n_seq": self.n_seq, "n_batch": self.n_batch,
             "n_ubatch": cparams.n_ubatch, "n_threads": self.threads, "flash_attn": s.flash_attn,
             "n_gpu_layers": s.n_gpu_layers, "add_bos": self.tokenizer.add_bos,
