@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from harness.models import ModelSpec, resolve
+from harness.tasks.kld import PositionStats
 from harness.windows import chunked
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,14 @@ def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamac
                           resolve("smollm2-f32", ModelSpec(gguf=str(f32_path)), tmp_path))
     f32.load(context_tokens=256)
     hf_ppl, f32_ppl, q41_ppl = _ppl(hf, windows), _ppl(f32, windows), _ppl(llamacpp, windows)
+    positions = PositionStats()
+    for w in windows[:2]:
+        ref, cand = (np.concatenate([rows for _, _, rows in b.logprobs([w])]) for b in (f32, hf))
+        positions.add(ref, cand, w.targets)
     f32.close()
+    # equal weights, only the arithmetic apart: a divergence near zero and never below (rows normalized)
+    kld = positions.arrays()["kld"]
+    assert 0 <= kld.mean() < 1e-5 and kld.min() > -1e-6
     assert hf_ppl == pytest.approx(f32_ppl, rel=5e-4)
     assert hf_ppl == pytest.approx(q41_ppl, rel=0.01)
     assert abs(q41_ppl - f32_ppl) > abs(hf_ppl - f32_ppl)  # the gap is llama.cpp's quantized arithmetic
