@@ -244,10 +244,11 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
             if values.empty:  # a cell of another task that reports it
                 values = group[group["metric"] == metric]["value"]
             row[metric] = values.iloc[0] if not values.empty else np.nan
-        params = json.loads(group["params"].iloc[0])
-        n_params = _find(params, "n_params")
+        params = [json.loads(p) for p in group["params"].unique()]
+        n_params = next((n for n in (_find(p, "n_params") for p in params) if n), None)
         row["bits_per_weight"] = 8 * row["model_bytes"] / n_params if n_params else np.nan
-        row["weight_types"] = weight_types_label(params.get("resolved", {}).get("backend", {}).get("tensor_types"))
+        types = [p.get("resolved", {}).get("backend", {}).get("tensor_types") for p in params]
+        row["weight_types"] = weight_types_label(next((t for t in types if t), None))
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
