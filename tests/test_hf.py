@@ -220,6 +220,8 @@ def test_bnb_nf4_on_cpu_quantizes_and_scores(llama_dir):
     q, f = (np.concatenate(b.score(windows)) for b in (backend, fp32))
     assert np.isfinite(q).all() and not np.allclose(q, f)
     assert backend._model.get_memory_footprint() < fp32._model.get_memory_footprint()
+    # the weights counted, not the bytes they are packed in (two 4-bit weights a byte)
+    assert backend.load(context_tokens=64).details["n_params"] == fp32.load(context_tokens=64).details["n_params"]
 
 
 def test_quantization_settings_become_bitsandbytes_config():

@@ -222,7 +222,8 @@ class HfBackend(Backend):
         self._device = self._head.weight.device
         return LoadInfo(load_s=load_s, model_bytes=int(self._model.get_memory_footprint()), details={
             "architecture": type(self._model).__name__,
-            "n_params": int(sum(p.numel() for p in self._model.parameters())),
+            # transformers counts a bitsandbytes 4-bit tensor's weights, not its packed bytes (bits/weight)
+            "n_params": int(self._model.num_parameters()),
             "dtype": s.dtype, "device": str(self._device), "attn_implementation": config._attn_implementation,
             "quantization": s.quantization.model_dump() if s.quantization else None,
             "batch_size": s.batch_size, "n_threads": torch.get_num_threads(), "add_bos": self.tokenizer.add_bos,
