@@ -116,9 +116,11 @@ CELL = ["model", "backend", "task"]
 
 # --- views --------------------------------------------------------------------------------------------------
 
-@view("perplexity", "Perplexity and bits per byte", {"token_ppl", "bits_per_byte"})
+@view("perplexity", "Perplexity and bits per byte", {"bits_per_byte"})
 def perplexity_view(ok: pd.DataFrame) -> list:
-    cells = ok[ok["metric"].isin(["token_ppl", "bits_per_byte"])]
+    # perplexity cells (a kld cell reports token_ppl too, but no bits per byte: the quantization view's)
+    scored = ok[ok["cell_id"].isin(ok.loc[ok["metric"] == "bits_per_byte", "cell_id"])]
+    cells = scored[scored["metric"].isin(["token_ppl", "bits_per_byte"])]
     blocks = ["Bits per byte compares models with different tokenizers; token perplexity only models that "
               "share one. Error bars: bootstrap CI over windows."]
     for (task, dataset), group in cells.groupby(["task", "dataset"], sort=False, dropna=False):

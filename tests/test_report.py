@@ -50,6 +50,18 @@ def test_views_follow_the_tasks_that_ran(tmp_path):
     assert "Perplexity and bits per byte" in titles and "Throughput" not in titles
 
 
+def test_a_run_of_kld_cells_only_has_the_quantization_view(tmp_path):
+    """A kld cell reports token_ppl (of the candidate) but no bits per byte: no perplexity view for it."""
+    rng = np.random.default_rng(3)
+    rec = perplexity_cell(rng)
+    rec["measurements"] = [m for m in rec["measurements"] if m["metric"] in ("token_ppl", "model_bytes")]
+    rec["measurements"].append({**rec["measurements"][0], "metric": "kld_mean", "value": 0.003, "unit": "nats"})
+    run = write_run(tmp_path / "kld-only", [rec])
+    assert main(["report", str(run)]) == 0
+    titles = [s.title for s in report.build(results.read_run(run))]
+    assert "Quantization: quality against size and speed" in titles and "Perplexity and bits per byte" not in titles
+
+
 def test_decoding_and_quantization_views(tmp_path):
     rng = np.random.default_rng(2)
     records = []
