@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -169,8 +170,9 @@ def test_list_and_python_dash_m():
     assert "llamacpp" in proc.stdout and "perplexity" in proc.stdout and "builtin:stdlib-docs" in proc.stdout
 
 
-def test_quickstart_suite_validates():
-    from pathlib import Path
+SHIPPED_SUITES = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.yaml"))
 
-    suite = Path(__file__).resolve().parent.parent / "suites" / "quickstart.yaml"
-    assert main(["validate", str(suite)]) == 0
+
+@pytest.mark.parametrize("suite", SHIPPED_SUITES, ids=lambda p: p.stem)
+def test_shipped_suites_validate(suite, corpora_dir):
+    assert main(["validate", str(suite), "--corpora", str(corpora_dir)]) == 0

@@ -3,10 +3,12 @@ cached by source and type, and refused where they make no sense."""
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import SMOLLM2_PKG
 from pydantic import ValidationError
 
+from harness.cli import main
 from harness.gguf_rewrite import tensor_types
 from harness.models import ModelSpec, resolve
 
@@ -50,3 +52,19 @@ def test_tensor_types_show_the_k_quant_fallbacks(smollm2_path, tmp_path):
     assert sum(shipped.values()) == pytest.approx(1, abs=1e-3)
     q6 = tensor_types(resolve("q6", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q6_K"), tmp_path).path)
     assert q6["Q8_0"] > 0.75 and 0.15 < q6["Q6_K"] < 0.25
+
+
+def test_the_ladder_suite_on_a_prefix_is_monotone(corpora_dir, tmp_path, capsys):
+    """suites/quantization.yaml's GGUF rungs, as CI can afford them: three rungs on the first 2,048 tokens
+    of WikiText-2 (1,020 scored positions). Q8_0 stays closest to the F32 reference, Q2_K furthest."""
+    suite = Path(__file__).resolve().parent.parent / "suites" / "quantization.yaml"
+    out = tmp_path / "ladder"
+    argv = ["run", str(suite), "--corpora", str(corpora_dir), "--out", str(out), "--set", "tasks.kld.max_tokens=2048"]
+    for rung in ("q8_0", "q4_0", "q2_k"):
+        argv += ["--only", f"{rung}/gguf-cpu/kld"]
+    assert main(argv) == 0
+    table = pd.read_parquet(out / "results.parquet")
+    kld = table[table.metric == "kld_mean"].set_index("model").value
+    top1 = table[table.metric == "same_top1"].set_index("model").value
+    assert 0 < kld["q8_0"] < kld["q4_0"] < kld["q2_k"]
+    assert top1["q8_0"] > top1["q4_0"] > top1["q2_k"]
