@@ -54,6 +54,14 @@ def smollm2_model(smollm2_path, _isolated_cache):
     return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
 
 
+@pytest.fixture(scope="session")
+def smollm2_f32_model(_isolated_cache, tmp_path_factory):
+    """SmolLM2's Q4_1 weights dequantized to an F32 GGUF (the quantization ladder's reference), once."""
+    from harness.models import ModelSpec, resolve
+
+    return resolve("smollm2-f32", ModelSpec(gguf=SMOLLM2_PKG, quantize="F32"), tmp_path_factory.mktemp("f32"))
+
+
 @pytest.fixture(scope="module")
 def smollm2_llamacpp(smollm2_model):
     """SmolLM2 loaded by the llamacpp backend (2 threads, 256-token context), once per test module."""

@@ -102,7 +102,9 @@ class Gpt4AllBackend(Backend):
         if decoding.beams > 1:
             raise Unavailable("gpt4all has no beam search")
         tok, d = self.tokenizer, decoding
-        body = [int(t) for t in prompt_ids if int(t) != tok.bos_id]
+        body = [int(t) for t in prompt_ids]
+        if tok.add_bos and body[:1] == [tok.bos_id]:
+            body = body[1:]  # gpt4all's tokenizer adds it; other ids equal to BOS (SmolLM2's <|im_start|>) stay
         seen: list[int] = []
         seen_at: list[float] = []
         out = Generation()
