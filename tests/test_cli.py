@@ -4,11 +4,11 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 
 from harness.cli import main
 from suites import smollm2_suite, write_suite
@@ -170,7 +170,7 @@ def test_list_and_python_dash_m():
     assert "llamacpp" in proc.stdout and "perplexity" in proc.stdout and "builtin:stdlib-docs" in proc.stdout
 
 
-SHIPPED_SUITES = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.yaml"))
+SHIPPED_SUITES = sorted((REPO / "suites").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("suite", SHIPPED_SUITES, ids=lambda p: p.stem)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.models import ModelSpec, resolve
 from harness.tasks.kld import PositionStats
 from harness.windows import chunked
 
@@ -59,18 +58,15 @@ def _ppl(backend, windows):
     return math.exp(-np.concatenate(backend.score(windows)).mean())
 
 
-def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamacpp, text, tmp_path):
+def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamacpp, text, smollm2_f32_model):
     """hf fp32 holds the Q4_1 blocks dequantized. llama.cpp given those same weights as an F32 GGUF
     agrees to 0.05%; on the Q4_1 file itself it differs by about 0.6%, because its quantized matmuls
     round the activations to 8 bits (Q4_1 x Q8_1 dot products) - arithmetic, not weights."""
     from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-    from harness.gguf_rewrite import rewrite_gguf
 
     hf, _ = hf_fp32
     windows = chunked(llamacpp.tokenizer.encode(text), 256, llamacpp.tokenizer.bos_id)[:8]
-    f32_path = rewrite_gguf(llamacpp.model.path, tmp_path / "smollm2-f32.gguf", dequantize_to="f32")
-    f32 = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2),
-                          resolve("smollm2-f32", ModelSpec(gguf=str(f32_path)), tmp_path))
+    f32 = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_f32_model)
     f32.load(context_tokens=256)
     hf_ppl, f32_ppl, q41_ppl = _ppl(hf, windows), _ppl(f32, windows), _ppl(llamacpp, windows)
     positions = PositionStats()

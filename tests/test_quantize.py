@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMOLLM2_PKG
+from conftest import REPO, SMOLLM2_PKG
 from pydantic import ValidationError
 
 from harness.cli import main
@@ -54,10 +54,10 @@ def test_tensor_types_show_the_k_quant_fallbacks(smollm2_path, tmp_path):
     assert q6["Q8_0"] > 0.75 and 0.15 < q6["Q6_K"] < 0.25
 
 
-def test_the_ladder_suite_on_a_prefix_is_monotone(corpora_dir, tmp_path, capsys):
+def test_the_ladder_suite_on_a_prefix_is_monotone(corpora_dir, tmp_path):
     """suites/quantization.yaml's GGUF rungs, as CI can afford them: three rungs on the first 2,048 tokens
     of WikiText-2 (1,020 scored positions). Q8_0 stays closest to the F32 reference, Q2_K furthest."""
-    suite = Path(__file__).resolve().parent.parent / "suites" / "quantization.yaml"
+    suite = REPO / "suites" / "quantization.yaml"
     out = tmp_path / "ladder"
     argv = ["run", str(suite), "--corpora", str(corpora_dir), "--out", str(out), "--set", "tasks.kld.max_tokens=2048"]
     for rung in ("q8_0", "q4_0", "q2_k"):

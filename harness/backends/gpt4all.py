@@ -103,8 +103,8 @@ class Gpt4AllBackend(Backend):
             raise Unavailable("gpt4all has no beam search")
         tok, d = self.tokenizer, decoding
         body = [int(t) for t in prompt_ids]
-        if tok.add_bos and body[:1] == [tok.bos_id]:
-            body = body[1:]  # gpt4all's tokenizer adds it; other ids equal to BOS (SmolLM2's <|im_start|>) stay
+        if body[:len(tok.bos_prefix)] == tok.bos_prefix:  # gpt4all's tokenizer adds that BOS itself; other
+            body = body[len(tok.bos_prefix):]             # ids equal to BOS (SmolLM2's <|im_start|>) stay
         seen: list[int] = []
         seen_at: list[float] = []
         out = Generation()
