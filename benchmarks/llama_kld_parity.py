@@ -1,6 +1,6 @@
 """Benchmark: the harness's kld task against ``llama-perplexity --kl-divergence`` on the same two GGUFs.
 
-The reference is SmolLM2's Q4_1 weights dequantized to an F32 GGUF (:func:`harness.gguf_rewrite.rewrite_gguf`),
+The reference is SmolLM2's Q4_1 weights dequantized to an F32 GGUF (:func:`harness.sources.gguf_rewrite.rewrite_gguf`),
 the candidate the Q4_1 file itself. llama-perplexity first writes the reference's log-probs
 (``--kl-divergence-base FILE``, stored as uint16 per token and vocabulary entry), then reads them while
 scoring the candidate (``--kl-divergence``); the harness streams both models window by window. Same text
@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from harness.gguf_rewrite import rewrite_gguf
-    from harness.models import ModelSpec, resolve
+    from harness.sources.gguf_rewrite import rewrite_gguf
+    from harness.sources.models import ModelSpec, resolve
 
     candidate = resolve("m", ModelSpec(gguf=args.model), Path.cwd()).path
     with tempfile.TemporaryDirectory() as name:

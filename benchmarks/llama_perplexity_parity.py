@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two tools this many times")
     args = parser.parse_args()
 
-    from harness.models import ModelSpec, resolve
+    from harness.sources.models import ModelSpec, resolve
 
     model_path = resolve("m", ModelSpec(gguf=args.model), Path.cwd()).path
     text = args.corpora / "wikitext-2-raw" / "wiki.test.raw"

@@ -54,8 +54,8 @@ print(json.dumps({"build_s": seconds, "cpu_s": cpu, "peak_rss_mb": rss(), "rss_b
 HARNESS = r"""
 import json, resource, sys, time
 import numpy as np
-from harness.ngram_model import build, training_stream
-from harness.word_tokenizer import WordTokenizer
+from harness.backends.ngram.build import build, training_stream
+from harness.backends.ngram.tokenizer import WordTokenizer
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 order, paths = int(sys.argv[1]), sys.argv[2:]
 before = rss()
@@ -74,8 +74,8 @@ print(json.dumps({"build_s": seconds, "cpu_s": cpu, "peak_rss_mb": rss(), "rss_b
 QUERY = r"""
 import json, sys, time
 import numpy as np
-from harness.ngram_model import build, training_stream
-from harness.word_tokenizer import WordTokenizer
+from harness.backends.ngram.build import build, training_stream
+from harness.backends.ngram.tokenizer import WordTokenizer
 order, eval_path, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 texts = [open(p, encoding="utf-8").read() for p in paths]
 tok, encoded = WordTokenizer.train(texts, lowercase=False, min_count=1)

@@ -16,15 +16,15 @@ from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.tasks import TASKS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 0, 1, 2, 3
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
-    from harness.runner import select_cells
-    from harness.suite import expand, parse_suite
+    from harness.suite.cells import expand, select_cells
+    from harness.suite.parse import parse_suite
 
     suite, _ = parse_suite(path, overrides)
     cells = select_cells(expand(suite), only)
@@ -34,8 +34,8 @@ def _load(path: Path, only: list[str], overrides: list[str]):
 
 
 def cmd_validate(args, console: Console) -> int:
-    from harness.data import corpora_dir
-    from harness.runner import check_inputs
+    from harness.run.plan import check_inputs
+    from harness.sources.corpora import corpora_dir
 
     suite, cells = _load(args.suite, [], args.set)
     check_inputs(suite, cells, args.suite, corpora_dir(args.corpora))
@@ -44,13 +44,14 @@ def cmd_validate(args, console: Console) -> int:
 
 
 def cmd_run(args, console: Console) -> int:
-    from harness.runner import Runner, RunOptions
-    from harness.summary import print_results
+    from harness.report.console import print_results
+    from harness.run.plan import RunOptions
+    from harness.run.runner import Runner
 
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
-            settings = {k: v for k, v in cell.task_spec.items() if v is not None and k != "type"}
+            settings = {k: v for k, v in cell.params["task"].items() if v is not None and k != "type"}
             console.print(f"{cell.cell_id}  {cell.label}  {json.dumps(settings)}", highlight=False,
                           soft_wrap=True)
         console.print(f"{len(cells)} cells would run")
@@ -65,14 +66,14 @@ def cmd_run(args, console: Console) -> int:
 
 
 def _gates(args, run_info: dict):
-    from harness.gates import Gates, parse_overrides
+    from harness.analysis.gates import Gates, parse_overrides
 
     return Gates(suite=run_info.get("gates", {}), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
                  tolerance=parse_overrides(args.tolerance, "--tolerance", 0.0), alpha=args.alpha)
 
 
 def _emit(text: str, out: Path | None) -> None:
-    from harness.atomic import atomic_write_text
+    from harness.core.files import atomic_write_text
 
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -81,8 +82,8 @@ def _emit(text: str, out: Path | None) -> None:
 
 
 def cmd_compare(args, console: Console) -> int:
-    from harness import compare, export
-    from harness.results import read_run
+    from harness.analysis import compare, export
+    from harness.results.store import read_run
 
     base, new = read_run(args.base), read_run(args.new)
     result = compare.compare(base, new, _gates(args, new.info))
@@ -98,7 +99,7 @@ def cmd_compare(args, console: Console) -> int:
 
 
 def cmd_history(args, console: Console) -> int:
-    from harness import history
+    from harness.analysis import history
 
     runs = history.load_runs(args.dirs)
     trends = history.history(runs, _gates(args, runs[-1].info))
@@ -108,9 +109,9 @@ def cmd_history(args, console: Console) -> int:
 
 
 def cmd_report(args, console: Console) -> int:
-    from harness import export
-    from harness.report import write_report
-    from harness.results import read_run
+    from harness.analysis import export
+    from harness.report.render import write_report
+    from harness.results.store import read_run
 
     if args.format != "html":
         _emit(json.dumps(export.EXPORTS[args.format](read_run(args.run_dir)), indent=2), args.out)
@@ -121,7 +122,7 @@ def cmd_report(args, console: Console) -> int:
 
 
 def _gate_options(parser: argparse.ArgumentParser) -> None:
-    from harness.gates import ALPHA
+    from harness.analysis.gates import ALPHA
 
     parser.add_argument("--threshold", action="append", default=[], metavar="[METRIC=]RATIO",
                         help="timings: the ratio a change must pass (and be significant), for one metric or "
@@ -133,14 +134,14 @@ def _gate_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_schema(args, console: Console) -> int:
-    from harness.suite import json_schema
+    from harness.suite.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
 def cmd_list(args, console: Console) -> int:
-    from harness.data import BUILTINS
+    from harness.sources.corpora import BUILTINS
 
     console.print("backends: " + ", ".join(f"{name} ({', '.join(sorted(cls.capabilities))}; loads "
                                           f"{', '.join(sorted(cls.model_kinds))})"
@@ -162,6 +163,7 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and option in one place (a flat list reads like the help text it produces)."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -49,7 +49,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_model(smollm2_path, _isolated_cache):
     """SmolLM2's GGUF resolved as a suite model (fingerprinted in the session's cache)."""
-    from harness.models import ModelSpec, resolve
+    from harness.sources.models import ModelSpec, resolve
 
     return resolve("smollm2", ModelSpec(gguf=str(smollm2_path)), smollm2_path.parent)
 
@@ -57,7 +57,7 @@ def smollm2_model(smollm2_path, _isolated_cache):
 @pytest.fixture(scope="session")
 def smollm2_f32_model(_isolated_cache, tmp_path_factory):
     """SmolLM2's Q4_1 weights dequantized to an F32 GGUF (the quantization ladder's reference), once."""
-    from harness.models import ModelSpec, resolve
+    from harness.sources.models import ModelSpec, resolve
 
     return resolve("smollm2-f32", ModelSpec(gguf=SMOLLM2_PKG, quantize="F32"), tmp_path_factory.mktemp("f32"))
 
@@ -65,7 +65,7 @@ def smollm2_f32_model(_isolated_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def smollm2_llamacpp(smollm2_model):
     """SmolLM2 loaded by the llamacpp backend (2 threads, 256-token context), once per test module."""
-    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
 
     backend = LlamaCppBackend(LlamaCppSettings(type="llamacpp", n_threads=2), smollm2_model)
     backend.load(context_tokens=256)

@@ -1,6 +1,6 @@
 """Synthetic-but-realistic run directories for compare, history and report tests: cell records shaped as
 the worker writes them (the throughput figures summarized from per-repeat samples by the task's own
-code), turned into tables by harness.results. No backend runs."""
+code), turned into tables by harness.results.store. No backend runs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import results
-from harness.metrics import Measurement
-from harness.suite import Cell
+from harness.core.metrics import Measurement
+from harness.results import records as results
+from harness.results import store
+from harness.results.records import CellRecord, write_cell_record
+from harness.suite.cells import cell_id
 from harness.tasks.throughput import ThroughputTask
 
 SUITE = "nightly"
@@ -28,20 +30,24 @@ def backend(name: str, **settings) -> tuple[str, dict]:
                   **settings}
 
 
-def _record(cell: Cell, measurements: list[Measurement], samples: dict, resolved: dict | None = None,
+def _record(cell: dict, measurements: list[Measurement], samples: dict, resolved: dict | None = None,
             status: str = results.OK, reason: str | None = None) -> dict:
-    return {"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
+    params = {"model": cell["model_spec"], "backend": cell["backend_spec"], "task": cell["task_spec"],
+              "dataset": cell["dataset_spec"]}
+    return {"cell_id": cell_id(cell["model"], cell["backend"], cell["task"], cell["dataset"], params),
+            "cell": cell, "params": params,
             "status": status, "reason": reason, "measurements": [m.row() for m in measurements], "samples": samples,
             "resolved": resolved or {"memory": {"rss_after_load_mb": 300 + 10 * np.random.rand()},
                                      "backend": {"trained_now": bool(np.random.rand() > 0.5)}}}
 
 
 def _cell(backend_: tuple[str, dict], task: str, task_spec: dict, model: str = "smollm2",
-          model_spec: dict | None = None) -> Cell:
+          model_spec: dict | None = None) -> dict:
+    """A cell as its record holds it (settings as JSON, not validated: tests may use made-up keys)."""
     dataset = task_spec.get("dataset")
-    return Cell(suite=SUITE, model=model, backend=backend_[0], task=task, dataset=dataset,
-                model_spec=model_spec or MODEL, backend_spec=backend_[1], task_spec=task_spec,
-                dataset_spec=DATASET if dataset else None)
+    return {"suite": SUITE, "model": model, "backend": backend_[0], "task": task, "dataset": dataset,
+            "model_spec": model_spec or MODEL, "backend_spec": backend_[1], "task_spec": task_spec,
+            "dataset_spec": DATASET if dataset else None, "reference": None}
 
 
 def _common(rng, model_bytes: float, rss: float) -> list[Measurement]:
@@ -92,9 +98,9 @@ def write_run(path: Path, records: list[dict], started_at: str = "2026-11-20T02:
               suite: str = SUITE, gates: dict | None = None, models: dict | None = None) -> Path:
     for record in records:
         record["cell"]["suite"] = suite
-        results.write_cell_record(path, record)
-    results.write_tables(path, path.name, [r["cell_id"] for r in records])
-    results.write_run_json(path, {"run_id": path.name, "suite": suite, "started_at": started_at,
+        write_cell_record(path, CellRecord(**record))
+    store.write_tables(path, path.name, [r["cell_id"] for r in records])
+    store.write_run_json(path, {"run_id": path.name, "suite": suite, "started_at": started_at,
                                   "ended_at": started_at, "gates": gates or {}, "models": models or {},
                                   "environment": {"cpu": "test CPU", "cpu_count": 2, "git_commit": "abc123"}})
     return path

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
-from harness import compare, results
+from harness.analysis import compare
+from harness.analysis.gates import DEFAULTS, Gates
 from harness.cli import main
-from harness.gates import DEFAULTS, Gates
-from harness.results import read_run
-from harness.suite import parse_suite
+from harness.results import store as results
+from harness.results.records import SKIPPED, read_cell_records, write_cell_record
+from harness.results.store import read_run
+from harness.suite.parse import parse_suite
 
 PPL_SEED = 7  # the same per-window NLL every night: perplexity is deterministic for an unchanged tree
 
@@ -155,7 +157,7 @@ def test_failed_missing_and_new_cells(tmp_path, capsys):
     a = night(tmp_path / "a", 1, extra=[perplexity_cell(np.random.default_rng(1), broken),
                                         perplexity_cell(np.random.default_rng(2), cuda)])
     b = night(tmp_path / "b", 2, extra=[failed_cell(broken),
-                                        failed_cell(cuda, results.SKIPPED, "device cuda: no CUDA device"),
+                                        failed_cell(cuda, SKIPPED, "device cuda: no CUDA device"),
                                         perplexity_cell(np.random.default_rng(3), backend("gguf-new"))])
     assert main(["compare", str(a), str(b), "--format", "json"]) == 1
     doc = json.loads(capsys.readouterr().out)
@@ -172,12 +174,12 @@ def test_failed_missing_and_new_cells(tmp_path, capsys):
 def test_counts_that_differ_are_noted_not_gated(tmp_path, capsys):
     a = night(tmp_path / "a", 1)
     b = night(tmp_path / "b", 1)
-    table = results.read_cell_records(b)
+    table = read_cell_records(b)
     for record in table:
-        for m in record["measurements"]:
+        for m in record.measurements:
             if m["metric"] == "tokens_scored":
                 m["value"] -= 16
-        results.write_cell_record(b, record)
+        write_cell_record(b, record)
     results.write_tables(b, "b")
     assert main(["compare", str(a), str(b), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -211,7 +213,7 @@ def test_bad_input_is_exit_2(tmp_path, capsys):
     ({"token_ppl": {}}, "expected threshold (timings) or tolerance"),
 ])
 def test_suite_gates_are_validated(tmp_path, gates, expected):
-    from harness.errors import UserError
+    from harness.core.errors import UserError
     from suites import smollm2_suite
 
     path = smollm2_suite(tmp_path, gates=gates)

@@ -5,8 +5,8 @@ import hashlib
 import pandas as pd
 import pytest
 
-from harness.data import DatasetSpec, load_corpus, stdlib_docs
-from harness.errors import UserError
+from harness.core.errors import UserError
+from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
 
 WIKI_SHA = "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.backends.ngram import NgramBackend, NgramSettings
-from harness.data import DatasetSpec, load_corpus
-from harness.errors import UserError
-from harness.models import ModelSpec, resolve_ngram
-from harness.suite import expand, parse_suite
+from harness.backends.ngram.backend import NgramBackend, NgramSettings
+from harness.core.errors import UserError
+from harness.sources.corpora import DatasetSpec, load_corpus
+from harness.sources.models import ModelSpec, resolve_ngram
+from harness.suite.cells import expand
+from harness.suite.parse import parse_suite
 from harness.tasks.decoding import DecodingSettings, DecodingTask, distinct_n, passage_prompts, repeated_share
 from suites import run_suite, write_suite
 
@@ -124,7 +125,7 @@ def test_a_suite_run_keeps_texts_scores_with_a_reference_and_skips_what_cannot_r
                                "reference": {"model": "w3", "backend": "ngram"}}},
              "matrix": [{"model": "w2", "backend": "ngram", "task": "dec"}]}
     parsed, _ = parse_suite(write_suite(tmp_path, suite))
-    assert all(c.reference["model"] == "w3" for c in expand(parsed))
+    assert all(c.reference.model == "w3" for c in expand(parsed))
     out, df = run_suite(tmp_path, suite)
     greedy = df[df.task == "dec.native.greedy"].set_index("metric")
     assert 0 < greedy.loc["ref_nll_mean", "value"] < 20 and greedy.loc["ref_nll_mean", "n"] == 4

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import SMOLLM2_PKG
 
-from harness.sampling import Decoding
+from harness.core.decoding import Decoding
 
 pytestmark = pytest.mark.integration
 PROMPT = "The history of the Roman Empire"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import SMOLLM2_PKG
 
-from harness.sampling import Decoding
+from harness.core.decoding import Decoding
 from suites import run_suite
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def f32_pair(smollm2_f32_model):
     products differ (AVX-512 kernels), and greedy texts part at near ties (second- vs first-ranked token,
     p 0.126 vs 0.128), which would hide a wrong prompt behind a loose tolerance."""
     from harness.backends.gpt4all import Gpt4AllBackend, Gpt4AllSettings
-    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
 
     g4a = Gpt4AllBackend(Gpt4AllSettings(type="gpt4all", n_threads=2), smollm2_f32_model)
     g4a.prepared = g4a.prepare()
@@ -77,7 +77,8 @@ def test_greedy_text_equals_llamacpp_and_prompt_tokens_match(f32_pair, corpora_d
 def assert_same_or_float_tie(llama, prompt, ours: list[int], theirs: list[int], decoding: Decoding) -> None:
     """Where two greedy generations part, llama.cpp rates both choices (after the same repetition
     penalty) within 1%: a tie that float rounding may break either way, not a different prompt."""
-    from harness.sampling import penalize, softmax
+    from harness.core.decoding import softmax
+    from harness.core.sampling import penalize
 
     parted = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     if parted is None:  # the same tokens (one may have stopped at EOS earlier)

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.backends.base import Window
-from harness.errors import Unavailable
-from harness.models import ModelSpec, resolve
-from harness.windows import chunked, rolling, sliding
+from harness.core.errors import Unavailable
+from harness.core.types import Window
+from harness.sources.models import ModelSpec, resolve
+from harness.tasks.windows import chunked, rolling, sliding
 from suites import run_suite
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from harness.backends.hf import BnbQuantization, HfBackend, HfSettings, load_kwargs  # noqa: E402
+from harness.backends.hf.backend import BnbQuantization, HfBackend, HfSettings, load_kwargs  # noqa: E402
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
         "in want of a wife. Café naïve — 東京 ✓ déjà vu.\n") * 6
@@ -132,7 +132,7 @@ def test_log_softmax_rows_of_a_large_vocabulary_are_normalized():
     """Rows of 49,152 logits (SmolLM2's vocabulary) sum to 1 within 1e-6 in float32 (torch's own float32
     log_softmax on CPU is off by ~2e-5, as much as the KLD of two near-equal models) and match float64."""
     torch = pytest.importorskip("torch")
-    from harness.backends.hf import log_softmax
+    from harness.backends.hf.backend import torch_log_softmax as log_softmax
 
     logits = torch.randn(64, 49152, generator=torch.Generator().manual_seed(0)) * 4
     ours = log_softmax(logits).double()
@@ -155,7 +155,7 @@ def test_tokenizer_bytes_cover_the_text_exactly(llama_dir):
 
 
 def test_generate_is_greedy_streamed_and_exact_in_length(llama_dir):
-    from harness.sampling import Decoding
+    from harness.core.decoding import Decoding
 
     backend = _backend(llama_dir)
     prompt = backend.tokenizer.prompt("It is a truth")
@@ -177,7 +177,7 @@ def test_generate_is_greedy_streamed_and_exact_in_length(llama_dir):
 
 
 def test_generate_batches_copies_of_the_prompt(llama_dir):
-    from harness.sampling import Decoding
+    from harness.core.decoding import Decoding
 
     backend = _backend(llama_dir)
     prompt = backend.tokenizer.prompt("It is a truth")
@@ -189,7 +189,7 @@ def test_generate_batches_copies_of_the_prompt(llama_dir):
 
 def test_offset_byte_counts_cover_a_metaspace_text(tmp_path):
     """SentencePiece-style pieces add a prefix space the text lacks; offsets still count each byte once."""
-    from harness.backends.hf import HfTokenizer
+    from harness.backends.hf.tokenizer import HfTokenizer
 
     tok = HfTokenizer(_tokenizer(byte_level=False))
     ids = tok.encode(TEXT)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.tasks.kld import PositionStats
-from harness.windows import chunked
+from harness.tasks.windows import chunked
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("transformers")
@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def hf_fp32(smollm2_model):
-    from harness.backends.hf import HfBackend, HfSettings
+    from harness.backends.hf.backend import HfBackend, HfSettings
 
     backend = HfBackend(HfSettings(type="hf", dtype="float32", n_threads=2), smollm2_model)
     prepared = backend.prepare()
@@ -36,7 +36,7 @@ def text(corpora_dir):
 
 
 def test_gguf_is_materialized_once_as_a_plain_hf_directory(hf_fp32, smollm2_model):
-    from harness.backends.hf import HfBackend, HfSettings
+    from harness.backends.hf.backend import HfBackend, HfSettings
 
     _, prepared = hf_fp32
     hf_dir = prepared["hf_dir"]
@@ -62,7 +62,7 @@ def test_dequantized_fp32_agrees_with_llama_cpp_on_equal_weights(hf_fp32, llamac
     """hf fp32 holds the Q4_1 blocks dequantized. llama.cpp given those same weights as an F32 GGUF
     agrees to 0.05%; on the Q4_1 file itself it differs by about 0.6%, because its quantized matmuls
     round the activations to 8 bits (Q4_1 x Q8_1 dot products) - arithmetic, not weights."""
-    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
 
     hf, _ = hf_fp32
     windows = chunked(llamacpp.tokenizer.encode(text), 256, llamacpp.tokenizer.bos_id)[:8]
@@ -94,7 +94,7 @@ def test_harness_sampling_gives_the_same_tokens_on_llamacpp_and_hf(hf_fp32, llam
     the two choices must have been a near tie in llama.cpp's distribution (within a factor of 1.5).
     (Sampled draws part wherever a draw lands within that rounding of a boundary of the cumulative
     distribution, which no tolerance on probabilities bounds; seeds are checked per backend.)"""
-    from harness.sampling import Decoding
+    from harness.core.decoding import Decoding
 
     hf, _ = hf_fp32
     d = Decoding(**decoding)
@@ -126,7 +126,7 @@ def test_chat_prompts_follow_the_models_template(hf_fp32, llamacpp):
 def test_native_samplers_follow_their_settings(hf_fp32, llamacpp):
     """llama.cpp's chain and transformers' generate: top-k 1 is greedy; min-p keeps the sampled
     distribution's support to tokens at least min_p of the top one; seeds repeat."""
-    from harness.sampling import Decoding
+    from harness.core.decoding import Decoding
 
     hf, _ = hf_fp32
     ids = llamacpp.tokenizer.prompt("The history of the Roman Empire")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from runs import backend, perplexity_cell, throughput_cell, write_run
 
+from harness.analysis.gates import DEFAULTS
+from harness.analysis.history import change_points, noise
 from harness.cli import main
-from harness.gates import DEFAULTS
-from harness.history import change_points, noise
 
 DECODE = DEFAULTS["decode_tok_s"]
 PPL = DEFAULTS["token_ppl"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_backend import UnigramBackend
 
-from harness.data import Corpus
+from harness.sources.corpora import Corpus
 from harness.tasks.kld import KldSettings, KldTask
 
 TEXT = "abcab" * 200

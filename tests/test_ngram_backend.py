@@ -9,11 +9,11 @@ import pytest
 import yaml
 from conftest import SMOLLM2_PKG
 
-from harness.backends.ngram import NgramBackend, NgramSettings
+from harness.backends.ngram.backend import NgramBackend, NgramSettings
 from harness.cli import main
-from harness.data import DatasetSpec, load_corpus, stdlib_docs
-from harness.models import ModelSpec, resolve_ngram
-from harness.sampling import Decoding
+from harness.core.decoding import Decoding
+from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
+from harness.sources.models import ModelSpec, resolve_ngram
 
 DOCS = "builtin:stdlib-docs#train"
 

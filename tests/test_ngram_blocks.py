@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from test_ngram_model import B, zipf_stream
 
-import harness.ngram_model as ngram_model
+import harness.backends.ngram.build as ngram_model
 
 
 @pytest.mark.parametrize("chunk", [1, 7])

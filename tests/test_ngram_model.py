@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from kn_reference import ReferenceKN
 
-from harness.ngram_model import NgramModel, build, modified_kn_discounts
+from harness.backends.ngram.build import build, modified_kn_discounts
+from harness.backends.ngram.model import NgramModel
 
 B, A, BB, C = 0, 1, 2, 3  # boundary, "a", "b", "c"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_backend import UnigramBackend, nll
 
-from harness.data import Corpus
+from harness.sources.corpora import Corpus
 from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
 
 PROBS = {"a": 0.5, "b": 0.25, " ": 0.125, "c": 0.125}
@@ -82,7 +82,7 @@ def test_stride_only_for_sliding():
 
 
 def test_tokenization_counts_tokens_per_byte_and_word():
-    from harness.data import Corpus
+    from harness.sources.corpora import Corpus
     from harness.tasks.tokenization import TokenizationSettings, TokenizationTask
 
     backend = UnigramBackend(PROBS)

@@ -9,8 +9,8 @@ from conftest import REPO, SMOLLM2_PKG
 from pydantic import ValidationError
 
 from harness.cli import main
-from harness.gguf_rewrite import tensor_types
-from harness.models import ModelSpec, resolve
+from harness.sources.gguf_rewrite import tensor_types
+from harness.sources.models import ModelSpec, resolve
 
 pytestmark = pytest.mark.integration
 

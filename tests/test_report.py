@@ -6,9 +6,12 @@ import re
 import numpy as np
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
-from harness import report, results
 from harness.cli import main
-from harness.metrics import Measurement
+from harness.core.metrics import Measurement
+from harness.report import render as report
+from harness.report import views
+from harness.results import store as results
+from harness.results.records import SKIPPED
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -18,7 +21,7 @@ def test_report_of_perplexity_and_throughput(tmp_path, capsys):
     run = write_run(tmp_path / "run", [
         perplexity_cell(rng), perplexity_cell(rng, backend("hf-cpu"), nll=3.36, model_bytes=538_060_288),
         throughput_cell(rng), throughput_cell(rng, backend("hf-cpu"), decode=12.7, prefill=503),
-        failed_cell(backend("hf-cuda"), results.SKIPPED, "device cuda: no CUDA device visible"),
+        failed_cell(backend("hf-cuda"), SKIPPED, "device cuda: no CUDA device visible"),
     ])
     assert main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
@@ -85,7 +88,7 @@ def test_decoding_and_quantization_views(tmp_path):
     run = write_run(tmp_path / "run", records)
     sections = {s.title: s for s in report.build(results.read_run(run))}
     quant = sections["Quantization: quality against size and speed"]
-    assert [b.name for b in quant.blocks if isinstance(b, report.Plot)] == ["quantization"]
+    assert [b.name for b in quant.blocks if isinstance(b, views.Plot)] == ["quantization"]
     quant_table = next(b for b in quant.blocks if hasattr(b, "columns"))
     assert quant_table["weight_types"].tolist() == ["Q8_0 80% + Q6_K 20%"] * 3
     assert quant_table["pareto_size"].tolist() == [True, True, False]  # nf4: bigger and worse than q8
@@ -104,4 +107,4 @@ def test_pareto_front_by_hand():
     # sizes and KLDs: b is dominated by a (bigger and worse), d by c; a, c, e trade size for quality
     cost = np.array([100.0, 120.0, 60.0, 70.0, 200.0])
     loss = np.array([0.01, 0.02, 0.05, 0.06, 0.001])
-    assert report.pareto_front(cost, loss).tolist() == [True, False, True, False, True]
+    assert views.pareto_front(cost, loss).tolist() == [True, False, True, False, True]

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from harness.cli import main
-from harness.results import COLUMNS
+from harness.results.store import COLUMNS
 from suites import smollm2_suite
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,8 @@ checked against the distribution computed by hand."""
 import numpy as np
 import pytest
 
-from harness.sampling import Decoding, Generation, HarnessSampler, entropy_nats, penalize, shape
+from harness.core.decoding import Decoding, Generation, entropy_nats
+from harness.core.sampling import HarnessSampler, penalize, shape
 
 P = np.array([0.5, 0.25, 0.15, 0.1])
 LOGP = np.log(P)

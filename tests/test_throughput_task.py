@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from tiny_backend import UnigramBackend
 
-from harness import stats
-from harness.data import Corpus
+from harness.core import stats
+from harness.sources.corpora import Corpus
 from harness.tasks.throughput import ThroughputSettings, ThroughputTask
 from suites import write_suite
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness import windows
+from harness.tasks import windows
 
 
 def as_lists(ws):

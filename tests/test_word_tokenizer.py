@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.word_tokenizer import WordTokenizer
+from harness.backends.ngram.tokenizer import WordTokenizer
 
 
 def test_vocabulary_by_frequency_with_unknown_words():
@@ -29,7 +29,7 @@ def test_byte_counts_cover_every_byte_of_the_text():
 
 
 def test_long_texts_are_read_in_slices_without_splitting_words(monkeypatch):
-    import harness.word_tokenizer as wt
+    import harness.backends.ngram.tokenizer as wt
 
     monkeypatch.setattr(wt, "_SLICE", 7)
     text = "alpha beta,gamma   delta\nepsilon zeta-eta " * 3

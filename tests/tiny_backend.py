@@ -10,8 +10,11 @@ import math
 
 import numpy as np
 
-from harness.backends.base import GENERATE, LOGITS, SCORE, Backend, BackendSettings, LoadInfo, Tokenizer
-from harness.sampling import Generation
+from harness.backends.base import Backend, BackendSettings
+from harness.core.capabilities import GENERATE, LOGITS, SCORE
+from harness.core.decoding import Generation
+from harness.core.tokenizer import Tokenizer
+from harness.core.types import LoadInfo
 
 
 class CharTokenizer(Tokenizer):

@@ -4,7 +4,7 @@ Face hub (the job caches the folder; the harness checks each file's sha256 when 
 import os
 from pathlib import Path
 
-from harness.data import DatasetSpec, load_corpus
+from harness.sources.corpora import DatasetSpec, load_corpus
 
 root = Path(os.environ["HARNESS_CORPORA"])
 for source, name in [("hf:Salesforce/wikitext/wikitext-2-raw-v1#test", "wikitext-2-raw/wiki.test.raw"),

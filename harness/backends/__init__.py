@@ -1,10 +1,7 @@
-"""Backend registry: suite ``type`` -> backend class. Modules import their heavy libraries lazily."""
+"""Backends: each module registers its class with ``@register_backend``; importing this package imports
+them all, so :data:`BACKENDS` is complete. Heavy libraries are imported lazily inside each backend."""
 
-from harness.backends.base import Backend
-from harness.backends.gpt4all import Gpt4AllBackend
-from harness.backends.hf import HfBackend
-from harness.backends.llamacpp import LlamaCppBackend
-from harness.backends.ngram import NgramBackend
+from harness.backends import gpt4all, hf, llamacpp, ngram  # noqa: F401  (registration)
+from harness.backends.registry import BACKENDS
 
-BACKENDS: dict[str, type[Backend]] = {
-    cls.type_name: cls for cls in (LlamaCppBackend, HfBackend, Gpt4AllBackend, NgramBackend)}
+__all__ = ["BACKENDS"]

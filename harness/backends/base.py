@@ -5,72 +5,20 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from harness.config import StrictModel
-from harness.errors import Unavailable
-from harness.sampling import HARNESS, NATIVE, Decoding, Generation, HarnessSampler
-from harness.tokenizer import Tokenizer
+from harness.core.capabilities import BATCH, BEAM, LOGITS
+from harness.core.decoding import HARNESS, NATIVE, Decoding, Generation
+from harness.core.errors import Unavailable
+from harness.core.sampling import HarnessSampler
+from harness.core.settings import StrictModel
+from harness.core.tokenizer import Tokenizer
+from harness.core.types import LoadInfo, Window
 
 if TYPE_CHECKING:
-    from harness.models import ResolvedModel
-
-#: Capability names a task may require.
-SCORE = "score"
-#: full-vocabulary log-probabilities at scored positions (entropy, KL-divergence) and next-token logits
-#: while generating (:meth:`Backend.logit_steps`, for the harness's sampler)
-LOGITS = "logits"
-GENERATE = "generate"
-#: generation with a sampler the caller can seed (repeatable draws)
-SEED = "seed"
-#: beam search in the backend's own generation
-BEAM = "beam"
-
-
-@dataclass
-class Window:
-    """Tokens fed to the model and, per position, the token its logits must predict (-1: not scored).
-
-    Labels are already shifted: ``labels[p]`` is the target of the logits at position ``p``. Every
-    window scheme (chunked, sliding, rolling) is expressed this way, so backends need not know them.
-    """
-
-    input_ids: np.ndarray
-    labels: np.ndarray
-    #: where each target sits in the token stream the window was cut from (for its bytes)
-    positions: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.input_ids = np.asarray(self.input_ids, dtype=np.int32)
-        self.labels = np.asarray(self.labels, dtype=np.int32)
-        if self.input_ids.shape != self.labels.shape:
-            raise ValueError("input_ids and labels must have the same length")
-        if self.positions is not None:
-            self.positions = np.asarray(self.positions, dtype=np.int64)
-            if len(self.positions) != len(self.targets):
-                raise ValueError("one position per target expected")
-
-    @property
-    def scored_positions(self) -> np.ndarray:
-        return np.flatnonzero(self.labels >= 0)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.labels[self.labels >= 0]
-
-
-@dataclass
-class LoadInfo:
-    """What loading cost and what was loaded; ``details`` lands in the cell's resolved params."""
-
-    load_s: float
-    #: the weights' bytes in memory as loaded (after any quantization); bytes on disk go in details
-    model_bytes: int
-    details: dict = field(default_factory=dict)
-
+    from harness.sources.models import ResolvedModel
 
 class BackendSettings(StrictModel):
     """Suite settings of one backend; each backend subclasses it with a ``type`` literal."""
@@ -127,29 +75,33 @@ class Backend(ABC):
         """Continue ``prompt_ids`` (the prompt's tokens, BOS included where the model wants one) by up to
         ``max_new_tokens`` tokens, calling ``on_token`` as each is ready; ``ignore_eos`` generates
         exactly that many (throughput). ``sampler`` is ``native`` (the backend's own sampler, what its
-        users get) or ``harness`` (:class:`harness.sampling.HarnessSampler` on the backend's logits, the
+        users get) or ``harness`` (:class:`harness.core.sampling.HarnessSampler` on the backend's logits, the
         same implementation for every backend). ``batch_size`` > 1 runs that many copies of the prompt
-        at once where the backend batches (else :class:`harness.errors.Unavailable`); the returned tokens
+        at once where the backend batches (else :class:`harness.core.errors.Unavailable`); the returned tokens
         are the first copy's. ``trace`` records each step's distribution; timing runs turn it off, since
         it costs passes over the vocabulary per token (capability ``generate``)."""
-        if sampler == NATIVE:
-            return self.generate_native(prompt_ids, decoding, max_new_tokens, ignore_eos=ignore_eos,
-                                        batch_size=batch_size, trace=trace, on_token=on_token)
-        if sampler != HARNESS:
+        if sampler not in (NATIVE, HARNESS):
             raise ValueError(f"unknown sampler {sampler!r}")
-        if LOGITS not in self.capabilities:
+        harness_sampler = sampler == HARNESS
+        if harness_sampler and LOGITS not in self.capabilities:
             raise Unavailable(f"the {self.type_name} backend exposes no logits for the harness's sampler")
-        if decoding.beams > 1:
-            raise Unavailable("the harness's sampler does not search beams (native beam search only)")
-        if batch_size != 1:
-            raise Unavailable("the harness's sampler generates one sequence at a time")
-        return self.generate_stepwise(prompt_ids, HarnessSampler(decoding, prompt_ids), max_new_tokens,
-                                      ignore_eos=ignore_eos, trace=trace, on_token=on_token)
+        if decoding.beams > 1 and (harness_sampler or BEAM not in self.capabilities):
+            raise Unavailable("the harness's sampler does not search beams (native beam search only)" if harness_sampler
+                              else f"the {self.type_name} backend has no beam search")
+        if batch_size != 1 and (harness_sampler or BATCH not in self.capabilities):
+            raise Unavailable(f"the {'harness' if harness_sampler else self.type_name + ' backend'}'s generation "
+                              "runs one sequence at a time")
+        if harness_sampler:
+            return self.generate_stepwise(prompt_ids, HarnessSampler(decoding, prompt_ids), max_new_tokens,
+                                          ignore_eos=ignore_eos, trace=trace, on_token=on_token)
+        return self.generate_native(prompt_ids, decoding, max_new_tokens, ignore_eos=ignore_eos,
+                                    batch_size=batch_size, trace=trace, on_token=on_token)
 
     def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
                         ignore_eos: bool, batch_size: int, trace: bool,
                         on_token: Callable[[int], None] | None) -> Generation:
-        """:meth:`generate` with the backend's own sampler."""
+        """:meth:`generate` with the backend's own sampler; :meth:`generate` has already refused what the
+        backend's capabilities lack (beams without ``beam``, a batch without ``batch``)."""
         raise NotImplementedError(f"backend {self.type_name} cannot generate")
 
     def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:

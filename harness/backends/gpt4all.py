@@ -20,11 +20,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from harness.backends.base import GENERATE, Backend, BackendSettings, LoadInfo
-from harness.errors import Unavailable, require
-from harness.fingerprint import sha256_file
-from harness.paths import cache_dir
-from harness.sampling import Decoding, Generation
+from harness.backends.base import Backend, BackendSettings
+from harness.backends.registry import register_backend
+from harness.core.capabilities import GENERATE
+from harness.core.decoding import Decoding, Generation
+from harness.core.errors import require
+from harness.core.types import LoadInfo
+from harness.sources.cache import cache_dir
+from harness.sources.fingerprint import sha256_file
 
 #: pre-tokenizer names newer than gpt4all 2.8.2's llama.cpp -> a name it knows with the same split
 #: (llama.cpp's llama-vocab.cpp gives smollm and command-r the same regexes and no space cleaning)
@@ -44,8 +47,8 @@ def _pre_tokenizer(path: Path) -> str | None:
     return field.contents() if field is not None else None
 
 
+@register_backend("gpt4all")
 class Gpt4AllBackend(Backend):
-    type_name = "gpt4all"
     settings_class = Gpt4AllSettings
     capabilities = frozenset({GENERATE})
     model_kinds = frozenset({"gguf"})
@@ -57,7 +60,7 @@ class Gpt4AllBackend(Backend):
 
     def prepare(self) -> dict:
         """The GGUF gpt4all will load: the model's own, or a copy renaming its pre-tokenizer."""
-        from harness.gguf_rewrite import rewrite_gguf
+        from harness.sources.gguf_rewrite import rewrite_gguf
 
         self._path = Path(self.model.path)
         pre = _pre_tokenizer(self._path)
@@ -74,7 +77,7 @@ class Gpt4AllBackend(Backend):
 
     def load(self, context_tokens: int) -> LoadInfo:
         gpt4all = require("gpt4all", "gpt4all", "the gpt4all backend")
-        from harness.backends.llamacpp import gguf_tokenizer
+        from harness.backends.llamacpp.tokenizer import gguf_tokenizer
 
         s = self.settings
         n_ctx = s.n_ctx or max(context_tokens, 8)
@@ -97,10 +100,6 @@ class Gpt4AllBackend(Backend):
         honoured: a timing run that ends early fails rather than reporting fewer tokens). The prompt
         goes in as a chat session's prompt template with an empty message: gpt4all parses special
         tokens (a chat template's ``<|im_start|>``) in templates only, and adds nothing of its own there."""
-        if batch_size != 1:
-            raise Unavailable("the gpt4all backend generates one sequence at a time")
-        if decoding.beams > 1:
-            raise Unavailable("gpt4all has no beam search")
         tok, d = self.tokenizer, decoding
         body = [int(t) for t in prompt_ids]
         if body[:len(tok.bos_prefix)] == tok.bos_prefix:  # gpt4all's tokenizer adds that BOS itself; other

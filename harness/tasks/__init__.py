@@ -1,11 +1,7 @@
-"""Task registry: suite ``type`` -> task class."""
+"""Tasks: each module registers its class with ``@register_task``; importing this package imports them
+all, so :data:`TASKS` is complete."""
 
-from harness.tasks.base import Task
-from harness.tasks.decoding import DecodingTask
-from harness.tasks.kld import KldTask
-from harness.tasks.perplexity import PerplexityTask
-from harness.tasks.throughput import ThroughputTask
-from harness.tasks.tokenization import TokenizationTask
+from harness.tasks import decoding, kld, perplexity, throughput, tokenization  # noqa: F401  (registration)
+from harness.tasks.registry import TASKS
 
-TASKS: dict[str, type[Task]] = {cls.type_name: cls for cls in (PerplexityTask, KldTask, DecodingTask,
-                                                                 ThroughputTask, TokenizationTask)}
+__all__ = ["TASKS"]

@@ -6,12 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.config import StrictModel
-from harness.metrics import Measurement
+from harness.core.metrics import Measurement
+from harness.core.settings import StrictModel
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
-    from harness.data import Corpus
+    from harness.sources.corpora import Corpus
 
 
 class Reference(StrictModel):
@@ -64,7 +64,18 @@ class Task(ABC):
         """Do the work on a loaded backend."""
 
     @classmethod
+    def rounds(cls, settings: TaskSettings) -> int | None:
+        """How many interleaved rounds a cell with these settings runs as (:mod:`harness.run.rounds`), one
+        measured repeat per fresh process; None: the cell runs once, as one process."""
+        return None
+
+    @classmethod
+    def one_round(cls, settings: TaskSettings) -> TaskSettings:
+        """The settings one round of an interleaved cell runs with."""
+        raise NotImplementedError(f"task {cls.type_name} has no rounds")
+
+    @classmethod
     def summarize(cls, samples: dict[str, list[float]]) -> list[Measurement]:
         """The task's measurements from its raw samples, for tasks whose repeats can be run as
-        interleaved rounds and merged (:mod:`harness.rounds`)."""
+        interleaved rounds and merged (:mod:`harness.run.rounds`)."""
         raise NotImplementedError(f"task {cls.type_name} cannot merge interleaved rounds")

@@ -34,13 +34,17 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from harness import stats
-from harness.backends.base import GENERATE, SEED, Backend, Window
-from harness.config import StrictModel
-from harness.data import Corpus
-from harness.metrics import Measurement
-from harness.sampling import HARNESS, HARNESS_ORDER, NATIVE, Decoding, Generation
+from harness.backends.base import Backend
+from harness.core import stats
+from harness.core.capabilities import GENERATE, SEED
+from harness.core.decoding import HARNESS, NATIVE, Decoding, Generation
+from harness.core.metrics import Measurement
+from harness.core.sampling import HARNESS_ORDER
+from harness.core.settings import StrictModel
+from harness.core.types import Window
+from harness.sources.corpora import Corpus
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
+from harness.tasks.registry import register_task
 
 #: a corpus prompt is cut to this many words (a long first sentence is still a prompt, not a document)
 PROMPT_WORDS = 40
@@ -157,8 +161,8 @@ def repeated_share(words: list[str], n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else float("nan")
 
 
+@register_task("decoding")
 class DecodingTask(Task):
-    type_name = "decoding"
     settings_class = DecodingSettings
     requires = frozenset({GENERATE})
     settings: DecodingSettings

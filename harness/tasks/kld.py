@@ -24,11 +24,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from harness import stats, windows
-from harness.backends.base import LOGITS, Backend
-from harness.data import Corpus
-from harness.metrics import Measurement
+from harness.backends.base import Backend
+from harness.core import stats
+from harness.core.capabilities import LOGITS
+from harness.core.metrics import Measurement
+from harness.sources.corpora import Corpus
+from harness.tasks import windows
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
+from harness.tasks.registry import register_task
 
 #: the percentiles llama-perplexity prints, as metric name suffixes and fractions
 PERCENTILES = {"max": 1.0, "p999": 0.999, "p99": 0.99, "p95": 0.95, "p90": 0.90, "median": 0.5, "p10": 0.10,
@@ -126,8 +129,8 @@ def own_tokenization(tok, text: str, tokens: np.ndarray) -> dict:
     return {"tokens": len(own), "reference_tokens": len(tokens), "positions_that_differ": differ}
 
 
+@register_task("kld")
 class KldTask(Task):
-    type_name = "kld"
     settings_class = KldSettings
     requires = frozenset({LOGITS})
     settings: KldSettings

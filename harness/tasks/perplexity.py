@@ -1,7 +1,7 @@
 """Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
 
 Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
-(:mod:`harness.windows`), sum the NLL of the scored tokens.
+(:mod:`harness.tasks.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
 tokens); word_ppl = exp(Σ nll / whitespace-separated words), only when every token is scored (rolling).
 σ of token_ppl is llama-perplexity's: ppl · sqrt(var(nll) / (N − 1)); CIs bootstrap over windows.
@@ -16,11 +16,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from harness import stats, windows
-from harness.backends.base import SCORE, Backend
-from harness.data import Corpus
-from harness.metrics import Measurement
+from harness.backends.base import Backend
+from harness.core import stats
+from harness.core.capabilities import SCORE
+from harness.core.metrics import Measurement
+from harness.sources.corpora import Corpus
+from harness.tasks import windows
 from harness.tasks.base import Task, TaskResult, TaskSettings
+from harness.tasks.registry import register_task
 
 
 class PerplexitySettings(TaskSettings):
@@ -41,8 +44,8 @@ class PerplexitySettings(TaskSettings):
         return self
 
 
+@register_task("perplexity")
 class PerplexityTask(Task):
-    type_name = "perplexity"
     settings_class = PerplexitySettings
     requires = frozenset({SCORE})
     settings: PerplexitySettings
@@ -68,6 +71,8 @@ class PerplexityTask(Task):
         return windows.sliding(stream, s.n_ctx, s.stride or s.n_ctx // 2), stream_bytes
 
     def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
+        """Tokenize, cut windows, score them, and summarize: one pass in reading order, kept whole so
+        that every figure in the row is seen to come from the same windows."""
         s, tok = self.settings, backend.tokenizer
         tokens = tok.encode(corpus.text)
         if s.max_tokens is not None:

@@ -16,12 +16,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from harness import stats
-from harness.backends.base import GENERATE, Backend
-from harness.data import Corpus
-from harness.metrics import Measurement
-from harness.sampling import Decoding
+from harness.backends.base import Backend
+from harness.core import stats
+from harness.core.capabilities import GENERATE
+from harness.core.decoding import Decoding
+from harness.core.metrics import Measurement
+from harness.sources.corpora import Corpus
 from harness.tasks.base import Task, TaskResult, TaskSettings
+from harness.tasks.registry import register_task
 
 #: seed of the synthetic prompts' ids
 SYNTHETIC_SEED = 1234
@@ -52,8 +54,8 @@ class ThroughputSettings(TaskSettings):
         return [(f".p{n}", self.model_copy(update={"prompt_tokens": n})) for n in self.prompt_tokens]
 
 
+@register_task("throughput")
 class ThroughputTask(Task):
-    type_name = "throughput"
     settings_class = ThroughputSettings
     requires = frozenset({GENERATE})
     settings: ThroughputSettings
@@ -66,6 +68,14 @@ class ThroughputTask(Task):
 
     def context_tokens(self) -> int:
         return self._length() + self.settings.new_tokens
+
+    @classmethod
+    def rounds(cls, settings: ThroughputSettings) -> int | None:
+        return settings.repeats if settings.interleave else None
+
+    @classmethod
+    def one_round(cls, settings: ThroughputSettings) -> ThroughputSettings:
+        return settings.model_copy(update={"repeats": 1})
 
     def _prompt(self, backend: Backend, corpus: Corpus | None) -> tuple[np.ndarray, str]:
         tok, n = backend.tokenizer, self._length()

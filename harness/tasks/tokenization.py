@@ -14,9 +14,10 @@ from typing import Literal
 from pydantic import Field
 
 from harness.backends.base import Backend
-from harness.data import Corpus
-from harness.metrics import Measurement
+from harness.core.metrics import Measurement
+from harness.sources.corpora import Corpus
 from harness.tasks.base import Task, TaskResult, TaskSettings
+from harness.tasks.registry import register_task
 
 
 class TokenizationSettings(TaskSettings):
@@ -25,8 +26,8 @@ class TokenizationSettings(TaskSettings):
     max_bytes: int | None = Field(None, ge=1, description="only the first N bytes of the text")
 
 
+@register_task("tokenization")
 class TokenizationTask(Task):
-    type_name = "tokenization"
     settings_class = TokenizationSettings
     requires = frozenset()
     settings: TokenizationSettings

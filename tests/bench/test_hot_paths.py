@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from runs import backend, perplexity_cell, throughput_cell, write_run
 
-from harness import results, windows
-from harness.backends.ngram import NgramBackend, NgramSettings
-from harness.data import DatasetSpec, load_corpus, stdlib_docs
-from harness.models import ModelSpec, resolve_ngram
-from harness.ngram_model import build, training_stream
-from harness.word_tokenizer import WordTokenizer
+from harness.backends.ngram.backend import NgramBackend, NgramSettings
+from harness.backends.ngram.build import build, training_stream
+from harness.backends.ngram.tokenizer import WordTokenizer
+from harness.results import store as results
+from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
+from harness.sources.models import ModelSpec, resolve_ngram
+from harness.tasks import windows
 
 TRAIN = "builtin:stdlib-docs#train"
 

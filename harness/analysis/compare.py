@@ -1,0 +1,279 @@
+"""``harness compare BASE NEW``: did anything get worse between two runs of one suite?
+
+Cells are matched by their names (model, backend, task, dataset), not by ``cell_id``: the id hashes the
+settings, and a nightly job must notice that tonight's cell with fewer threads is slower, not call it a
+new cell. Settings that differ between matched cells (and model or corpus files whose sha256 changed)
+are listed in the row's note, so a reader sees why a number moved.
+
+Each metric is judged by its gate (:mod:`harness.analysis.gates`) in its direction (``higher_is_better``):
+timings must pass a ratio threshold and be significant (asv's rule); deterministic metrics must pass a
+tolerance. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count that
+differs, or a timing past its threshold that has no samples or CI to test it with: shown, never gating).
+Regressed or failed rows make the exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from math import comb
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis.gates import COUNT, EXACT, NOISY, Gates, Policy
+from harness.core.errors import UserError
+from harness.report.console import fmt_value
+from harness.results.records import FAILED, OK, TIMEOUT
+from harness.results.store import RunTables
+
+KEY = ("model", "backend", "task", "dataset")
+
+FAILED_V, REGRESSED, MISSING, NEW, CHANGED, IMPROVED, UNCHANGED = (
+    "failed", "regressed", "missing", "new", "changed", "improved", "unchanged")
+#: worst first
+VERDICTS = (FAILED_V, REGRESSED, MISSING, NEW, CHANGED, IMPROVED, UNCHANGED)
+#: verdicts that make the exit code 1
+GATING = (FAILED_V, REGRESSED)
+
+#: params that are measurements of the run, not settings: memory figures, timings, cache hits
+MEASURED = re.compile(r"^resolved\.memory|_s$|_mb$|\.trained_now$|^resolved\.(rounds|interleaved)$")
+
+
+@dataclass
+class Row:
+    """One line of the comparison: a metric of a matched cell, or a whole cell that has no pair."""
+
+    verdict: str
+    model: str
+    backend: str
+    task: str
+    dataset: str | None
+    metric: str | None = None
+    unit: str | None = None
+    higher_is_better: bool | None = None
+    base: float | None = None
+    new: float | None = None
+    change: float | None = None  # new / base − 1
+    worse_by: float | None = None  # ratio > 1 when new is worse, in the metric's direction
+    test: str = ""
+    p_value: float | None = None
+    gate: str = ""
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.backend}/{self.task}"
+
+
+@dataclass
+class Comparison:
+    base: RunTables
+    new: RunTables
+    alpha: float
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> int:
+        return sum(r.verdict in GATING for r in self.rows)
+
+    def counts(self) -> dict[str, int]:
+        return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
+
+
+def significance(a: np.ndarray, b: np.ndarray, ci_a: tuple, ci_b: tuple, alpha: float
+                 ) -> tuple[bool | None, str, float | None]:
+    """asv's ``is_different``: Mann-Whitney U on the raw samples when there are enough of them for the
+    test to reach ``alpha`` at all, else whether the confidence intervals are disjoint. None when there
+    is neither (one measurement each)."""
+    if len(a) and len(b) and 2 / comb(len(a) + len(b), len(a)) < alpha:
+        from scipy.stats import mannwhitneyu
+
+        p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        return bool(p < alpha), f"Mann-Whitney U ({len(a)} vs {len(b)}) p={p:.2g}", p
+    if all(_finite(x) for x in (*ci_a, *ci_b)):
+        disjoint = bool(ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])  # a plain bool, not numpy's
+        return disjoint, "CIs disjoint" if disjoint else "CIs overlap", None
+    return None, "one measurement each: untestable", None
+
+
+def _finite(x) -> bool:
+    return x is not None and not pd.isna(x) and math.isfinite(x)
+
+
+def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: pd.Series,
+          base_samples: np.ndarray, new_samples: np.ndarray, alpha: float) -> dict:
+    """Verdict of one metric of a matched cell, with the figures that led to it."""
+    b, n = float(base["value"]), float(new["value"])
+    out = {"base": b, "new": n, "change": n / b - 1 if b else None, "gate": policy.describe()}
+    if _finite(b) and _finite(n) and b > 0 and n > 0 and higher_is_better is not None:
+        out["worse_by"] = b / n if higher_is_better else n / b
+    better = None if higher_is_better is None else (n > b) == bool(higher_is_better)
+    if policy.kind == COUNT or higher_is_better is None:
+        return {**out, "verdict": UNCHANGED if n == b else CHANGED}
+    if policy.kind == EXACT:
+        moved = abs(n - b) > max(policy.tolerance * abs(b), policy.abs_tolerance)
+        return {**out, "verdict": (IMPROVED if better else REGRESSED) if moved else UNCHANGED, "test": "tolerance"}
+    ratio = max(b, n) / min(b, n) if min(b, n) > 0 else math.inf
+    sig, test, p = significance(base_samples, new_samples, (base["ci_low"], base["ci_high"]),
+                                (new["ci_low"], new["ci_high"]), alpha)
+    if ratio < policy.threshold or sig is False:
+        verdict = UNCHANGED
+    elif sig is None:  # past the threshold, but one measurement each cannot show it is more than noise
+        verdict = CHANGED
+    else:
+        verdict = IMPROVED if better else REGRESSED
+    return {**out, "verdict": verdict, "test": test, "p_value": p}
+
+
+def _flat(params: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_diff(base_params: str, new_params: str) -> list[str]:
+    """``key: old → new`` for every setting (suite or resolved at run time) that differs."""
+    old, new = _flat(json.loads(base_params)), _flat(json.loads(new_params))
+    keys = sorted(k for k in old.keys() | new.keys() if not MEASURED.search(k) and old.get(k) != new.get(k))
+
+    def echoes_a_setting(key: str) -> bool:  # resolved.backend.n_threads repeating backend.n_threads
+        suite_key = key.removeprefix("resolved.")
+        return suite_key != key and suite_key in keys and (old.get(key), new.get(key)) == (
+            old.get(suite_key), new.get(suite_key))
+
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys if not echoes_a_setting(k)]
+
+
+def _fingerprint_notes(base: RunTables, new: RunTables, cell: pd.Series) -> list[str]:
+    notes = []
+    for section, name in (("models", cell["model"]), ("datasets", cell["dataset"])):
+        old = base.info.get(section, {}).get(name, {}).get("sha256")
+        now = new.info.get(section, {}).get(name, {}).get("sha256")
+        if old and now and old != now:
+            notes.append(f"{section[:-1]} {name} sha256 {old[:8]} → {now[:8]}")
+    return notes
+
+
+def _cells(run: RunTables) -> dict[tuple, pd.DataFrame]:
+    frame = run.results.astype({"dataset": "object"}).fillna({"dataset": ""})
+    return {key: group for key, group in frame.groupby(list(KEY), sort=False, dropna=False)}
+
+
+def _samples(run: RunTables, cell_id: str) -> dict[str, np.ndarray]:
+    s = run.samples[run.samples["cell_id"] == cell_id]
+    return {name: g.sort_values("index")["value"].to_numpy() for name, g in s.groupby("sample")}
+
+
+def _whole_cell(verdict: str, key: tuple, note: str) -> Row:
+    return Row(verdict, *key[:3], key[3] or None, note=note)
+
+
+def _status_note(run: str, cell: pd.DataFrame | None) -> str:
+    if cell is None:
+        return f"not in {run}"
+    first = cell.iloc[0]
+    return f"{first['status']} in {run}: {first['reason']}"
+
+
+def compare(base: RunTables, new: RunTables, gates: Gates) -> Comparison:
+    """Match the two runs' cells and judge every metric; raises UserError for runs of different suites."""
+    if base.suite != new.suite:
+        raise UserError(f"{base.path} is a run of suite '{base.suite}', {new.path} of suite '{new.suite}': "
+                        "compare runs of the same suite")
+    result = Comparison(base, new, gates.alpha)
+    old_cells, new_cells = _cells(base), _cells(new)
+    for key in list(new_cells) + [k for k in old_cells if k not in new_cells]:
+        old, now = old_cells.get(key), new_cells.get(key)
+        old_status = None if old is None else old.iloc[0]["status"]
+        now_status = None if now is None else now.iloc[0]["status"]
+        if now_status in (FAILED, TIMEOUT):
+            result.rows.append(_whole_cell(FAILED_V, key, _status_note("NEW", now)))
+        elif now_status != OK:
+            verdict = MISSING if old_status == OK else UNCHANGED
+            note = _status_note("NEW", now) + ("" if old_status == OK else f"; {_status_note('BASE', old)}")
+            result.rows.append(_whole_cell(verdict, key, note))
+        elif old_status != OK:
+            result.rows.append(_whole_cell(NEW, key, _status_note("BASE", old)))
+        else:
+            result.rows.extend(_compare_cell(base, new, old, now, key, gates))
+    result.rows.sort(key=lambda r: (VERDICTS.index(r.verdict), -(r.worse_by or 0) if r.verdict == REGRESSED
+                                    else (r.worse_by or 0) if r.verdict == IMPROVED else 0))
+    return result
+
+
+def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.DataFrame, key: tuple,
+                  gates: Gates) -> list[Row]:
+    notes = settings_diff(old.iloc[0]["params"], now.iloc[0]["params"]) + _fingerprint_notes(base, new, now.iloc[0])
+    old_m, new_m = old.set_index("metric"), now.set_index("metric")
+    old_s, new_s = _samples(base, old.iloc[0]["cell_id"]), _samples(new, now.iloc[0]["cell_id"])
+    counts = [f"{m} {fmt_value(old_m.loc[m, 'value'])} → {fmt_value(new_m.loc[m, 'value'])}"
+              for m in old_m.index.intersection(new_m.index)
+              if gates.policy(m).kind == COUNT and old_m.loc[m, "value"] != new_m.loc[m, "value"]]
+    note = "; ".join(notes + counts)
+    rows = []
+    for metric in list(new_m.index) + [m for m in old_m.index if m not in new_m.index]:
+        row = new_m.loc[metric] if metric in new_m.index else old_m.loc[metric]
+        hib = None if pd.isna(row["higher_is_better"]) else bool(row["higher_is_better"])
+        common = {"metric": metric, "unit": row["unit"], "higher_is_better": hib, "note": note}
+        if metric not in old_m.index or metric not in new_m.index:
+            verdict = NEW if metric not in old_m.index else MISSING
+            rows.append(Row(verdict, *key[:3], key[3] or None, **common,
+                            **({"new": float(row["value"])} if verdict == NEW else {"base": float(row["value"])})))
+            continue
+        policy = gates.policy(metric)
+        empty = np.array([])
+        judged = judge(policy, hib, old_m.loc[metric], new_m.loc[metric],
+                       old_s.get(metric, empty) if policy.kind == NOISY else empty,
+                       new_s.get(metric, empty) if policy.kind == NOISY else empty, gates.alpha)
+        rows.append(Row(judged.pop("verdict"), *key[:3], key[3] or None, **common, **judged))
+    return rows
+
+
+# --- output -----------------------------------------------------------------------------------------------
+
+def _change_text(row: Row) -> str:
+    if row.change is None:
+        return ""
+    return f"{row.change * 100:+.1f}%"
+
+
+def to_markdown(result: Comparison, show_all: bool = False) -> str:
+    from tabulate import tabulate
+
+    counts = result.counts()
+    head = (f"**{result.new.suite}**: `{result.base.run_id}` (base) → `{result.new.run_id}` (new): "
+            + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". "
+            + ("**Regression.**" if result.regressions else "No regression."))
+    shown = [r for r in result.rows if show_all or r.verdict != UNCHANGED]
+    table = [[r.verdict, r.label, r.metric or "", fmt_value(r.base), fmt_value(r.new), _change_text(r), r.test,
+              r.note] for r in shown]
+    hidden = len(result.rows) - len(shown)
+    tail = f"\n\n{hidden} unchanged rows not shown (--all shows them)." if hidden else ""
+    if not table:
+        return head + tail + "\n"
+    headers = ["verdict", "cell", "metric", "base", "new", "change", "test", "note"]
+    return head + "\n\n" + tabulate(table, headers, tablefmt="github", disable_numparse=True) + tail + "\n"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(result: Comparison) -> str:
+    def run(r: RunTables) -> dict:
+        return {"dir": str(r.path), "run_id": r.run_id, "suite": r.suite,
+                "git_commit": r.info.get("environment", {}).get("git_commit")}
+
+    doc = {"base": run(result.base), "new": run(result.new), "alpha": result.alpha,
+           "regressions": result.regressions, "counts": result.counts(),
+           "rows": [{k: _jsonable(v) for k, v in asdict(r).items()} for r in result.rows]}
+    return json.dumps(doc, indent=2)

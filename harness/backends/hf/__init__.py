@@ -1,0 +1,3 @@
+from harness.backends.hf.backend import HfBackend
+
+__all__ = ["HfBackend"]

@@ -1,0 +1,301 @@
+"""Hugging Face transformers models (fp32/bf16/fp16 on CPU or CUDA) and their bitsandbytes quantization.
+
+Sources: an HF model directory, a hub repo id (fetched by :mod:`harness.sources.models` when online), or a
+GGUF file, which is first turned into a plain HF directory once (:mod:`harness.sources.gguf_to_hf`) because
+bitsandbytes cannot quantize a GGUF-loaded model.
+
+Scoring runs the model body once per batch of windows and applies the output head only to scored
+positions, ``logit_rows`` at a time: a whole window's logits are never held (512 positions of a
+49k-vocabulary model are 100 MB of fp32 logits per window, a batch of them several GB).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from harness.backends.base import Backend, BackendSettings
+from harness.backends.hf.tokenizer import HfTokenizer
+from harness.backends.registry import register_backend
+from harness.core.capabilities import BATCH, BEAM, GENERATE, LOGITS, SCORE, SEED
+from harness.core.decoding import Decoding, Generation
+from harness.core.errors import Unavailable, require
+from harness.core.memory import CudaMemory
+from harness.core.settings import StrictModel
+from harness.core.types import LoadInfo, Window
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class BnbQuantization(StrictModel):
+    """bitsandbytes quantization applied while loading (``quantization:`` of an hf backend).
+
+    The 4-bit options are None for 8 bits and filled with their defaults for 4 bits, so the resolved
+    settings (and the cell id) read the same whether a default was written out or not."""
+
+    method: Literal["bnb"]
+    bits: Literal[4, 8]
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="4-bit only; default nf4")
+    double_quant: bool | None = Field(None, description="4-bit only: quantize the quantization constants too; "
+                                      "default false")
+    compute_dtype: Dtype | None = Field(None, description="4-bit only; default: the backend's dtype")
+
+    @model_validator(mode="after")
+    def _four_bit_options(self):
+        if self.bits == 8:
+            if any(v is not None for v in (self.quant_type, self.double_quant, self.compute_dtype)):
+                raise ValueError("quant_type, double_quant and compute_dtype apply only to bits: 4")
+        else:
+            self.quant_type = self.quant_type or "nf4"
+            self.double_quant = bool(self.double_quant)
+        return self
+
+
+class HfSettings(BackendSettings):
+    type: Literal["hf"]
+    dtype: Dtype = Field("float32", description="weights and activations (non-quantized layers)")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="auto: accelerate's device_map")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2, ...; "
+                                            "default: transformers' choice")
+    batch_size: int = Field(4, ge=1, description="windows per forward pass when scoring")
+    logit_rows: int = Field(256, ge=1, description="positions per output-head block (bounds logit memory)")
+    n_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all this process may use")
+    quantization: BnbQuantization | None = None
+
+
+def load_kwargs(settings: HfSettings) -> dict:
+    """``from_pretrained`` arguments for these settings (no device is touched here)."""
+    import torch
+
+    dtype = getattr(torch, settings.dtype)
+    kwargs: dict = {"dtype": dtype, "device_map": settings.device}
+    if settings.attn_implementation is not None:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    q = settings.quantization
+    if q is not None:
+        from transformers import BitsAndBytesConfig
+
+        if q.bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype or settings.dtype))
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    return kwargs
+
+
+class _TokenClock:
+    """A transformers streamer: ``put`` gets the prompt once, then each step's new tokens."""
+
+    def __init__(self, out: Generation, on_token: Callable[[int], None] | None):
+        self.out, self.on_token, self.prompt_seen, self.start = out, on_token, False, 0.0
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.out.times.append(time.perf_counter() - self.start)
+        if self.on_token is not None:
+            self.on_token(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+
+@register_backend("hf")
+class HfBackend(Backend):
+    settings_class = HfSettings
+    capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED, BEAM, BATCH})
+    model_kinds = frozenset({"hf", "gguf"})
+    #: transformers' ``_get_logits_processor`` order
+    native_sampler_order = ("repetition penalty (the whole sequence: no window) -> temperature -> top-k -> top-p "
+                            "-> min-p -> draw")
+    dependencies = (("torch", "hf"), ("transformers", "hf"), ("accelerate", "hf"))
+    settings: HfSettings
+
+    @classmethod
+    def dependencies_for(cls, settings: dict) -> tuple[tuple[str, str], ...]:
+        if settings.get("quantization"):
+            return cls.dependencies + (("bitsandbytes", "bnb"),)
+        return cls.dependencies
+
+    def prepare(self) -> dict:
+        """A GGUF source becomes an HF directory first, in a process of its own (not measured)."""
+        self._dir, materialize_s = Path(self.model.path), 0.0
+        if self.model.kind == "gguf":
+            from harness.sources.gguf_to_hf import ensure_materialized
+
+            self._dir, materialize_s = ensure_materialized(self.model.path, self.model.sha256)
+        return {"hf_dir": str(self._dir), "materialize_s": materialize_s}
+
+    def load(self, context_tokens: int) -> LoadInfo:
+        torch = require("torch", "hf", "the hf backend")
+        transformers = require("transformers", "hf", "the hf backend")
+        s = self.settings
+        if s.device == "cuda" and not torch.cuda.is_available():
+            raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        if s.quantization is not None:
+            versions["bitsandbytes"] = require("bitsandbytes", "bnb", "quantization: {method: bnb}").__version__
+            # LLM.int8 casts activations to float16 and logs that at every matmul: once is in the docs
+            logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        if s.n_threads is not None:
+            torch.set_num_threads(s.n_threads)
+        self._torch = torch
+        self._cuda = CudaMemory() if s.device != "cpu" and torch.cuda.is_available() else None
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self._dir)
+            self._model = transformers.AutoModelForCausalLM.from_pretrained(self._dir, **load_kwargs(s))
+        self._model.eval()
+        load_s = time.perf_counter() - start
+        self.tokenizer = HfTokenizer(tokenizer)
+        config = self._model.config
+        for scaling in ("logit_scale", "logits_scaling"):
+            if getattr(config, scaling, None) not in (None, 1, 1.0):
+                raise ValueError(f"{config.model_type} scales its logits ({scaling}); the hf backend's "
+                                 "blockwise head does not reproduce that")
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._body = self._model.base_model
+        self._head = self._model.get_output_embeddings()
+        self._device = self._head.weight.device
+        return LoadInfo(load_s=load_s, model_bytes=int(self._model.get_memory_footprint()), details={
+            "architecture": type(self._model).__name__,
+            # transformers counts a bitsandbytes 4-bit tensor's weights, not its packed bytes (bits/weight)
+            "n_params": int(self._model.num_parameters()),
+            "dtype": s.dtype, "device": str(self._device), "attn_implementation": config._attn_implementation,
+            "quantization": s.quantization.model_dump() if s.quantization else None,
+            "batch_size": s.batch_size, "n_threads": torch.get_num_threads(), "add_bos": self.tokenizer.add_bos,
+            "bytes_on_disk": sum(p.stat().st_size for p in Path(self._dir).rglob("*") if p.is_file()),
+            **versions,
+        })
+
+    def _batches(self, windows: Sequence[Window]) -> Iterator[tuple[list[int], object]]:
+        """Window indices and the body's last hidden state (batch, length, hidden) of each batch."""
+        torch, size = self._torch, self.settings.batch_size
+        for first in range(0, len(windows), size):
+            group = list(range(first, min(first + size, len(windows))))
+            lengths = [len(windows[i].input_ids) for i in group]
+            ids = np.zeros((len(group), max(lengths)), dtype=np.int64)
+            for row, i in enumerate(group):
+                ids[row, :lengths[row]] = windows[i].input_ids
+            kwargs = {"input_ids": torch.from_numpy(ids).to(self._device)}
+            if min(lengths) != max(lengths):  # right padding: positions stay 0.. for every row
+                mask = np.arange(ids.shape[1])[None, :] < np.array(lengths)[:, None]
+                kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self._device)
+            with torch.inference_mode():
+                hidden = self._body(**kwargs, use_cache=False).last_hidden_state
+            yield group, hidden
+
+    def _logprob_blocks(self, windows: Sequence[Window]) -> Iterator[tuple[int, object, np.ndarray]]:
+        """(window index, float32 log-softmax rows [n, vocab] as a torch tensor, the rows' positions),
+        at most ``logit_rows`` scored positions at a time."""
+        torch, rows = self._torch, self.settings.logit_rows
+        for group, hidden in self._batches(windows):
+            for row, i in enumerate(group):
+                positions = windows[i].scored_positions
+                for start in range(0, len(positions), rows):
+                    part = positions[start:start + rows]
+                    with torch.inference_mode():
+                        logits = self._head(hidden[row, torch.from_numpy(part).to(self._device)]).float()
+                        if self._softcap:
+                            logits = torch.tanh(logits / self._softcap) * self._softcap
+                        yield i, torch_log_softmax(logits), part
+
+    def score(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        torch = self._torch
+        parts: list[list[np.ndarray]] = [[] for _ in windows]
+        for i, logprobs, positions in self._logprob_blocks(windows):
+            targets = torch.from_numpy(windows[i].labels[positions].astype(np.int64)).to(logprobs.device)
+            parts[i].append(logprobs.gather(1, targets[:, None])[:, 0].double().cpu().numpy())
+        return [np.concatenate(p) if p else np.zeros(0) for p in parts]
+
+    def logprobs(self, windows: Sequence[Window]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Full-vocabulary log-probabilities at scored positions, block by block (entropy, KLD)."""
+        for i, logprobs, positions in self._logprob_blocks(windows):
+            yield i, positions, logprobs.cpu().numpy()
+
+    def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
+        """One forward pass over the prompt, then one per token on the KV cache; only the last
+        position's logits are computed (``logits_to_keep``)."""
+        torch = self._torch
+        ids = torch.from_numpy(np.asarray(prompt_ids, dtype=np.int64)[None, :]).to(self._device)
+        past = None
+        while True:
+            with torch.inference_mode():
+                result = self._model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = result.past_key_values
+            token = yield result.logits[0, -1].float().cpu().numpy()
+            ids = torch.tensor([[int(token)]], device=self._device)
+
+    def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
+                        ignore_eos: bool, batch_size: int, trace: bool,
+                        on_token: Callable[[int], None] | None) -> Generation:
+        """transformers' own ``generate`` (what its users get), timed by a streamer that sees each new
+        token as it is chosen. The prompt and the first token come out of one forward pass, so the
+        prefill is not told apart from the time to first token. Its repetition penalty covers the
+        whole sequence: transformers has no window."""
+        torch, d = self._torch, decoding
+        ids = torch.from_numpy(np.tile(np.asarray(prompt_ids, dtype=np.int64), (batch_size, 1))).to(self._device)
+        sampling = d.temperature > 0 and d.beams == 1
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "num_beams": d.beams,
+                  "repetition_penalty": d.repetition_penalty, "pad_token_id": self.tokenizer.eos_id,
+                  "attention_mask": torch.ones_like(ids)}
+        if ignore_eos:
+            kwargs["min_new_tokens"] = max_new_tokens
+        if sampling:
+            kwargs.update(temperature=d.temperature, top_k=d.top_k or 0, top_p=d.top_p or 1.0, min_p=d.min_p)
+            torch.manual_seed(d.seed)
+        else:  # the model's generation_config may carry sampling defaults: greedy means greedy
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        traced = trace and d.beams == 1
+        if traced:  # raw logits (the model's distribution) and processed scores (the one drawn from)
+            kwargs.update(output_logits=True, output_scores=True, return_dict_in_generate=True)
+        out = Generation()
+        clock = _TokenClock(out, on_token) if d.beams == 1 else None  # beams stream no chosen tokens
+        start = time.perf_counter()
+        if clock is not None:
+            clock.start = start
+        with torch.inference_mode():
+            result = self._model.generate(ids, streamer=clock, **kwargs)
+        sequences = result.sequences if traced else result
+        out.tokens = sequences[0, len(prompt_ids):].tolist()
+        if clock is None:
+            out.times = [time.perf_counter() - start] * len(out.tokens)
+        if traced:
+            for token, raw, scores in zip(out.tokens, result.logits, result.scores, strict=True):
+                if sampling:
+                    sampled = torch.softmax(scores[0].double(), dim=-1).cpu().numpy()
+                else:
+                    sampled = np.zeros(raw.shape[-1])
+                    sampled[token] = 1.0
+                out.record_step(token, raw[0].float().cpu().numpy(), sampled)
+        eos = self.tokenizer.eos_id
+        if not ignore_eos and eos in out.tokens:  # generate pads after EOS; the text stops there
+            out.tokens = out.tokens[:out.tokens.index(eos)]
+        out.text = self.tokenizer.text(out.tokens)
+        return out
+
+    def device_memory(self) -> dict[str, float]:
+        return self._cuda.peaks() if self._cuda is not None else {}
+
+    def close(self) -> None:
+        self._model = self._body = self._head = None
+        if self._cuda is not None:
+            self._torch.cuda.empty_cache()
+
+
+def torch_log_softmax(logits):
+    """Row-wise log-softmax of float32 logits, normalized to ~3e-7: torch's fused float32 log_softmax on CPU
+    leaves rows of a 49k vocabulary summing to exp(±2e-5), which biases a KL-divergence between two
+    near-equal models by as much as the divergence itself. Max-shifted, then torch.sum's cascaded sum."""
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    return shifted - shifted.exp().sum(dim=-1, keepdim=True).log()

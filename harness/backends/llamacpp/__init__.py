@@ -1,0 +1,3 @@
+from harness.backends.llamacpp.backend import LlamaCppBackend
+
+__all__ = ["LlamaCppBackend"]

@@ -1,0 +1,3 @@
+from harness.backends.ngram.backend import NgramBackend
+
+__all__ = ["NgramBackend"]

@@ -1,0 +1,112 @@
+"""``harness report RUN_DIR``: ``report.md`` and a self-contained ``report.html`` (plots inlined as PNG).
+
+A report is a header (suite, run, machine), the summary table, the cells that did not run, and then one
+section per view (:mod:`harness.report.views`) that applies to the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from harness.core.files import atomic_write, atomic_write_text
+from harness.report.console import summary_frame
+from harness.report.views import CELL, VIEWS, Plot, Section
+from harness.results.records import OK
+from harness.results.store import RunTables, read_run
+
+
+def _span(start: str | None, end: str | None) -> str | None:
+    return start and f"{start} – {end or 'unfinished'}"
+
+
+def build(run: RunTables) -> list[Section]:
+    frame = run.results
+    env = run.info.get("environment", {})
+    facts = [f"Run `{run.run_id}` of suite **{run.suite}**",
+             _span(run.info.get("started_at"), run.info.get("ended_at")),
+             env.get("git_commit") and f"harness {env.get('harness_version', '?')} at {env['git_commit']}",
+             env.get("cpu") and f"{env['cpu']} ({env.get('cpu_count')} CPUs)",
+             env.get("memory_gb") and f"{env['memory_gb']} GiB", f"GPU: {', '.join(env.get('gpu') or []) or 'none'}",
+             env.get("python") and f"Python {env['python']}",
+             ", ".join(f"{k} {v}" for k, v in sorted(env.get("libraries", {}).items()))]
+    header = ["; ".join(f for f in facts if f) + "."]
+    sections = [Section(f"{run.suite} — {run.run_id}", header)]
+    if frame.empty:
+        return sections + [Section("Results", ["The run has no cells."])]
+    sections.append(Section("Results", [summary_frame(frame).fillna("")]))
+    not_ok = frame[frame["status"] != OK].drop_duplicates("cell_id")
+    if len(not_ok):
+        sections.append(Section("Cells that did not run", [not_ok[CELL + ["status", "reason"]]]))
+    ok = frame[(frame["status"] == OK) & frame["metric"].notna()].astype({"dataset": "object"}).fillna(
+        {"dataset": ""})
+    for v in VIEWS.values():
+        if v.metrics & set(ok["metric"]):
+            sections.append(Section(v.title, v.build(ok)))
+    return sections
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    from tabulate import tabulate
+
+    return tabulate(frame.astype(str).values.tolist(), list(map(str, frame.columns)), tablefmt="github",
+                    disable_numparse=True)
+
+
+def to_markdown(sections: list[Section], files_dir: str) -> str:
+    out = []
+    for i, section in enumerate(sections):
+        out.append(("# " if i == 0 else "## ") + section.title)
+        for block in section.blocks:
+            if isinstance(block, Plot):
+                out.append(f"![{block.caption}]({files_dir}/{block.name}.png)")
+            elif isinstance(block, pd.DataFrame):
+                out.append(_md_table(block))
+            else:
+                out.append(block)
+    return "\n\n".join(out) + "\n"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+         "th{background:#f3f3f3}td{text-align:right}img{max-width:100%}figcaption{color:#555;font-size:13px}")
+
+
+def to_html(sections: list[Section]) -> str:
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+           f"<title>{html.escape(sections[0].title)}</title><style>{STYLE}</style></head><body>"]
+    for i, section in enumerate(sections):
+        tag = "h1" if i == 0 else "h2"
+        out.append(f"<{tag}>{html.escape(section.title)}</{tag}>")
+        for block in section.blocks:
+            if isinstance(block, Plot):
+                data = base64.b64encode(block.png).decode("ascii")
+                out.append(f"<figure><img alt='{html.escape(block.caption)}' src='data:image/png;base64,{data}'>"
+                           f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            elif isinstance(block, pd.DataFrame):
+                out.append(block.to_html(index=False, na_rep="", border=0, escape=True))
+            else:
+                out.append(f"<p>{html.escape(block)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+FILES_DIR = "report_files"
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.md (+ its PNGs under report_files/) and report.html into ``out_dir`` (the run dir)."""
+    run = read_run(run_dir)
+    out_dir = Path(out_dir or run_dir)
+    sections = build(run)
+    for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):
+        block.name = re.sub(r"[^A-Za-z0-9_.-]", "_", block.name)
+        atomic_write(out_dir / FILES_DIR / f"{block.name}.png", lambda p, png=block.png: p.write_bytes(png))
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md, to_markdown(sections, FILES_DIR))
+    atomic_write_text(page, to_html(sections))
+    return md, page

@@ -1,0 +1,86 @@
+"""A cell's record: what one cell produced, as written to ``cells/<cell_id>.json`` when the cell ends (or
+``cells/<cell_id>.round<r>.json`` for one round of an interleaved cell). The worker makes it, a launcher
+brings it back, the runner writes it, the result tables are built from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.core.errors import UserError
+from harness.core.files import atomic_write_text, read_json_object
+from harness.results.schema import SCHEMA, migrate
+
+OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
+
+
+@dataclass
+class CellRecord:
+    cell_id: str
+    #: the cell's names and settings as JSON (``Cell.model_dump(mode="json")``)
+    cell: dict
+    #: the settings that identify the cell (``Cell.params``)
+    params: dict
+    status: str
+    reason: str | None = None
+    #: one ``Measurement.row()`` per metric
+    measurements: list[dict] = field(default_factory=list)
+    #: raw per-window / per-repeat samples, by name
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    #: what was resolved at run time (threads, add_bos, memory before/after load, where it ran)
+    resolved: dict = field(default_factory=dict)
+    fingerprints: dict | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    #: the round of an interleaved cell this record is (None: the whole cell)
+    round: int | None = None
+    schema: int = SCHEMA
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if self.round is None:
+            del data["round"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path) -> CellRecord:
+        data = migrate(data, path)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError as exc:  # a required field missing
+            raise UserError(f"{path}: not a cell record ({exc})") from None
+
+
+def cell_record_path(run_dir: Path, cell_id: str, round_: int | None = None) -> Path:
+    """A cell's record; an interleaved cell also has one per round until they are merged."""
+    return run_dir / "cells" / (f"{cell_id}.json" if round_ is None else f"{cell_id}.round{round_}.json")
+
+
+def artifact_path(run_dir: Path, cell_id: str, name: str) -> Path:
+    return run_dir / "artifacts" / cell_id / name
+
+
+def read_record(path: Path) -> CellRecord:
+    return CellRecord.from_json(read_json_object(path, "a cell record"), path)
+
+
+def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[CellRecord]:
+    """The finished cells' records, in ``order`` of cell ids (suite order) where given; then only those:
+    a resumed run whose suite changed a cell's settings leaves the old cell's record behind."""
+    records = [read_record(path) for path in (run_dir / "cells").glob("*.json")
+               if path.name.count(".") == 1]  # not a job file, not an interleaved round
+    if order is None:
+        return sorted(records, key=lambda r: r.cell_id)
+    rank = {cell_id: i for i, cell_id in enumerate(order)}
+    return sorted((r for r in records if r.cell_id in rank), key=lambda r: rank[r.cell_id])
+
+
+def write_cell_record(run_dir: Path, record: CellRecord) -> None:
+    atomic_write_text(cell_record_path(run_dir, record.cell_id, record.round), json.dumps(record.to_json(), indent=1))

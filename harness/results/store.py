@@ -1,0 +1,121 @@
+"""Tidy results: per-cell records -> one long table (one row per cell and metric), run metadata.
+
+Layout of a run directory::
+
+    run.json            versions, machine, fingerprints, start/end
+    results.parquet     one row per (cell, metric); results.csv is the same table
+    samples.parquet     raw per-window / per-repeat samples, for significance tests
+    cells/<id>.json     each cell's record, written atomically when the cell ends (resume reads these)
+    artifacts/<id>/     files a task keeps beside the numbers (generated texts and traces)
+    logs/<id>.log       each cell's stdout/stderr
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.core.errors import UserError
+from harness.core.files import atomic_write, atomic_write_text, read_json_object
+from harness.results.records import CellRecord, read_cell_records
+from harness.results.schema import SCHEMA, migrate
+
+COLUMNS = ["run_id", "cell_id", "suite", "model", "backend", "task", "dataset", "metric", "value", "unit",
+           "higher_is_better", "n", "ci_low", "ci_high", "stderr", "status", "reason", "params"]
+
+
+def _rows(record: CellRecord, run_id: str) -> list[dict]:
+    cell = record.cell
+    base = {"run_id": run_id, "cell_id": record.cell_id, "suite": cell["suite"], "model": cell["model"],
+            "backend": cell["backend"], "task": cell["task"], "dataset": cell["dataset"],
+            "status": record.status, "reason": record.reason,
+            "params": json.dumps({**record.params, "resolved": record.resolved}, sort_keys=True)}
+    if not record.measurements:
+        return [{**base, "metric": None, "value": float("nan"), "unit": None, "higher_is_better": None,
+                 "n": None, "ci_low": None, "ci_high": None, "stderr": None}]
+    return [{**base, **m} for m in record.measurements]
+
+
+def results_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
+    rows = [row for record in records for row in _rows(record, run_id)]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("value", "ci_low", "ci_high", "stderr"):
+        frame[col] = frame[col].astype("float64")
+    frame["n"] = frame["n"].astype("Int64")
+    frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
+    return frame
+
+
+def samples_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
+    rows = [(run_id, r.cell_id, name, i, float(v))
+            for r in records for name, values in r.samples.items() for i, v in enumerate(values)]
+    return pd.DataFrame(rows, columns=["run_id", "cell_id", "sample", "index", "value"])
+
+
+def write_tables(run_dir: Path, run_id: str, order: list[str] | None = None) -> pd.DataFrame:
+    """Rebuild the run's tables from the cell records; each file is replaced atomically."""
+    records = read_cell_records(run_dir, order)
+    frame = results_frame(records, run_id)
+    atomic_write(run_dir / "results.parquet", lambda p: frame.to_parquet(p, index=False))
+    atomic_write(run_dir / "results.csv", lambda p: frame.to_csv(p, index=False))
+    samples = samples_frame(records, run_id)
+    atomic_write(run_dir / "samples.parquet", lambda p: samples.to_parquet(p, index=False))
+    return frame
+
+
+def write_run_json(run_dir: Path, info: dict) -> None:
+    info = {**info, "schema": SCHEMA}
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+def read_run_json(path: Path) -> dict:
+    """``run.json`` migrated to the current schema, or UserError naming the file."""
+    return migrate(read_json_object(path, "the run's metadata"), path)
+
+
+@dataclass
+class RunTables:
+    """A finished run directory as compare, history and report read it."""
+
+    path: Path
+    info: dict
+    results: pd.DataFrame
+    samples: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return self.info.get("run_id") or self.path.name
+
+    @property
+    def suite(self) -> str | None:
+        return self.info.get("suite") or (self.results["suite"].iloc[0] if len(self.results) else None)
+
+
+def read_run(run_dir: Path) -> RunTables:
+    """Read a run directory's tables, or raise UserError naming the file that is missing or unreadable."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run directory (expected results.parquet and run.json inside)")
+    tables = {}
+    for name in ("run.json", "results.parquet", "samples.parquet"):
+        path = run_dir / name
+        if not path.is_file():
+            if name == "samples.parquet":
+                tables[name] = pd.DataFrame(columns=["run_id", "cell_id", "sample", "index", "value"])
+                continue
+            raise UserError(f"{path}: not found; is {run_dir} a run directory of `harness run`?")
+        if name == "run.json":
+            tables[name] = read_run_json(path)
+            continue
+        try:
+            tables[name] = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                            ) from None
+    missing = set(COLUMNS) - set(tables["results.parquet"].columns)
+    if missing:
+        raise UserError(f"{run_dir / 'results.parquet'}: missing columns {', '.join(sorted(missing))}")
+    return RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])

@@ -1,0 +1,160 @@
+"""Launchers: where and how a cell's job runs. The runner submits jobs and waits for whichever finishes
+first (cells may finish out of order, several at once); a launcher turns every way a job can end (a
+record, a crash, a timeout) into a :class:`Finished` with a record, so the runner never deals with
+processes. :class:`ProcessLauncher` runs one worker process at a time on this machine; a cluster
+launcher plugs in beside it with the same three methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.results.records import FAILED, TIMEOUT, CellRecord
+from harness.run.job import Job, now
+
+
+@dataclass
+class Finished:
+    """A job that ended, however it ended."""
+
+    job: Job
+    record: CellRecord
+    #: files the task kept beside the numbers: name -> text
+    artifacts: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+
+
+class Launcher(ABC):
+    #: jobs the runner may keep submitted at once
+    capacity: int = 1
+
+    @abstractmethod
+    def submit(self, job: Job) -> None:
+        """Start (or queue) ``job``; returns at once."""
+
+    @abstractmethod
+    def wait_any(self) -> list[Finished]:
+        """Block until at least one submitted job has ended; every job that has ended by then."""
+
+    @abstractmethod
+    def cancel_all(self) -> None:
+        """Stop everything submitted (Ctrl-C): no job's process may outlive the run."""
+
+    @property
+    @abstractmethod
+    def running(self) -> list[Job]:
+        """Jobs submitted and not yet returned by :meth:`wait_any`."""
+
+
+def record_without_worker(job: Job, reason: str, status: str = FAILED, duration_s: float | None = None) -> CellRecord:
+    """The record of a job whose worker left none."""
+    return CellRecord(cell_id=job.cell_id, cell=job.cell.model_dump(mode="json"), params=job.cell.params,
+                      status=status, reason=reason, started_at=job.started_at, ended_at=now(),
+                      duration_s=duration_s, round=job.round)
+
+
+def read_outcome(job: Job) -> tuple[CellRecord, dict[str, str]] | None:
+    """The record and artifacts a worker left in the job's outcome places, or None if it left none."""
+    if not job.outcome_path.exists():
+        return None
+    record = CellRecord.from_json(json.loads(job.outcome_path.read_text(encoding="utf-8")), job.outcome_path)
+    artifacts = {}
+    if job.artifacts_dir.is_dir():
+        artifacts = {p.name: p.read_text(encoding="utf-8") for p in sorted(job.artifacts_dir.iterdir())}
+    return record, artifacts
+
+
+class ProcessLauncher(Launcher):
+    """One worker process at a time on this machine (``python -m harness.run.worker JOB``), in its own
+    process group so that a timeout or Ctrl-C kills whatever it started, with a wall-clock limit."""
+
+    capacity = 1
+
+    def __init__(self, run_dir: Path, timeout_s: float):
+        self.run_dir, self.timeout_s = run_dir, timeout_s
+        self._job: Job | None = None
+        self._proc: subprocess.Popen | None = None
+        self._started = 0.0
+
+    @property
+    def running(self) -> list[Job]:
+        return [self._job] if self._job is not None else []
+
+    def scratch(self, stem: str) -> Path:
+        return self.run_dir / "cells" / f"{stem}.job.json"
+
+    def submit(self, job: Job) -> None:
+        if self._job is not None:
+            raise RuntimeError("ProcessLauncher runs one job at a time")
+        job_path = self.scratch(job.stem)
+        job.write(job_path)
+        log_path = self.log_path(job)
+        with open(log_path, "wb") as log:
+            self._proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker", str(job_path)], stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._job, self._started = job, time.time()
+
+    def log_path(self, job: Job) -> Path:
+        return self.run_dir / "logs" / f"{job.stem}.log"
+
+    def wait_any(self) -> list[Finished]:
+        job, proc = self._job, self._proc
+        try:
+            returncode, timed_out = proc.wait(timeout=self.timeout_s), False
+        except subprocess.TimeoutExpired:
+            self._kill()
+            returncode, timed_out = proc.returncode, True
+        duration = time.time() - self._started
+        self._job = self._proc = None
+        self.scratch(job.stem).unlink(missing_ok=True)
+        outcome = read_outcome(job)
+        log_path = self.log_path(job)
+        if outcome is not None:
+            record, artifacts = outcome
+        else:
+            reason, status = _how_it_ended(returncode, timed_out, self.timeout_s, log_path)
+            record, artifacts = record_without_worker(job, reason, status, duration_s=duration), {}
+        job.outcome_path.unlink(missing_ok=True)
+        shutil.rmtree(job.artifacts_dir, ignore_errors=True)
+        return [Finished(job, record, artifacts, log_path)]
+
+    def cancel_all(self) -> None:
+        if self._proc is not None:
+            self._kill()
+            self.scratch(self._job.stem).unlink(missing_ok=True)
+            self._job = self._proc = None
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+
+
+def _how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: Path) -> tuple[str, str]:
+    """(reason, status) of a worker that left no record."""
+    if timed_out:
+        return f"timed out after {timeout_s:g} s", TIMEOUT
+    if returncode < 0:
+        reason = f"crashed: killed by {signal.Signals(-returncode).name}"
+    else:
+        reason = f"crashed: exit code {returncode}"
+    tail = last_line(log_path)
+    return reason + (f"; last output: {tail}" if tail else ""), FAILED
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""

