@@ -302,3 +302,18 @@ def test_suite_runs_hf_cells_and_skips_cuda_with_its_reason(llama_dir, tmp_path)
     int8 = table[table.backend == "int8"].set_index("metric")
     assert int8.status.iloc[0] == "ok", int8.reason.iloc[0]
     assert 0 < int8.loc["model_bytes", "value"] < fp32.loc["model_bytes", "value"]
+
+
+def test_kv_cached_steps_use_no_deprecated_keyword(llama_dir):
+    """transformers 5.x renamed ``past_key_values`` to ``cache`` and drops the old name in 5.40: the
+    logit steps must not lean on it (a FutureWarning here is the early notice)."""
+    import warnings
+
+    from harness.core.decoding import Decoding
+
+    backend = _backend(llama_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        gen = backend.generate(backend.tokenizer.prompt("It is a truth"), Decoding(temperature=0), 4,
+                               sampler="harness", ignore_eos=True)
+    assert len(gen.tokens) == 4

@@ -11,6 +11,7 @@ positions, ``logit_rows`` at a time: a whole window's logits are never held (512
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -225,14 +226,18 @@ class HfBackend(Backend):
 
     def logit_steps(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Generator[np.ndarray, int, None]:
         """One forward pass over the prompt, then one per token on the KV cache; only the last
-        position's logits are computed (``logits_to_keep``)."""
+        position's logits are computed (``logits_to_keep``). The cache object is updated in place by each
+        pass; transformers renamed its keyword (``past_key_values`` -> ``cache``, the old name goes in
+        5.40), so the model's own signature says which to use."""
         torch = self._torch
+        from transformers import DynamicCache
+
         ids = torch.from_numpy(np.asarray(prompt_ids, dtype=np.int64)[None, :]).to(self._device)
-        past = None
+        keyword = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
+        cache = DynamicCache()
         while True:
             with torch.inference_mode():
-                result = self._model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = result.past_key_values
+                result = self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{keyword: cache})
             token = yield result.logits[0, -1].float().cpu().numpy()
             ids = torch.tensor([[int(token)]], device=self._device)
 
