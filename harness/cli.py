@@ -61,7 +61,8 @@ def cmd_run(args, console: Console) -> int:
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
-                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False)
+                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False, soft_wrap=True)
+    console.print(f"report:  harness report {summary.run_dir}", highlight=False, soft_wrap=True)
     return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
 
 
@@ -146,8 +147,8 @@ def cmd_list(args, console: Console) -> int:
     console.print("backends: " + ", ".join(f"{name} ({', '.join(sorted(cls.capabilities))}; loads "
                                           f"{', '.join(sorted(cls.model_kinds))})"
                                           for name, cls in BACKENDS.items()), highlight=False)
-    console.print("tasks:    " + ", ".join(f"{name} (needs {', '.join(sorted(cls.requires))})"
-                                          for name, cls in TASKS.items()), highlight=False)
+    needs = {name: f" (needs {', '.join(sorted(cls.requires))})" if cls.requires else "" for name, cls in TASKS.items()}
+    console.print("tasks:    " + ", ".join(name + needs[name] for name in TASKS), highlight=False)
     console.print("datasets: " + ", ".join(f"builtin:{name}#train|test" for name in BUILTINS)
                   + ", file:PATH, corpora:NAME, hf:DATASET/CONFIG[#split]", highlight=False)
     suites = sorted(Path("suites").glob("*.yaml")) if Path("suites").is_dir() else []
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = Console()  # a terminal's width; 80 columns (or $COLUMNS) when piped
     try:
         return args.func(args, console)
     except UserError as exc:

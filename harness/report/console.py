@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -26,35 +27,65 @@ def fmt_value(value: float, stderr: float | None = None) -> str:
     return text
 
 
-def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Wide view: a row per cell, a column per headline metric (value ± stderr as text)."""
-    keys = ["model", "backend", "task", "dataset", "status"]
-    rows = []
-    for _, group in frame.groupby("cell_id", sort=False):
-        first = group.iloc[0]
-        row = {k: first[k] for k in keys}
-        by_metric = {r.metric: r for r in group.itertuples() if isinstance(r.metric, str)}
-        for metric in HEADLINE:
-            if metric in by_metric:
-                r = by_metric[metric]
-                row[HEADLINE[metric]] = fmt_value(r.value, r.stderr if metric == "token_ppl" else None)
-        if first["status"] != "ok":
-            row["reason"] = first["reason"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+#: the columns of the console's table for each task type (the others: every headline metric it has), so
+#: that each table fits a 100-column terminal
+FAMILY_COLUMNS = {
+    "perplexity": ["token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s",
+                   "model_bytes", "peak_rss_mb", "peak_vram_mb"],
+    "kld": ["kld_mean", "kld_p99", "same_top1", "ppl_ratio", "token_ppl", "model_bytes", "peak_rss_mb"],
+    "decoding": ["entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean"],
+    "throughput": ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "load_s", "peak_rss_mb",
+                   "peak_vram_mb"],
+    "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s"],
+}
+SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
+         "same_top1": "same top-1", "ppl_ratio": "PPL ratio", "entropy_mean": "entropy", "max_prob_mean": "max p",
+         "distinct_2": "distinct-2", "rep_4gram": "rep 4-gram", "len_mean": "tokens", "ref_nll_mean": "ref NLL"}
+
+
+def _task_type(params: str) -> str:
+    try:
+        return json.loads(params)["task"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return "other"
+
+
+def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(task type, wide table) per task type of the run: a row per cell that ran, the family's columns it
+    has (cells that did not run are listed apart: a reason does not fit a column)."""
+    frame = frame[frame["status"] == "ok"]
+    frame = frame.assign(family=frame["params"].map(_task_type))
+    tables = []
+    for family, part in frame.groupby("family", sort=False):
+        metrics = FAMILY_COLUMNS.get(family, list(HEADLINE))
+        rows = []
+        for _, group in part.groupby("cell_id", sort=False):
+            first = group.iloc[0]
+            row = {"model": first["model"], "backend": first["backend"], "task": first["task"]}
+            by_metric = {r.metric: r for r in group.itertuples() if isinstance(r.metric, str)}
+            for metric in metrics:
+                if metric in by_metric:
+                    r = by_metric[metric]
+                    value = r.value / 2**20 if metric == "model_bytes" else r.value
+                    row[SHORT[metric]] = fmt_value(value, r.stderr if metric == "token_ppl" else None)
+            rows.append(row)
+        tables.append((family, pd.DataFrame(rows).fillna("")))
+    return tables
 
 
 def print_results(run_dir: Path, console: Console) -> None:
+    """One table per task family, then where the run is and how to turn it into a report."""
     frame = pd.read_parquet(run_dir / "results.parquet")
     if frame.empty:
         return
-    wide = summary_frame(frame).fillna("")
-    for col in ("dataset", "status"):
-        if wide[col].nunique() == 1 and (col != "status" or wide[col].iloc[0] == "ok"):
-            wide = wide.drop(columns=col)
-    table = Table(title=f"{frame['suite'].iloc[0]} — {run_dir.name}")
-    for col in wide.columns:
-        table.add_column(col, justify="right" if col in HEADLINE.values() else "left")
-    for row in wide.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    console.print(table)
+    for family, wide in family_tables(frame):
+        table = Table(title=f"{frame['suite'].iloc[0]} — {family}", title_justify="left")
+        for col in wide.columns:
+            table.add_column(col, justify="right" if col in SHORT.values() else "left",
+                             overflow="fold")
+        for row in wide.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    for cell in frame[frame["status"] != "ok"].drop_duplicates("cell_id").itertuples():
+        console.print(f"{cell.model}/{cell.backend}/{cell.task}: {cell.status}: {cell.reason}", highlight=False,
+                      style="red")

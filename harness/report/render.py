@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core.files import atomic_write, atomic_write_text
-from harness.report.console import summary_frame
+from harness.report.console import family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
@@ -38,7 +38,8 @@ def build(run: RunTables) -> list[Section]:
     sections = [Section(f"{run.suite} — {run.run_id}", header)]
     if frame.empty:
         return sections + [Section("Results", ["The run has no cells."])]
-    sections.append(Section("Results", [summary_frame(frame).fillna("")]))
+    sections.append(Section("Results", [block for family, table in family_tables(frame)
+                                        for block in (f"**{family}**", table)]))
     not_ok = frame[frame["status"] != OK].drop_duplicates("cell_id")
     if len(not_ok):
         sections.append(Section("Cells that did not run", [not_ok[CELL + ["status", "reason"]]]))
@@ -90,9 +91,16 @@ def to_html(sections: list[Section]) -> str:
             elif isinstance(block, pd.DataFrame):
                 out.append(block.to_html(index=False, na_rep="", border=0, escape=True))
             else:
-                out.append(f"<p>{html.escape(block)}</p>")
+                out.append(f"<p>{_inline_markdown(block)}</p>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _inline_markdown(text: str) -> str:
+    """The markdown a section's text uses (``**bold**``, ```code```) as HTML, everything else escaped."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 FILES_DIR = "report_files"
