@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console()  # a terminal's width; 80 columns (or $COLUMNS) when piped
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100 columns
     try:
         return args.func(args, console)
     except UserError as exc:
