@@ -131,7 +131,10 @@ def _draw_panel(ax, panel: Panel) -> None:
 def _label(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """The shortest name telling the rows apart: the keys that vary (backend always)."""
     varying = [k for k in keys if frame[k].nunique() > 1] or ["backend"]
-    return frame[varying].astype(str).agg("/".join, axis=1)
+    label = frame[varying[0]].astype(str)
+    for key in varying[1:]:
+        label = label + "/" + frame[key].astype(str)
+    return label
 
 
 def _bars(frame: pd.DataFrame, metric: str, keys: list[str], title: str, yscale: str = "linear") -> Panel:
@@ -142,11 +145,27 @@ def _bars(frame: pd.DataFrame, metric: str, keys: list[str], title: str, yscale:
     return Panel(title, [series], ylabel=unit or "", yscale=yscale)
 
 
+def _wide(frame: pd.DataFrame, keys: list[str], metrics: list[str], pick: Callable = lambda old, new: old
+          ) -> pd.DataFrame:
+    """A row per distinct ``keys`` (in order of appearance), a column per metric of ``metrics`` present: the
+    first value, or ``pick(old, new)`` of a key's several. A loop, not ``pivot_table``: that costs ~20 ms a
+    call, and a dashboard renders every run's report."""
+    rows: dict[tuple, dict] = {}
+    wanted = set(metrics)
+    for key, metric, value in zip(frame[keys].itertuples(index=False, name=None), frame["metric"].tolist(),
+                                  frame["value"].tolist(), strict=True):
+        if metric in wanted and value == value:  # NaN: not measured
+            row = rows.setdefault(key, {})
+            row[metric] = pick(row[metric], value) if metric in row else value
+    present = [m for m in metrics if any(m in row for row in rows.values())]
+    return pd.DataFrame([(*key, *(row.get(m, np.nan) for m in present)) for key, row in rows.items()],
+                        columns=keys + present)
+
+
 def _metric_table(frame: pd.DataFrame, metrics: list[str], keys: list[str]) -> pd.DataFrame:
-    wide = frame[frame["metric"].isin(metrics)].pivot_table(index=keys, columns="metric", values="value",
-                                                            aggfunc="first", sort=False)
-    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns])
-    return wide.map(fmt_value).reset_index()
+    wide = _wide(frame, keys, metrics)
+    wide[wide.columns[len(keys):]] = wide[wide.columns[len(keys):]].map(fmt_value)
+    return wide
 
 
 def _find(params: dict, key: str):
@@ -198,8 +217,7 @@ def throughput_view(ok: pd.DataFrame) -> list:
 @view("memory", "Memory and model size", {"peak_rss_mb", "model_bytes"})
 def memory_view(ok: pd.DataFrame) -> list:
     per = ok[ok["metric"].isin(["peak_rss_mb", "peak_vram_mb", "model_bytes"])]
-    wide = per.pivot_table(index=["model", "backend"], columns="metric", values="value", aggfunc="max", sort=False)
-    wide = wide.reset_index()
+    wide = _wide(per, ["model", "backend"], ["model_bytes", "peak_rss_mb", "peak_vram_mb"], max)
     labels = _label(wide, ["model", "backend"]).tolist()
     series = [Series(name, labels, (wide[metric] * scale).tolist())
               for metric, name, scale in (("model_bytes", "weights in memory", 1 / 2**20),
@@ -219,7 +237,8 @@ def decoding_view(ok: pd.DataFrame) -> list:
     cells whose strategy is temperature alone (no truncation, penalty or beams), one line per backend
     and sampler."""
     cells = ok[ok["metric"].isin(["entropy_mean", "distinct_2"])].copy()
-    task = [json.loads(p).get("resolved", {}).get("task", {}) for p in cells["params"]]
+    parsed = {p: json.loads(p).get("resolved", {}).get("task", {}) for p in cells["params"].unique()}
+    task = [parsed[p] for p in cells["params"]]
     strategy = [t.get("strategy") or {} for t in task]
     pure = [bool(st) and st.get("top_k") is None and st.get("top_p") is None and not st.get("min_p")
             and st.get("repetition_penalty", 1) == 1 and st.get("beams", 1) == 1 for st in strategy]
@@ -240,8 +259,8 @@ def decoding_view(ok: pd.DataFrame) -> list:
                                                                             sort=False)]
         panels.append(Panel(metric + (" (nats, of the distribution sampled from)" if metric == "entropy_mean" else ""),
                             lines, xlabel="temperature"))
-    table = cells.pivot_table(index=["model", "backend", "sweep", "sampler", "temperature"], columns="metric",
-                              values="value", aggfunc="first").map(fmt_value).reset_index()
+    keys = ["model", "backend", "sweep", "sampler", "temperature"]
+    table = _metric_table(cells, ["distinct_2", "entropy_mean"], keys).sort_values(keys, ignore_index=True)
     return [Plot("decoding", "entropy and distinct-2 against temperature, by backend and sampler", panels), table]
 
 
@@ -268,8 +287,8 @@ def weight_types_label(shares: dict | None) -> str:
 def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (model, backend): bits per weight, size, quality from its kld cell, speed and
     memory from its throughput cell (the kld cell holds the reference too), and its Pareto flags."""
-    kinds = {cell: json.loads(p).get("task", {}).get("type") for cell, p in zip(ok["cell_id"], ok["params"],
-                                                                              strict=True)}
+    kinds = {cell: json.loads(p).get("task", {}).get("type")
+             for cell, p in ok.drop_duplicates("cell_id")[["cell_id", "params"]].itertuples(index=False)}
     ok = ok.assign(kind=ok["cell_id"].map(kinds).map({"kld": "kld", "throughput": "speed"}))
     rows = []
     for (model, backend), group in ok.groupby(["model", "backend"], sort=False):
