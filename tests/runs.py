@@ -174,3 +174,40 @@ def write_run(path: Path, records: list[dict], started_at: str = "2026-11-20T02:
                                   "environment": environment or {"cpu": "test CPU", "cpu_count": 2,
                                                                 "git_commit": "abc123"}})
     return path
+
+
+DECODE_TASK = {"type": "decoding", "dataset": "wiki", "n_prompts": 5, "samples": 4, "max_new_tokens": 32}
+KLD_TASK = {"type": "kld", "dataset": "wiki", "n_ctx": 512, "max_tokens": 8192}
+#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s)
+VARIANTS = [("q8_0", 0.0008, 145e6, 70.0), ("q4_k_m", 0.012, 105e6, 88.0), ("q4_0", 0.03, 96e6, 90.0),
+            ("nf4", 0.05, 160e6, 6.0)]
+
+
+def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3) -> list[Path]:
+    """``n`` nights of a small nightly for the dashboard: gguf-cpu's decode and prefill 30% slower from
+    night ``step_at`` on (the step), gguf-b steady, a perplexity cell, a temperature sweep of decoding cells,
+    kld cells of four quantization variants; torch upgraded from night ``torch_at`` on."""
+    paths = []
+    for night in range(n):
+        rng = np.random.default_rng(200 + night)
+        slow = 0.7 if night >= step_at else 1.0
+        records = [throughput_cell(rng, backend("gguf-cpu"), decode=90 * slow, prefill=230 * slow, cv=0.03),
+                   throughput_cell(rng, backend("gguf-b"), decode=60, prefill=200, cv=0.03),
+                   perplexity_cell(np.random.default_rng(7))]
+        for temperature in (0.0, 0.7, 1.0):
+            strategy = {"temperature": temperature, "top_k": None, "top_p": None, "min_p": None,
+                        "repetition_penalty": 1.0, "beams": 1}
+            name = "greedy" if temperature == 0 else f"t{temperature:g}"
+            cell = _cell(backend("gguf-cpu"), f"decode.native.{name}", {**DECODE_TASK, "strategies": [strategy]})
+            record = _record(cell, *decoding_measurements(rng, temperature))
+            record["resolved"]["task"] = {"strategy": strategy, "sampler": "native", "chat": False}
+            records.append(record)
+        for name, kld, size, decode in VARIANTS:
+            cell = _cell(backend(name), "kld", KLD_TASK)
+            records.append(_record(cell, *kld_measurements(rng, kld, size, decode)))
+        environment = {"cpu": "test CPU", "cpu_count": 2, "git_commit": f"c0ffee{night:02d}",
+                       "libraries": {"torch": "2.13.0" if night >= torch_at else "2.12.1", "numpy": "2.3.1"}}
+        day = f"2026-11-{10 + night:02d}"
+        paths.append(write_run(root / f"{day.replace('-', '')}-020000", records, started_at=f"{day}T02:00:00+00:00",
+                               environment=environment))
+    return paths

@@ -137,12 +137,16 @@ def _label(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     return label
 
 
-def _bars(frame: pd.DataFrame, metric: str, keys: list[str], title: str, yscale: str = "linear") -> Panel:
-    rows = frame[frame["metric"] == metric].reset_index(drop=True)
-    unit = rows["unit"].iloc[0] if len(rows) else ""
-    series = Series("", _label(rows, keys).tolist(), rows["value"].tolist(), rows["ci_low"].tolist(),
-                    rows["ci_high"].tolist())
-    return Panel(title, [series], ylabel=unit or "", yscale=yscale)
+def _bars(frame: pd.DataFrame, panels: list[tuple[str, str, str]]) -> list[Panel]:
+    """A panel of bars (one per model/backend, CI as error bars) per (metric, title, y scale) the rows have."""
+    out = []
+    for metric, title, yscale in panels:
+        rows = frame[frame["metric"] == metric].reset_index(drop=True)
+        if len(rows):
+            series = Series("", _label(rows, ["model", "backend"]).tolist(), rows["value"].tolist(),
+                            rows["ci_low"].tolist(), rows["ci_high"].tolist())
+            out.append(Panel(title, [series], ylabel=rows["unit"].iloc[0] or "", yscale=yscale))
+    return out
 
 
 def _wide(frame: pd.DataFrame, keys: list[str], metrics: list[str], pick: Callable = lambda old, new: old
@@ -192,8 +196,8 @@ def perplexity_view(ok: pd.DataFrame) -> list:
     blocks = ["Bits per byte compares models with different tokenizers; token perplexity only models that "
               "share one. Error bars: bootstrap CI over windows."]
     for (task, dataset), group in cells.groupby(["task", "dataset"], sort=False, dropna=False):
-        panels = [_bars(group, "bits_per_byte", ["model", "backend"], f"bits per byte — {task}"),
-                  _bars(group, "token_ppl", ["model", "backend"], f"token perplexity — {task}")]
+        panels = _bars(group, [("bits_per_byte", f"bits per byte — {task}", "linear"),
+                               ("token_ppl", f"token perplexity — {task}", "linear")])
         blocks.append(Plot(f"perplexity-{task}", f"{task} on {dataset}, by backend", panels))
     blocks.append(_metric_table(ok[ok["cell_id"].isin(cells["cell_id"])],
                                 ["token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s"], CELL))
@@ -205,9 +209,9 @@ def throughput_view(ok: pd.DataFrame) -> list:
     cells = ok[ok["cell_id"].isin(ok.loc[ok["metric"] == "decode_tok_s", "cell_id"])]
     blocks = ["Median over repeats; error bars: the distribution-free CI of the median."]
     for task, group in cells.groupby("task", sort=False):
-        panels = [_bars(group, "prefill_tok_s", ["model", "backend"], f"prefill — {task}", "log"),
-                  _bars(group, "decode_tok_s", ["model", "backend"], f"decode — {task}", "log"),
-                  _bars(group, "ttft_s", ["model", "backend"], f"time to first token — {task}")]
+        panels = _bars(group, [("prefill_tok_s", f"prefill — {task}", "log"),
+                               ("decode_tok_s", f"decode — {task}", "log"),
+                               ("ttft_s", f"time to first token — {task}", "linear")])
         blocks.append(Plot(f"throughput-{task}", f"{task}: tokens/s (log scale) and TTFT by backend", panels,
                            width=4.5))
     blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"], CELL))
