@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from runs import suite_records, write_run  # noqa: E402
 
 
-def write_nights(root: Path, nights: int, split: bool) -> int:
-    """``nights`` synthetic nights of the nightly suite (gguf-cpu 30% slower from night 20 on, a new torch
-    from night 15 on); returns the number of run directories."""
+def write_nights(root: Path, nights: range, split: bool) -> int:
+    """Synthetic nights of the nightly suite (gguf-cpu 30% slower from night 20 on, a new torch from night
+    15 on); returns the number of run directories."""
     count = 0
-    for night in range(nights):
+    for night in nights:
         rng = np.random.default_rng(night)
         records = suite_records(REPO / "suites" / "nightly.yaml", rng)
         for r in records:
@@ -61,19 +61,27 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        runs = write_nights(root / "results", args.nights, args.split)
-        dirs = sorted(str(p) for p in (root / "results").iterdir())
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "harness", "dashboard", *dirs, "--out", str(root / "site")],
-                       check=True, env=env)
-        wall = time.perf_counter() - start
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        files = [p for p in (root / "site").rglob("*") if p.is_file()]
-        size = sum(p.stat().st_size for p in files)
-        print(f"{args.nights} nights, {runs} run directories: built in {wall:.2f} s wall, "
-              f"{usage.ru_utime + usage.ru_stime:.2f} s CPU (whole command); {len(files)} files, "
-              f"{size / 2**20:.2f} MiB ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+        runs = write_nights(root / "results", range(args.nights), args.split)
+        build(root, f"{args.nights} nights, {runs} run directories, from scratch")
+        runs += write_nights(root / "results", range(args.nights, args.nights + 1), args.split)
+        build(root, f"a night later ({runs} run directories; the earlier run pages kept)")
+
+
+def build(root: Path, what: str) -> None:
+    """Run `harness dashboard` on every run under root/results into root/site; print its time and size."""
+    dirs = sorted(str(p) for p in (root / "results").iterdir())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "harness", "dashboard", *dirs, "--out", str(root / "site")],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    files = [p for p in (root / "site").rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    print(f"{what}: {wall:.2f} s wall, {cpu:.2f} s CPU (whole command); {len(files)} files, "
+          f"{size / 2**20:.2f} MiB ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

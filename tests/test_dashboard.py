@@ -167,3 +167,21 @@ def test_runs_of_two_suites_and_replacing_a_site(tmp_path, capsys):
     assert "is not a site of harness dashboard" in capsys.readouterr().err
     assert main(["dashboard", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_rebuild_keeps_the_pages_of_unchanged_runs(tmp_path):
+    nights = dashboard_nights(tmp_path / "nightly", n=4)
+    out = tmp_path / "site"
+    assert main(["dashboard", str(tmp_path / "nightly"), "--out", str(out)]) == 0
+    for night in nights:  # mark each page: a kept page keeps the mark
+        page = out / "runs" / f"{night.name}.html"
+        page.write_text(page.read_text() + "<!-- kept -->")
+    # the last night re-written with other figures, and a fifth night
+    dashboard_nights(tmp_path / "more", n=5)
+    last = nights[-1]
+    (last / "results.parquet").write_bytes((tmp_path / "more" / "20261114-020000" / "results.parquet").read_bytes())
+    (tmp_path / "more" / "20261114-020000").rename(tmp_path / "nightly" / "20261114-020000")
+    assert main(["dashboard", str(tmp_path / "nightly"), "--out", str(out)]) == 0
+    kept = {p.stem for p in (out / "runs").iterdir() if p.read_text().endswith("<!-- kept -->")}
+    assert kept == {n.name for n in nights[:-1]}
+    assert sorted(p.stem for p in (out / "runs").iterdir()) == [n.name for n in nights] + ["20261114-020000"]

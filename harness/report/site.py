@@ -14,9 +14,12 @@ artifact or GitHub Pages alike.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -499,8 +502,9 @@ def run_page(night: Night) -> str:
     return to_html(build(night.run), _plot_html, head=head, top=top)
 
 
-def render(site: Site) -> dict[str, str]:
-    """Every page of the site: relative path -> HTML."""
+def render(site: Site, kept: dict[str, str] | None = None) -> dict[str, str]:
+    """Every page of the site: relative path -> HTML; ``kept``: run pages of an earlier build still valid."""
+    kept = kept or {}
     for name in ("quantization", "decoding"):
         body = view_body(site, name)
         if body is not None:
@@ -510,7 +514,7 @@ def render(site: Site) -> dict[str, str]:
     for metric in dict.fromkeys(line.metric for line in site.lines):
         pages[f"metrics/{metric}.html"] = metric_page(site, metric)
     for night in site.nights:
-        pages[night.page] = run_page(night)
+        pages[night.page] = kept.get(night.page) or run_page(night)
     pages["index.html"] = overview(site)
     return pages
 
@@ -523,13 +527,47 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
+def _code_key() -> str:
+    """The code a run's page comes from: an earlier page is kept only while it is unchanged."""
+    from harness.report import console, render, views
+
+    digest = hashlib.sha256()
+    for module in (views, render, console, charts, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _page_keys(site: Site) -> dict[str, str]:
+    """Run page -> a hash of what it is made from (the run's tables and the code)."""
+    code, keys = _code_key(), {}
+    for night in site.nights:
+        digest = hashlib.sha256(code.encode())
+        for name in ("run.json", "results.parquet"):
+            digest.update((night.run.path / name).read_bytes())
+        keys[night.page] = digest.hexdigest()
+    return keys
+
+
+def _kept_pages(out: Path, keys: dict[str, str]) -> dict[str, str]:
+    """The run pages of the site already in ``out`` whose run and code are unchanged (a night's rebuild
+    renders one new report instead of thirty)."""
+    try:
+        before = json.loads((out / MARK).read_text()).get("run_pages", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {page: (out / page).read_text(encoding="utf-8") for page, key in keys.items()
+            if before.get(page) == key and (out / page).is_file()}
+
+
 def write_site(paths: list[Path], out: Path, make_gates: Callable[[dict], Gates]) -> Site:
     """Build the site in a folder beside ``out`` and swap it in, so a reader never sees half a site; an
-    existing ``out`` is replaced only if it is such a site (or empty)."""
+    existing ``out`` is replaced only if it is such a site (or empty), and its unchanged run pages kept."""
     out = Path(out)
     if out.exists() and not (out / MARK).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not a site of harness dashboard (no {MARK}); choose another --out")
     site = collect(paths, make_gates)
+    keys = _page_keys(site)
+    kept = _kept_pages(out, keys)
     js = plotly_js()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -538,11 +576,12 @@ def write_site(paths: list[Path], out: Path, make_gates: Callable[[dict], Gates]
         (tmp / "assets" / "plotly.min.js").write_text(js, encoding="utf-8")
         (tmp / "assets" / "site.js").write_text(SITE_JS, encoding="utf-8")
         (tmp / "assets" / "site.css").write_text(SITE_CSS, encoding="utf-8")
-        for rel, text in render(site).items():
+        for rel, text in render(site, kept).items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        (tmp / MARK).write_text("written by harness dashboard; the folder is replaced on the next run\n")
+        (tmp / MARK).write_text(json.dumps({"note": "written by harness dashboard; replaced by its next run",
+                                            "run_pages": keys}, indent=1))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
