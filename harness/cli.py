@@ -1,4 +1,4 @@
-"""Command line: harness run | validate | compare | history | report | schema | list.
+"""Command line: harness run | validate | compare | history | report | dashboard | schema | list.
 
 Also ``python -m harness``.
 
@@ -123,7 +123,16 @@ def cmd_report(args, console: Console) -> int:
     return EXIT_OK
 
 
-def _gate_options(parser: argparse.ArgumentParser) -> None:
+def cmd_dashboard(args, console: Console) -> int:
+    from harness.report.site import write_site
+
+    site = write_site(args.dirs, args.out, lambda info: _gates(args, info))
+    console.print(f"dashboard: {args.out / 'index.html'} ({len(site.nights)} runs, "
+                  f"{len({line.metric for line in site.lines})} metrics)", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
     from harness.analysis.gates import ALPHA
 
     parser.add_argument("--threshold", action="append", default=[], metavar="[METRIC=]RATIO",
@@ -132,7 +141,8 @@ def _gate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]REL",
                         help="deterministic metrics: the relative change allowed; repeatable")
     parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
-    parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    if out:
+        parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
 
 
 def cmd_schema(args, console: Console) -> int:
@@ -214,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="html: directory for the report (default: the run directory); "
                         "otherwise a file (default: stdout)")
     report.set_defaults(func=cmd_report)
+
+    dash = sub.add_parser("dashboard", help="a static site of every metric over the runs: overview, a page per "
+                          "metric, the quantization and decoding views, the runs' machines and reports")
+    dash.add_argument("dirs", type=Path, nargs="+", help="run directories, or folders of them (results/SUITE); "
+                      "runs of several suites and per-backend runs of one nightly may be mixed")
+    dash.add_argument("--out", type=Path, default=Path("site"), help="the site's folder, replaced if it holds an "
+                      "earlier one (default: site)")
+    _gate_options(dash, out=False)
+    dash.set_defaults(func=cmd_dashboard)
 
     sub.add_parser("schema", help="print the suite JSON Schema").set_defaults(func=cmd_schema)
     sub.add_parser("list", help="list backends, tasks, dataset sources and suites").set_defaults(func=cmd_list)

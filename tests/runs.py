@@ -55,22 +55,31 @@ def _common(rng, model_bytes: float, rss: float) -> list[Measurement]:
             Measurement("peak_rss_mb", rss * (1 + 0.01 * rng.standard_normal()), 500)]
 
 
-def throughput_cell(rng, backend_=None, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
-                    model_bytes=96_576_768, **task) -> dict:
-    """Per-repeat timings drawn around the given speeds with coefficient of variation ``cv``."""
-    backend_ = backend_ or backend("gguf-cpu")
+def throughput_measurements(rng, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
+                            model_bytes=96_576_768) -> tuple[list[Measurement], dict]:
+    """Per-repeat timings drawn around the given speeds with coefficient of variation ``cv``, summarized
+    by the throughput task's own code."""
     noise = lambda: 1 + cv * rng.standard_normal(repeats)  # noqa: E731
     dec, pre = decode * noise(), prefill * noise()
     samples = {"prefill_tok_s": pre.tolist(), "decode_tok_s": dec.tolist(), "ttft_s": (256 / pre).tolist(),
                "itl_p50_s": (1 / dec).tolist(), "itl_p99_s": (1.3 / dec).tolist()}
-    cell = _cell(backend_, "speed", {**SPEED_TASK, "repeats": repeats, **task})
-    return _record(cell, ThroughputTask.summarize(samples) + _common(rng, model_bytes, 370), samples)
+    return ThroughputTask.summarize(samples) + _common(rng, model_bytes, 370), samples
+
+
+def throughput_cell(rng, backend_=None, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
+                    model_bytes=96_576_768, **task) -> dict:
+    cell = _cell(backend_ or backend("gguf-cpu"), "speed", {**SPEED_TASK, "repeats": repeats, **task})
+    return _record(cell, *throughput_measurements(rng, decode, prefill, cv, repeats, model_bytes))
 
 
 def perplexity_cell(rng, backend_=None, nll=3.38, windows=16, model_bytes=96_576_768, model="smollm2",
                     model_spec=None) -> dict:
+    cell = _cell(backend_ or backend("gguf-cpu"), "ppl", PPL_TASK, model, model_spec)
+    return _record(cell, *perplexity_measurements(rng, nll, windows, model_bytes))
+
+
+def perplexity_measurements(rng, nll=3.38, windows=16, model_bytes=96_576_768) -> tuple[list[Measurement], dict]:
     """Per-window NLL around ``nll`` nats/token (deterministic given the generator's state)."""
-    backend_ = backend_ or backend("gguf-cpu")
     tokens = np.full(windows, 256.0)
     win_nll = tokens * nll * (1 + 0.05 * rng.standard_normal(windows))
     win_bytes = tokens * 4.25
@@ -85,9 +94,68 @@ def perplexity_cell(rng, backend_=None, nll=3.38, windows=16, model_bytes=96_576
         Measurement("tokens_scored", n), Measurement("bytes_scored", float(win_bytes.sum())),
         Measurement("scored_tok_s", 110 * (1 + 0.03 * rng.standard_normal()), n),
     ]
-    cell = _cell(backend_, "ppl", PPL_TASK, model, model_spec)
     samples = {"window_nll": win_nll.tolist(), "window_tokens": tokens.tolist(), "window_bytes": win_bytes.tolist()}
-    return _record(cell, measurements + _common(rng, model_bytes, 700), samples)
+    return measurements + _common(rng, model_bytes, 700), samples
+
+
+def decoding_measurements(rng, temperature: float, entropy=2.0, n=20) -> tuple[list[Measurement], dict]:
+    """Per-generation figures that rise with temperature as real sampling does (entropy of the distribution
+    sampled from, distinct-2), with a CI from their spread."""
+    per_gen = {"entropy_mean": entropy * (0.4 + temperature) * (1 + 0.05 * rng.standard_normal(n)),
+               "distinct_2": np.clip((0.35 + 0.45 * temperature) * (1 + 0.05 * rng.standard_normal(n)), 0, 1),
+               "rep_4gram": np.clip(0.3 - 0.2 * temperature + 0.02 * rng.standard_normal(n), 0, 1),
+               "len_mean": np.full(n, 32.0)}
+    measurements = []
+    for metric, values in per_gen.items():
+        se = float(values.std(ddof=1) / math.sqrt(n))
+        measurements.append(Measurement(metric, float(values.mean()), n, float(values.mean()) - 2 * se,
+                                        float(values.mean()) + 2 * se, se))
+    return measurements + _common(rng, 96_576_768, 400), {"entropy": per_gen["entropy_mean"].tolist()}
+
+
+def kld_measurements(rng, kld: float, model_bytes: float, decode: float | None = None) -> tuple[list, dict]:
+    """A kld cell's figures: the divergence from the reference, top-1 agreement falling as it grows."""
+    kld = kld * (1 + 0.01 * rng.standard_normal())
+    measurements = [Measurement("kld_mean", kld, 4096), Measurement("kld_p99", 12 * kld, 4096),
+                    Measurement("same_top1", 1 - 2 * math.sqrt(kld) / 3, 4096),
+                    Measurement("ppl_ratio", math.exp(kld / 2), 4096), Measurement("token_ppl", 28 * math.exp(kld / 2))]
+    if decode is not None:
+        measurements.append(Measurement("decode_tok_s", decode))
+    return measurements + _common(rng, model_bytes, 500), {}
+
+
+def suite_records(suite_file: Path, rng, speed: float = 1.0, skip: str = "cuda") -> list[dict]:
+    """Synthetic records of every cell of a real suite (its cell ids and names), by task type: a backend's
+    speeds scaled by ``speed``; cells whose backend name contains ``skip`` skipped as on a machine without
+    a GPU."""
+    from harness.suite.cells import expand
+    from harness.suite.parse import parse_suite
+
+    suite, _ = parse_suite(suite_file, [])
+    base = {"gguf": 90.0, "hf": 14.0, "nf4": 6.0, "gpt4all": 80.0, "ngram": 4000.0}
+    records = []
+    for cell in expand(suite):
+        decode = next((v for k, v in base.items() if cell.backend.startswith(k)), 50.0) * speed
+        kind = cell.task_spec.type
+        resolved = {"memory": {"rss_after_load_mb": 300.0}}
+        status, reason = results.OK, None
+        if skip and skip in cell.backend:
+            made, status, reason = ([], {}), results.SKIPPED, "device cuda: no CUDA device visible"
+        elif kind == "perplexity":
+            made = perplexity_measurements(rng, nll=5.9 if cell.backend == "ngram" else 3.4)
+        elif kind == "throughput":
+            made = throughput_measurements(rng, decode, 2.5 * decode, cv=0.04, repeats=7)
+        elif kind == "decoding":
+            decoding = cell.task_spec.decodings()[0]
+            made = decoding_measurements(rng, decoding.temperature)
+            resolved["task"] = {"strategy": decoding.model_dump(exclude={"seed"}), "sampler": "native",
+                                "chat": False}
+        else:
+            raise ValueError(f"{cell.label}: no synthetic figures for a {kind} task")
+        records.append({"cell_id": cell.cell_id, "cell": cell.model_dump(mode="json"), "params": cell.params,
+                        "status": status, "reason": reason, "measurements": [m.row() for m in made[0]],
+                        "samples": made[1], "resolved": resolved})
+    return records
 
 
 def failed_cell(backend_, status=results.FAILED, reason="crashed: killed by SIGKILL") -> dict:
@@ -95,12 +163,51 @@ def failed_cell(backend_, status=results.FAILED, reason="crashed: killed by SIGK
 
 
 def write_run(path: Path, records: list[dict], started_at: str = "2026-11-20T02:00:00+00:00",
-              suite: str = SUITE, gates: dict | None = None, models: dict | None = None) -> Path:
+              suite: str = SUITE, gates: dict | None = None, models: dict | None = None,
+              environment: dict | None = None) -> Path:
     for record in records:
         record["cell"]["suite"] = suite
         write_cell_record(path, CellRecord(**record))
     store.write_tables(path, path.name, [r["cell_id"] for r in records])
     store.write_run_json(path, {"run_id": path.name, "suite": suite, "started_at": started_at,
                                   "ended_at": started_at, "gates": gates or {}, "models": models or {},
-                                  "environment": {"cpu": "test CPU", "cpu_count": 2, "git_commit": "abc123"}})
+                                  "environment": environment or {"cpu": "test CPU", "cpu_count": 2,
+                                                                "git_commit": "abc123"}})
     return path
+
+
+DECODE_TASK = {"type": "decoding", "dataset": "wiki", "n_prompts": 5, "samples": 4, "max_new_tokens": 32}
+KLD_TASK = {"type": "kld", "dataset": "wiki", "n_ctx": 512, "max_tokens": 8192}
+#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s)
+VARIANTS = [("q8_0", 0.0008, 145e6, 70.0), ("q4_k_m", 0.012, 105e6, 88.0), ("q4_0", 0.03, 96e6, 90.0),
+            ("nf4", 0.05, 160e6, 6.0)]
+
+
+def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3) -> list[Path]:
+    """``n`` nights of a small nightly for the dashboard: gguf-cpu's decode and prefill 30% slower from
+    night ``step_at`` on (the step), gguf-b steady, a perplexity cell, a temperature sweep of decoding cells,
+    kld cells of four quantization variants; torch upgraded from night ``torch_at`` on."""
+    paths = []
+    for night in range(n):
+        rng = np.random.default_rng(200 + night)
+        slow = 0.7 if night >= step_at else 1.0
+        records = [throughput_cell(rng, backend("gguf-cpu"), decode=90 * slow, prefill=230 * slow, cv=0.03),
+                   throughput_cell(rng, backend("gguf-b"), decode=60, prefill=200, cv=0.03),
+                   perplexity_cell(np.random.default_rng(7))]
+        for temperature in (0.0, 0.7, 1.0):
+            strategy = {"temperature": temperature, "top_k": None, "top_p": None, "min_p": None,
+                        "repetition_penalty": 1.0, "beams": 1}
+            name = "greedy" if temperature == 0 else f"t{temperature:g}"
+            cell = _cell(backend("gguf-cpu"), f"decode.native.{name}", {**DECODE_TASK, "strategies": [strategy]})
+            record = _record(cell, *decoding_measurements(rng, temperature))
+            record["resolved"]["task"] = {"strategy": strategy, "sampler": "native", "chat": False}
+            records.append(record)
+        for name, kld, size, decode in VARIANTS:
+            cell = _cell(backend(name), "kld", KLD_TASK)
+            records.append(_record(cell, *kld_measurements(rng, kld, size, decode)))
+        environment = {"cpu": "test CPU", "cpu_count": 2, "git_commit": f"c0ffee{night:02d}",
+                       "libraries": {"torch": "2.13.0" if night >= torch_at else "2.12.1", "numpy": "2.3.1"}}
+        day = f"2026-11-{10 + night:02d}"
+        paths.append(write_run(root / f"{day.replace('-', '')}-020000", records, started_at=f"{day}T02:00:00+00:00",
+                               environment=environment))
+    return paths

@@ -66,7 +66,9 @@ def _best_split(x: np.ndarray, min_size: int) -> int | None:
     return best
 
 
-def _passes_gate(before: float, after: float, policy: Policy) -> bool:
+def passes_gate(before: float, after: float, policy: Policy) -> bool:
+    """Whether a move from ``before`` to ``after`` is large enough to count (the ratio or the tolerance;
+    significance is the caller's)."""
     if policy.kind in (EXACT, COUNT):
         return abs(after - before) > max(policy.tolerance * abs(before), policy.abs_tolerance)
     low, high = sorted((before, after))
@@ -83,7 +85,7 @@ def noise(x: np.ndarray) -> float:
 
 def _real_step(left: np.ndarray, right: np.ndarray, policy: Policy, sigma: float) -> bool:
     before, after = float(np.median(left)), float(np.median(right))
-    if not _passes_gate(before, after, policy):
+    if not passes_gate(before, after, policy):
         return False
     if abs(after - before) <= Z * sigma:
         return False

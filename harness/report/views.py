@@ -1,6 +1,9 @@
 """The report's views: a view is a small function in :data:`VIEWS` that turns the results table into
-tables and matplotlib figures, and applies when the run has the metrics it plots. Add a view by
-decorating a function with :func:`view`; :mod:`harness.report.render` assembles them into documents.
+tables and plots, and applies when the run has the metrics it plots. Add a view by decorating a function
+with :func:`view`; :mod:`harness.report.render` assembles them into documents.
+
+A :class:`Plot` holds the data of its panels, not a drawing: ``report.md`` and ``report.html`` draw it
+with matplotlib (:attr:`Plot.png`), the dashboard (:mod:`harness.report.site`) with plotly, interactive.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -17,10 +22,39 @@ from harness.report.console import fmt_value
 
 
 @dataclass
+class Series:
+    """One set of bars, a line or a cloud of points of a panel."""
+
+    name: str  # the legend's entry ("" for none)
+    x: list  # categories (bars) or numbers
+    y: list[float]
+    low: list[float] | None = None  # the CI's ends, absolute
+    high: list[float] | None = None
+    labels: list[str] | None = None  # each point's name, written beside it and shown on hover
+    kind: Literal["bar", "line", "points"] = "bar"
+    color: str | None = None
+
+
+@dataclass
+class Panel:
+    title: str
+    series: list[Series]
+    xlabel: str = ""
+    ylabel: str = ""
+    xscale: Literal["linear", "log"] = "linear"
+    yscale: Literal["linear", "log", "symlog"] = "linear"  # symlog: log with zero allowed (KLD of a reference)
+
+
+@dataclass
 class Plot:
     name: str  # file stem of the PNG next to report.md
-    png: bytes
     caption: str
+    panels: list[Panel]
+    width: float = 5.5  # of one panel's PNG, inches
+
+    @cached_property
+    def png(self) -> bytes:
+        return _draw_png(self)
 
 
 @dataclass
@@ -48,47 +82,94 @@ def view(name: str, title: str, metrics: set[str]):
     return register
 
 
-# --- plotting helpers ---------------------------------------------------------------------------------------
+# --- drawing a plot with matplotlib (report.md, report.html) ------------------------------------------------
 
-def _figure(ncols: int, width: float = 5.5, height: float = 3.6):
+def _draw_png(plot: Plot) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(1, ncols))
-
-
-def _png(fig) -> bytes:
+    fig = Figure(figsize=(plot.width * len(plot.panels), 3.6), layout="constrained")
+    for ax, panel in zip(np.atleast_1d(fig.subplots(1, len(plot.panels))), plot.panels, strict=True):
+        _draw_panel(ax, panel)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
 
 
+def _draw_panel(ax, panel: Panel) -> None:
+    ax.set_xscale(panel.xscale)  # before drawing: setting a scale resets the ticks
+    if panel.yscale == "symlog":
+        ax.set_yscale("symlog", linthresh=1e-4)
+    else:
+        ax.set_yscale(panel.yscale)
+    bars = [s for s in panel.series if s.kind == "bar"]
+    width = 0.8 / max(1, len(bars))
+    for series in panel.series:
+        y = np.asarray(series.y, dtype=float)
+        if series.kind == "bar":
+            x = np.arange(len(series.x)) + (bars.index(series) - (len(bars) - 1) / 2) * width
+            yerr = None
+            if series.low is not None:
+                yerr = np.nan_to_num(np.vstack([y - np.asarray(series.low, dtype=float),
+                                                np.asarray(series.high, dtype=float) - y]), nan=0.0).clip(min=0)
+            ax.bar(x, y, width, yerr=yerr, capsize=3, color=series.color or (None if len(bars) > 1 else "tab:blue"),
+                   label=series.name or None)
+            ax.set_xticks(np.arange(len(series.x)), series.x, rotation=30, ha="right", fontsize=8)
+        elif series.kind == "line":
+            ax.plot(series.x, y, marker="o", color=series.color, label=series.name or None)
+        else:
+            ax.scatter(series.x, y, color=series.color, label=series.name or None)
+        for xi, yi, text in zip(series.x, y, series.labels or [], strict=False):
+            ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(panel.title, fontsize=10)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.grid(axis="y" if bars else "both", alpha=0.3)
+    if any(s.name for s in panel.series):
+        ax.legend(fontsize=7)
+
+
 def _label(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """The shortest name telling the rows apart: the keys that vary (backend always)."""
     varying = [k for k in keys if frame[k].nunique() > 1] or ["backend"]
-    return frame[varying].astype(str).agg("/".join, axis=1)
+    label = frame[varying[0]].astype(str)
+    for key in varying[1:]:
+        label = label + "/" + frame[key].astype(str)
+    return label
 
 
-def _bars(ax, frame: pd.DataFrame, metric: str, keys: list[str], title: str) -> None:
-    rows = frame[frame["metric"] == metric].reset_index(drop=True)
-    labels = _label(rows, keys)
-    values = rows["value"].to_numpy(dtype=float)
-    low = (values - rows["ci_low"].to_numpy(dtype=float))
-    high = (rows["ci_high"].to_numpy(dtype=float) - values)
-    yerr = np.nan_to_num(np.vstack([low, high]), nan=0.0).clip(min=0)
-    ax.bar(range(len(rows)), values, yerr=yerr, capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    unit = rows["unit"].iloc[0] if len(rows) else ""
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(unit)
-    ax.grid(axis="y", alpha=0.3)
+def _bars(frame: pd.DataFrame, panels: list[tuple[str, str, str]]) -> list[Panel]:
+    """A panel of bars (one per model/backend, CI as error bars) per (metric, title, y scale) the rows have."""
+    out = []
+    for metric, title, yscale in panels:
+        rows = frame[frame["metric"] == metric].reset_index(drop=True)
+        if len(rows):
+            series = Series("", _label(rows, ["model", "backend"]).tolist(), rows["value"].tolist(),
+                            rows["ci_low"].tolist(), rows["ci_high"].tolist())
+            out.append(Panel(title, [series], ylabel=rows["unit"].iloc[0] or "", yscale=yscale))
+    return out
+
+
+def _wide(frame: pd.DataFrame, keys: list[str], metrics: list[str], pick: Callable = lambda old, new: old
+          ) -> pd.DataFrame:
+    """A row per distinct ``keys`` (in order of appearance), a column per metric of ``metrics`` present: the
+    first value, or ``pick(old, new)`` of a key's several. A loop, not ``pivot_table``: that costs ~20 ms a
+    call, and a dashboard renders every run's report."""
+    rows: dict[tuple, dict] = {}
+    wanted = set(metrics)
+    for key, metric, value in zip(frame[keys].itertuples(index=False, name=None), frame["metric"].tolist(),
+                                  frame["value"].tolist(), strict=True):
+        if metric in wanted and value == value:  # NaN: not measured
+            row = rows.setdefault(key, {})
+            row[metric] = pick(row[metric], value) if metric in row else value
+    present = [m for m in metrics if any(m in row for row in rows.values())]
+    return pd.DataFrame([(*key, *(row.get(m, np.nan) for m in present)) for key, row in rows.items()],
+                        columns=keys + present)
 
 
 def _metric_table(frame: pd.DataFrame, metrics: list[str], keys: list[str]) -> pd.DataFrame:
-    wide = frame[frame["metric"].isin(metrics)].pivot_table(index=keys, columns="metric", values="value",
-                                                            aggfunc="first", sort=False)
-    wide = wide.reindex(columns=[m for m in metrics if m in wide.columns])
-    return wide.map(fmt_value).reset_index()
+    wide = _wide(frame, keys, metrics)
+    wide[wide.columns[len(keys):]] = wide[wide.columns[len(keys):]].map(fmt_value)
+    return wide
 
 
 def _find(params: dict, key: str):
@@ -115,10 +196,9 @@ def perplexity_view(ok: pd.DataFrame) -> list:
     blocks = ["Bits per byte compares models with different tokenizers; token perplexity only models that "
               "share one. Error bars: bootstrap CI over windows."]
     for (task, dataset), group in cells.groupby(["task", "dataset"], sort=False, dropna=False):
-        fig, axes = _figure(2)
-        _bars(axes[0], group, "bits_per_byte", ["model", "backend"], f"bits per byte — {task}")
-        _bars(axes[1], group, "token_ppl", ["model", "backend"], f"token perplexity — {task}")
-        blocks.append(Plot(f"perplexity-{task}", _png(fig), f"{task} on {dataset}, by backend"))
+        panels = _bars(group, [("bits_per_byte", f"bits per byte — {task}", "linear"),
+                               ("token_ppl", f"token perplexity — {task}", "linear")])
+        blocks.append(Plot(f"perplexity-{task}", f"{task} on {dataset}, by backend", panels))
     blocks.append(_metric_table(ok[ok["cell_id"].isin(cells["cell_id"])],
                                 ["token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s"], CELL))
     return blocks
@@ -129,13 +209,11 @@ def throughput_view(ok: pd.DataFrame) -> list:
     cells = ok[ok["cell_id"].isin(ok.loc[ok["metric"] == "decode_tok_s", "cell_id"])]
     blocks = ["Median over repeats; error bars: the distribution-free CI of the median."]
     for task, group in cells.groupby("task", sort=False):
-        fig, axes = _figure(3, width=4.5)
-        _bars(axes[0], group, "prefill_tok_s", ["model", "backend"], f"prefill — {task}")
-        _bars(axes[1], group, "decode_tok_s", ["model", "backend"], f"decode — {task}")
-        _bars(axes[2], group, "ttft_s", ["model", "backend"], f"time to first token — {task}")
-        for ax in axes[:2]:
-            ax.set_yscale("log")
-        blocks.append(Plot(f"throughput-{task}", _png(fig), f"{task}: tokens/s (log scale) and TTFT by backend"))
+        panels = _bars(group, [("prefill_tok_s", f"prefill — {task}", "log"),
+                               ("decode_tok_s", f"decode — {task}", "log"),
+                               ("ttft_s", f"time to first token — {task}", "linear")])
+        blocks.append(Plot(f"throughput-{task}", f"{task}: tokens/s (log scale) and TTFT by backend", panels,
+                           width=4.5))
     blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"], CELL))
     return blocks
 
@@ -143,26 +221,18 @@ def throughput_view(ok: pd.DataFrame) -> list:
 @view("memory", "Memory and model size", {"peak_rss_mb", "model_bytes"})
 def memory_view(ok: pd.DataFrame) -> list:
     per = ok[ok["metric"].isin(["peak_rss_mb", "peak_vram_mb", "model_bytes"])]
-    wide = per.pivot_table(index=["model", "backend"], columns="metric", values="value", aggfunc="max", sort=False)
-    wide = wide.reset_index()
-    labels = _label(wide, ["model", "backend"])
-    fig, axes = _figure(1, width=max(5.5, 0.9 * len(wide)))
-    x, width = np.arange(len(wide)), 0.4
-    series = [("model_bytes", "weights in memory", 1 / 2**20), ("peak_rss_mb", "peak RSS (largest cell)", 1.0)]
-    if "peak_vram_mb" in wide:
-        series.append(("peak_vram_mb", "peak VRAM", 1.0))
-        width = 0.27
-    for i, (metric, name, scale) in enumerate(s for s in series if s[0] in wide):
-        axes[0].bar(x + (i - (len(series) - 1) / 2) * width, wide[metric] * scale, width, label=name)
-    axes[0].set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    axes[0].set_ylabel("MiB")
-    axes[0].legend(fontsize=8)
-    axes[0].grid(axis="y", alpha=0.3)
+    wide = _wide(per, ["model", "backend"], ["model_bytes", "peak_rss_mb", "peak_vram_mb"], max)
+    labels = _label(wide, ["model", "backend"]).tolist()
+    series = [Series(name, labels, (wide[metric] * scale).tolist())
+              for metric, name, scale in (("model_bytes", "weights in memory", 1 / 2**20),
+                                          ("peak_rss_mb", "peak RSS (largest cell)", 1.0),
+                                          ("peak_vram_mb", "peak VRAM", 1.0)) if metric in wide]
+    plot = Plot("memory", "weights and peak memory by backend", [Panel("", series, ylabel="MiB")],
+                width=max(5.5, 0.9 * len(wide)))
     shown = wide.copy()
     if "model_bytes" in shown:
         shown["model_MiB"] = shown.pop("model_bytes") / 2**20
-    return [Plot("memory", _png(fig), "weights and peak memory by backend"),
-            shown.map(lambda v: fmt_value(v) if isinstance(v, float) else v)]
+    return [plot, shown.map(lambda v: fmt_value(v) if isinstance(v, float) else v)]
 
 
 @view("decoding", "Decoding", {"entropy_mean", "distinct_2"})
@@ -171,7 +241,8 @@ def decoding_view(ok: pd.DataFrame) -> list:
     cells whose strategy is temperature alone (no truncation, penalty or beams), one line per backend
     and sampler."""
     cells = ok[ok["metric"].isin(["entropy_mean", "distinct_2"])].copy()
-    task = [json.loads(p).get("resolved", {}).get("task", {}) for p in cells["params"]]
+    parsed = {p: json.loads(p).get("resolved", {}).get("task", {}) for p in cells["params"].unique()}
+    task = [parsed[p] for p in cells["params"]]
     strategy = [t.get("strategy") or {} for t in task]
     pure = [bool(st) and st.get("top_k") is None and st.get("top_p") is None and not st.get("min_p")
             and st.get("repetition_penalty", 1) == 1 and st.get("beams", 1) == 1 for st in strategy]
@@ -183,22 +254,18 @@ def decoding_view(ok: pd.DataFrame) -> list:
     cells = cells[swept]
     if cells.empty:
         return ["No decoding cell sweeps temperature alone."]
-    fig, axes = _figure(2)
-    for ax, metric in zip(axes, ("entropy_mean", "distinct_2"), strict=True):
-        rows = cells[cells["metric"] == metric]
-        for (model, backend, sweep, sampler), line in rows.groupby(["model", "backend", "sweep", "sampler"],
-                                                                   sort=False):
-            line = line.sort_values("temperature")
-            ax.plot(line["temperature"], line["value"], marker="o", label=f"{model}/{backend} {sweep} ({sampler})")
-        ax.set_xlabel("temperature")
-        ax.set_title(metric + (" (nats, of the distribution sampled from)" if metric == "entropy_mean" else ""),
-                     fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    table = cells.pivot_table(index=["model", "backend", "sweep", "sampler", "temperature"], columns="metric",
-                              values="value", aggfunc="first").map(fmt_value).reset_index()
-    return [Plot("decoding", _png(fig), "entropy and distinct-2 against temperature, by backend and sampler"),
-            table]
+    panels = []
+    for metric in ("entropy_mean", "distinct_2"):
+        rows = cells[cells["metric"] == metric].sort_values("temperature")
+        lines = [Series(f"{model}/{backend} {sweep} ({sampler})", line["temperature"].tolist(), line["value"].tolist(),
+                        line["ci_low"].tolist(), line["ci_high"].tolist(), kind="line")
+                 for (model, backend, sweep, sampler), line in rows.groupby(["model", "backend", "sweep", "sampler"],
+                                                                            sort=False)]
+        panels.append(Panel(metric + (" (nats, of the distribution sampled from)" if metric == "entropy_mean" else ""),
+                            lines, xlabel="temperature"))
+    keys = ["model", "backend", "sweep", "sampler", "temperature"]
+    table = _metric_table(cells, ["distinct_2", "entropy_mean"], keys).sort_values(keys, ignore_index=True)
+    return [Plot("decoding", "entropy and distinct-2 against temperature, by backend and sampler", panels), table]
 
 
 #: the quantization table's columns: (metric, from the kld cell or the throughput cell)
@@ -224,8 +291,8 @@ def weight_types_label(shares: dict | None) -> str:
 def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (model, backend): bits per weight, size, quality from its kld cell, speed and
     memory from its throughput cell (the kld cell holds the reference too), and its Pareto flags."""
-    kinds = {cell: json.loads(p).get("task", {}).get("type") for cell, p in zip(ok["cell_id"], ok["params"],
-                                                                              strict=True)}
+    kinds = {cell: json.loads(p).get("task", {}).get("type")
+             for cell, p in ok.drop_duplicates("cell_id")[["cell_id", "params"]].itertuples(index=False)}
     ok = ok.assign(kind=ok["cell_id"].map(kinds).map({"kld": "kld", "throughput": "speed"}))
     rows = []
     for (model, backend), group in ok.groupby(["model", "backend"], sort=False):
@@ -253,33 +320,44 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
                  + [c for c in ("pareto_size", "pareto_speed") if c in table]]
 
 
+#: the quality axes of the quantization plots: (metric, axis label, y scale, lower is better)
+QUALITY = [("kld_mean", "KLD mean vs reference (nats)", "symlog", True),
+           ("same_top1", "same top-1 token as the reference", "linear", False)]
+#: the cost axes: (metric, axis label, scale to the axis's unit)
+COSTS = [("model_bytes", "weights in memory (MiB)", 1 / 2**20), ("decode_tok_s", "decode tok/s", 1.0)]
+
+
+def _front_panels(table: pd.DataFrame, quality: str, ylabel: str, yscale: str, lower_better: bool) -> list[Panel]:
+    """One panel per cost (size, speed): the variants as points, the Pareto front as a red line."""
+    labels = _label(table, ["model", "backend"]).to_numpy()
+    y = table[quality].to_numpy(dtype=float)
+    panels = []
+    for metric, name, scale in COSTS:
+        if table[metric].isna().any():
+            continue
+        x = table[metric].to_numpy(dtype=float) * scale
+        front = pareto_front(x if metric == "model_bytes" else -x, y if lower_better else -y)
+        order = np.argsort(x[front])
+        panels.append(Panel("", [
+            Series("dominated", x[~front].tolist(), y[~front].tolist(), labels=labels[~front].tolist(),
+                   kind="points", color="tab:gray"),
+            Series("Pareto front", x[front][order].tolist(), y[front][order].tolist(),
+                   labels=labels[front][order].tolist(), kind="line", color="tab:red")],
+            xlabel=name, ylabel=ylabel, yscale=yscale))
+    return panels
+
+
 @view("quantization", "Quantization: quality against size and speed", {"kld_mean"})
 def quantization_view(ok: pd.DataFrame) -> list:
     table = quantization_table(ok)
     if table.empty:
         return ["No variant has a kld cell."]
-    labels = _label(table, ["model", "backend"])
-    against = [(m, name, flag) for m, name, flag in (("model_bytes", "weights in memory (MiB)", "pareto_size"),
-                                                       ("decode_tok_s", "decode tok/s", "pareto_speed"))
-               if flag in table]
-    fig, axes = _figure(len(against))
-    for ax, (metric, name, flag) in zip(axes, against, strict=True):
-        x = table[metric] / (2**20 if metric == "model_bytes" else 1)
-        front = table[flag].to_numpy()
-        ax.scatter(x[~front], table["kld_mean"][~front], color="tab:gray", label="dominated")
-        ax.scatter(x[front], table["kld_mean"][front], color="tab:red", label="Pareto front")
-        order = np.argsort(x[front].to_numpy())
-        ax.plot(x[front].to_numpy()[order], table["kld_mean"][front].to_numpy()[order], color="tab:red", alpha=0.5)
-        for xi, yi, text in zip(x, table["kld_mean"], labels, strict=True):
-            ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(name)
-        ax.set_ylabel("KLD mean vs reference (nats)")
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    plots = [Plot("quantization" + ("" if quality == "kld_mean" else f"-{quality}"),
+                  f"{ylabel} against size and decode speed; red: the Pareto front (nothing smaller/faster "
+                  "is closer to the reference)", _front_panels(table, quality, ylabel, yscale, lower))
+             for quality, ylabel, yscale, lower in QUALITY if table[quality].notna().all()]
     shown = table.copy()
     for col in shown.columns:
         if col not in ("model", "backend", "weight_types") and not col.startswith("pareto"):
             shown[col] = shown[col].map(fmt_value)
-    return [Plot("quantization", _png(fig), "mean KL divergence from the reference against size and decode speed; "
-                 "red: the Pareto front (nothing smaller/faster is closer to the reference)"), shown]
+    return [*plots, shown]
