@@ -354,7 +354,9 @@ def run(args) -> int:
     parity_path = work / "parity.json"
     for phase in args.phases.split(","):
         phase_start = time.time()
-        if phase == "parity":
+        if phase == "parity" and parity_done(parity_path, sets):
+            print("parity: kept from an earlier run with the same settings")
+        elif phase == "parity":
             done = subprocess.run([sys.executable, __file__, "parity", "--out", str(parity_path), *sets], env=env,
                                   cwd=work)
             if done.returncode != 0:
@@ -374,6 +376,11 @@ def run(args) -> int:
 
 
 # -- harness vs bare generate ----------------------------------------------------------------------------------
+
+def parity_done(path: Path, sets: list[str]) -> bool:
+    """A rerun (after a cut-short call) keeps the comparison an earlier run of the same settings finished."""
+    return path.is_file() and json.loads(path.read_text()).get("overrides") == sets
+
 
 def parity(args) -> int:
     """fp16 decode through the harness (the throughput task on the hf backend) and through a bare
@@ -437,7 +444,8 @@ def parity(args) -> int:
     backend.close()
     med = {k: float(np.median(v)) for k, v in
            (("harness", through_harness), ("bare", bare_streamed), ("bare_synced", bare_synced))}
-    record = {"backend": "fp16", "device": str(model.device), "prompt_tokens": int(len(prompt)), "new_tokens": new,
+    record = {"overrides": args.set, "backend": "fp16", "device": str(model.device),
+              "prompt_tokens": int(len(prompt)), "new_tokens": new,
               "rounds": settings.repeats, "harness_decode_tok_s": through_harness, "bare_decode_tok_s": bare_streamed,
               "bare_synced_decode_tok_s": bare_synced, "median": med, "ratio": med["harness"] / med["bare"]}
     Path(args.out).write_text(json.dumps(record, indent=1))
