@@ -277,6 +277,11 @@ def environment(env: dict, work: Path) -> dict:
         info["nvidia_smi"] = smi.stdout.strip() if smi.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         info["nvidia_smi"] = None
+    try:  # the installed copy has no .git beside it; the checkout may (a device machine's copy has none)
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        info["checkout_commit"] = head.stdout.strip() if head.returncode == 0 else None
+    except OSError:
+        info["checkout_commit"] = None
     return info
 
 
