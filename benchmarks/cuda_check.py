@@ -591,7 +591,7 @@ def run_checks(frame, *, device: str, parity: dict | None, reference: dict | Non
                              f"bare timed to a synchronize: {parity['median']['bare_synced']:.1f}"))
     sweep = {t: metric("fp16", t, "decode_tok_s") for t in SPEED_TASKS}
     out.append(_check("fp16 decode batch sweep (1, 8, 32)", "info",
-                      ", ".join(f"{t}: {'-' if v is None else f'{v:,.0f} tok/s'}" for t, v in sweep.items()),
+                      ", ".join(f"{t}: {'-' if v is None else f'{v:,.1f} tok/s'}" for t, v in sweep.items()),
                       list(sweep.values())))
     return out
 

@@ -3,6 +3,7 @@ the slimmed bitsandbytes wheel, the weight arithmetic and the expectation checks
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -175,3 +176,20 @@ def test_report_is_written_from_a_run_directory(tmp_path):
     assert report["parity"]["median"]["bare"] == 100.0 and report["environment"]["versions"]["torch"] == "2.11.0"
     assert "| fp16 | speed-b32 | ok |" in (out / "check.md").read_text()
     assert (out / "run.tar.gz").stat().st_size > 0
+
+
+def test_overrides_make_the_dry_run_variant_of_the_suite(tmp_path):
+    """The --set values run() passes name keys suites/cuda.yaml has: every backend on cpu, smaller cells."""
+    from harness.suite import parse_suite
+
+    args = argparse.Namespace(max_tokens=1024, device="cpu", speed="32,4,2")
+    sets = cuda_check.suite_overrides(tmp_path / "m.gguf", tmp_path / "t.txt", args)
+    suite, _ = parse_suite(cuda_check.SUITE, sets)
+    assert set(suite.backends) == set(cuda_check.VARIANTS)
+    assert {b.device for b in suite.backends.values()} == {"cpu"}
+    assert suite.tasks["ppl"].max_tokens == 1024 and suite.datasets["wiki"].source == f"file:{tmp_path / 't.txt'}"
+    assert [(t.prompt_tokens, t.new_tokens, t.repeats, t.batch_size) for t in
+            (suite.tasks[n] for n in cuda_check.SPEED_TASKS)] == [(32, 4, 2, 1), (32, 4, 2, 8), (32, 4, 2, 32)]
+    plain, _ = parse_suite(cuda_check.SUITE, cuda_check.suite_overrides(
+        tmp_path / "m.gguf", tmp_path / "t.txt", argparse.Namespace(max_tokens=8192, device="cuda", speed=None)))
+    assert {b.device for b in plain.backends.values()} == {"cuda"} and plain.tasks["speed"].new_tokens == 128
