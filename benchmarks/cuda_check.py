@@ -337,7 +337,7 @@ def setup(args, work: Path) -> tuple[dict, dict]:
 def preflight(args) -> int:
     """The install and the probe alone (the first device call, while the model's second part is not there yet):
     ``preflight.json`` in ``--out``."""
-    out, work = Path(args.out), Path(args.work)
+    out, work = Path(args.out), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     _, info = setup(args, work)
@@ -347,7 +347,7 @@ def preflight(args) -> int:
 
 def run(args) -> int:
     started = time.time()
-    out, work = Path(args.out), Path(args.work)
+    out, work = Path(args.out), Path(args.work).resolve()  # the harness runs with work as its directory
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     gguf = join_parts([Path(p) for p in args.model], work / GGUF_NAME, GGUF_SHA256)
@@ -362,8 +362,8 @@ def run(args) -> int:
         if phase == "parity" and parity_done(parity_path, sets):
             print("parity: kept from an earlier run with the same settings")
         elif phase == "parity":
-            done = subprocess.run([sys.executable, __file__, "parity", "--out", str(parity_path), *sets], env=env,
-                                  cwd=work)
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "parity", "--out", str(parity_path),
+                                   *sets], env=env, cwd=work)
             if done.returncode != 0:
                 print(f"parity: exit code {done.returncode}", file=sys.stderr)
         elif phase in ("ppl", "speed"):
