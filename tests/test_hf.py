@@ -317,3 +317,50 @@ def test_kv_cached_steps_use_no_deprecated_keyword(llama_dir):
         gen = backend.generate(backend.tokenizer.prompt("It is a truth"), Decoding(temperature=0), 4,
                                sampler="harness", ignore_eos=True)
     assert len(gen.tokens) == 4
+
+
+def _quantization_state_bytes(model, double_quant: bool) -> int:
+    """bitsandbytes' quantization state by arithmetic on the layers' shapes (blocks of 64 weights): per 4-bit
+    layer an fp32 absmax per block and a 16-entry fp32 code book; with double quantization the absmax in 8 bits,
+    plus an fp32 offset, an fp32 absmax per 256 blocks and a 256-entry fp32 code book; per int8 layer an fp32
+    scale per output row (SCB)."""
+    total = 0
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            blocks = math.ceil(module.in_features * module.out_features / 64)
+            total += 16 * 4 + (blocks + 4 + math.ceil(blocks / 256) * 4 + 256 * 4 if double_quant else blocks * 4)
+        elif type(module).__name__ == "Linear8bitLt":
+            total += module.out_features * 4
+    return total
+
+
+def test_bnb_model_bytes_count_the_quantization_state(llama_dir):
+    """get_memory_footprint() misses absmax and code books (NF4 and double-quantized NF4 read the same):
+    model_bytes adds them, equal to their count by arithmetic."""
+    pytest.importorskip("bitsandbytes")
+    sizes = {}
+    for name, quant in {"nf4": {"bits": 4, "quant_type": "nf4"}, "fp4": {"bits": 4, "quant_type": "fp4"},
+                        "nf4-dq": {"bits": 4, "quant_type": "nf4", "double_quant": True},
+                        "int8": {"bits": 8}}.items():
+        model = resolve("tiny", ModelSpec(hf=str(llama_dir)), llama_dir.parent)
+        backend = HfBackend(HfSettings(type="hf", dtype="float16", quantization={"method": "bnb", **quant}), model)
+        backend.prepare()
+        info = backend.load(context_tokens=64)
+        state = _quantization_state_bytes(backend._model, quant.get("double_quant", False))
+        assert state > 0
+        assert info.model_bytes == backend._model.get_memory_footprint() + state, name
+        sizes[name] = info.model_bytes
+        backend.close()
+    assert sizes["nf4"] == sizes["fp4"]  # the same packing, blocks and code-book size: only the code differs
+    # double quantization saves 3 bytes a block of 64 weights but adds a 1 KiB code book a layer: on layers
+    # this small it costs more (SmolLM2's 5k-14k blocks a layer save 5 MB: benchmarks/cuda_check.py)
+    assert sizes["nf4"] < sizes["nf4-dq"] < sizes["int8"]
+
+
+def test_loaded_dtype_is_the_one_asked_for(llama_dir):
+    from harness.backends.hf.backend import check_loaded_dtype
+
+    backend = _backend(llama_dir, dtype="bfloat16")
+    assert backend._head.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="loaded the weights as float32, not the float16"):
+        check_loaded_dtype(torch.zeros(2), "float16", transformers.__version__)

@@ -82,32 +82,47 @@ class CudaMemory:
         self._torch = torch
         torch.cuda.reset_peak_memory_stats()
 
-    def peaks(self) -> dict[str, float]:
+    def peaks(self) -> dict[str, float | None]:
+        """``nvml_process_mb`` is None (recorded as null: unknown) where NVML gives no figure for this process."""
         cuda = self._torch.cuda
-        out = {"peak_vram_mb": cuda.max_memory_reserved() / 2**20,
-               "torch_max_allocated_mb": cuda.max_memory_allocated() / 2**20,
-               "torch_max_reserved_mb": cuda.max_memory_reserved() / 2**20}
         nvml = nvml_process_bytes()
-        if nvml is not None:
-            out["nvml_process_mb"] = nvml / 2**20
-        return out
+        return {"peak_vram_mb": cuda.max_memory_reserved() / 2**20,
+                "torch_max_allocated_mb": cuda.max_memory_allocated() / 2**20,
+                "torch_max_reserved_mb": cuda.max_memory_reserved() / 2**20,
+                "nvml_process_mb": None if nvml is None else nvml / 2**20}
+
+
+#: NVML_VALUE_NOT_AVAILABLE of an unsigned long long: the driver does not report the figure
+NVML_NOT_AVAILABLE = 2**64 - 1
 
 
 def nvml_process_bytes() -> int | None:
-    """GPU memory NVML attributes to this process on any device; None without pynvml or a driver."""
+    """GPU memory NVML attributes to this process over all devices; None when unknown (no pynvml or driver,
+    or see :func:`own_process_bytes`)."""
     try:
         import pynvml
     except ImportError:
         return None
     try:
         pynvml.nvmlInit()
-        used = 0
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory:
-                    used += proc.usedGpuMemory
-        pynvml.nvmlShutdown()
-        return used
     except pynvml.NVMLError:
         return None
+    try:
+        devices = [pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))
+                   for i in range(pynvml.nvmlDeviceGetCount())]
+        return own_process_bytes(devices, os.getpid())
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def own_process_bytes(devices: list[list], pid: int) -> int | None:
+    """The bytes of ``pid`` in NVML's compute-process lists, one list per device (entries with ``pid`` and
+    ``usedGpuMemory``). None, never 0, when NVML lists the process on no device (in a container NVML may see
+    only the host's process ids) or gives no figure for an entry of it (None, NVML_VALUE_NOT_AVAILABLE, or
+    0, which no process holding a CUDA context uses)."""
+    used = [p.usedGpuMemory for processes in devices for p in processes if p.pid == pid]
+    if not used or any(not u or u >= NVML_NOT_AVAILABLE for u in used):
+        return None
+    return sum(used)

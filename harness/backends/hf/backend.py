@@ -168,7 +168,8 @@ class HfBackend(Backend):
         self._body = self._model.base_model
         self._head = self._model.get_output_embeddings()
         self._device = self._head.weight.device
-        return LoadInfo(load_s=load_s, model_bytes=int(self._model.get_memory_footprint()), details={
+        check_loaded_dtype(self._head.weight, s.dtype, transformers.__version__)
+        return LoadInfo(load_s=load_s, model_bytes=weight_bytes(self._model), details={
             "architecture": type(self._model).__name__,
             # transformers counts a bitsandbytes 4-bit tensor's weights, not its packed bytes (bits/weight)
             "n_params": int(self._model.num_parameters()),
@@ -289,13 +290,47 @@ class HfBackend(Backend):
         out.text = self.tokenizer.text(out.tokens)
         return out
 
-    def device_memory(self) -> dict[str, float]:
+    def device_memory(self) -> dict[str, float | None]:
         return self._cuda.peaks() if self._cuda is not None else {}
 
     def close(self) -> None:
         self._model = self._body = self._head = None
         if self._cuda is not None:
             self._torch.cuda.empty_cache()
+
+
+def check_loaded_dtype(weight, dtype: str, transformers_version: str) -> None:
+    """The output head (never quantized by bitsandbytes) holds the dtype the cell asked for: a transformers
+    that ignored ``dtype=`` would give a "float16" cell float32 numbers."""
+    loaded = str(weight.dtype).removeprefix("torch.")
+    if loaded != dtype:
+        raise ValueError(f"transformers {transformers_version} loaded the weights as {loaded}, not the {dtype} "
+                         "asked for (from_pretrained's dtype= needs transformers >= 4.56)")
+
+
+def weight_bytes(model) -> int:
+    """The weights' bytes in memory: ``get_memory_footprint`` (parameters and buffers) plus the bitsandbytes
+    quantization state hanging off the parameters, which it misses: a 4-bit weight's absmax per block and code
+    book (with double quantization the 8-bit absmax, its own absmax, code book and offset), an int8 weight's
+    row scales (SCB). Each tensor is counted once."""
+    seen, state_bytes = set(), 0
+    for param in model.parameters():
+        for tensor in _quantization_state(param):
+            key = (tensor.device, tensor.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                state_bytes += tensor.numel() * tensor.element_size()
+    return int(model.get_memory_footprint()) + state_bytes
+
+
+def _quantization_state(param) -> Iterator:
+    state = getattr(param, "quant_state", None)  # bitsandbytes Params4bit
+    while state is not None:
+        yield from (t for t in (state.absmax, state.code, state.offset) if t is not None)
+        state = state.state2 if state.nested else None
+    scb = getattr(param, "SCB", None)  # bitsandbytes Int8Params
+    if scb is not None:
+        yield scb
 
 
 def torch_log_softmax(logits):
