@@ -2,24 +2,42 @@
 
 Also ``python -m harness``.
 
-Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed.
+Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed,
+4 an environment error (disk full, permission denied, read-only file system), 130 interrupted (Ctrl-C,
+SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
-from harness.core.errors import UserError
+from harness.core.errors import UserError, describe_os_error
 from harness.tasks import TASKS
 
-EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (CI cancelling a job, ``timeout``, a closed terminal), handled as Ctrl-C is: every
+    cell's process is stopped, finished cells are kept."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -48,6 +66,8 @@ def cmd_run(args, console: Console) -> int:
     from harness.run.plan import RunOptions
     from harness.run.runner import Runner
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UserError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
@@ -222,11 +242,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
         return args.func(args, console)
     except UserError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished cells are kept (resume with --resume)", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt as exc:
+        how = f" by {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
