@@ -82,7 +82,10 @@ def atomic_writes(files: list[tuple[Path, Writer]]) -> None:
             except OSError as exc:
                 raise _named(exc, path) from exc
         for tmp, path in done:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:  # named by the file the user asked for, not the temp file
+                raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
     except BaseException:
         for tmp, _ in done:
             tmp.unlink(missing_ok=True)

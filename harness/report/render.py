@@ -7,7 +7,9 @@ section per view (:mod:`harness.report.views`) that applies to the run.
 from __future__ import annotations
 
 import base64
+import errno
 import html
+import os
 import re
 from pathlib import Path
 
@@ -102,6 +104,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path
     """Write report.md (+ its PNGs under report_files/) and report.html into ``out_dir`` (the run dir)."""
     run = read_run(run_dir)
     out_dir = Path(out_dir or run_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     sections = build(run)
     for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):
         block.name = re.sub(r"[^A-Za-z0-9_.-]", "_", block.name)
