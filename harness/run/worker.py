@@ -24,7 +24,7 @@ from harness.results.records import FAILED, OK, SKIPPED, CellRecord
 from harness.run.job import Job, now
 from harness.run.launcher import WORKER_COULD_NOT_WRITE
 from harness.sources.corpora import load_corpus
-from harness.sources.models import ResolvedModel
+from harness.sources.models import ResolvedModel, trained_context
 from harness.tasks import TASKS
 
 
@@ -50,6 +50,11 @@ def run_job(job: Job) -> dict:
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()
+    overflow = {}
+    if settings.allow_context_overflow:  # asked for on purpose: say by how much
+        trained = trained_context(job.model.kind, job.model.path)
+        if trained and task.context_tokens() > trained:
+            overflow = {"context_overflow": {"needed": task.context_tokens(), "trained": trained}}
     for name, text in result.artifacts.items():
         atomic_write_text(job.artifacts_dir / name, text)
     measurements = result.measurements + [
@@ -63,7 +68,7 @@ def run_job(job: Job) -> dict:
         "status": OK,
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
-        "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
+        "resolved": {"backend": {**prepared, **info.details}, "task": {**result.resolved, **overflow},
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
