@@ -36,6 +36,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+def _path(text: str) -> Path:
+    """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
+    return Path(text).expanduser()
+
+
 def _interrupt(signum, frame):
     raise Interrupted(signum)
 
@@ -150,7 +155,7 @@ def _gate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]REL",
                         help="deterministic metrics: the relative change allowed; repeatable")
     parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
-    parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    parser.add_argument("--out", type=_path, help="write to this file instead of stdout")
 
 
 def cmd_schema(args, console: Console) -> int:
@@ -189,28 +194,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite's cells and write the result tables")
-    run.add_argument("suite", type=Path)
-    run.add_argument("--out", type=Path, help="run directory (default: results/SUITE/RUN_ID)")
+    run.add_argument("suite", type=_path)
+    run.add_argument("--out", type=_path, help="run directory (default: results/SUITE/RUN_ID)")
     run.add_argument("--only", action="append", default=[], metavar="GLOB",
                      help="run only cells whose model/backend/task (or id prefix) matches; repeatable")
     run.add_argument("--resume", action="store_true",
                      help="keep finished cells of the run directory (default: the suite's latest run)")
     run.add_argument("--dry-run", action="store_true", help="print the cells that would run")
-    run.add_argument("--corpora", type=Path, help="corpora directory for corpora: datasets "
+    run.add_argument("--corpora", type=_path, help="corpora directory for corpora: datasets "
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
     _set_option(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a suite and its inputs without running anything")
-    validate.add_argument("suite", type=Path)
-    validate.add_argument("--corpora", type=Path)
+    validate.add_argument("suite", type=_path)
+    validate.add_argument("--corpora", type=_path)
     _set_option(validate)
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")
-    compare.add_argument("base", type=Path, help="run directory of the baseline (last night)")
-    compare.add_argument("new", type=Path, help="run directory of the candidate (tonight)")
+    compare.add_argument("base", type=_path, help="run directory of the baseline (last night)")
+    compare.add_argument("new", type=_path, help="run directory of the candidate (tonight)")
     compare.add_argument("--format", default="markdown",
                          choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
                          help="the last two export NEW's figures for those tools (the exit code still compares)")
@@ -219,17 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     hist = sub.add_parser("history", help="trend of every metric over many runs, and where it stepped")
-    hist.add_argument("dirs", type=Path, nargs="+", help="run directories, or folders of them (results/SUITE)")
+    hist.add_argument("dirs", type=_path, nargs="+", help="run directories, or folders of them (results/SUITE)")
     hist.add_argument("--format", default="markdown", choices=["markdown", "json"])
     hist.add_argument("--last", type=int, default=10, help="runs shown as columns (all are analysed)")
     _gate_options(hist)
     hist.set_defaults(func=cmd_history)
 
     report = sub.add_parser("report", help="report.md and a self-contained report.html with plots")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=_path)
     report.add_argument("--format", default="html", choices=["html", "github-action-benchmark", "pytest-benchmark"],
                         help="html: report.md + report.html; the others print the run's figures for those tools")
-    report.add_argument("--out", type=Path, help="html: directory for the report (default: the run directory); "
+    report.add_argument("--out", type=_path, help="html: directory for the report (default: the run directory); "
                         "otherwise a file (default: stdout)")
     report.set_defaults(func=cmd_report)
 

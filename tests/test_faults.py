@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -131,15 +132,16 @@ def test_a_second_run_on_a_run_dir_in_use_is_refused_at_once(tmp_path):
     assert set(table.status) == {"ok"} and len(list((out / "logs").iterdir())) == 1  # the cell ran once
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(signum, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_sigint_sigterm_and_sighup_stop_the_run_alike(signum, tmp_path):
     suite, out = ngram_suite(tmp_path, orders=(2,)), tmp_path / "run"
     runner = start_run(suite, out)
     worker = stopped_worker(runner)
     runner.send_signal(signum)
     assert runner.wait(timeout=120) == 130
+    how = "" if signum == signal.SIGINT else f" by {signum.name}"
     assert runner.stderr.read().strip().splitlines()[-1] == (
-        f"harness: interrupted by {signum.name}; finished cells are kept (resume with --resume)")
+        f"harness: interrupted{how}; finished cells are kept (resume with --resume)")
     assert gone(worker), "the cell's process outlived the run"
     assert not records_written(out)
 
@@ -499,3 +501,123 @@ def test_a_backend_n_ctx_below_the_tasks_is_refused_at_validation(tmp_path, caps
     assert main(["validate", str(path), "--set", "backends.gguf.n_ctx=64"]) == 2
     assert one_error(capsys) == (f"harness: error: {path}: backends.gguf.n_ctx: 64 is less than the 128 tokens of "
                                  "context task 'ppl' needs")
+
+
+# ------------------------------------------------------------------ paths with ~, names that break tables
+
+def test_tilde_is_the_home_directory_not_a_folder_beside_the_suite(tmp_path, monkeypatch, smollm2_path, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "model.gguf").symlink_to(smollm2_path)
+    (home / "corpus.txt").write_text("The cat sat on the mat. " * 200)
+    monkeypatch.setenv("HOME", str(home))
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    path = smollm2_suite(suites, models={"smollm2": {"gguf": "~/model.gguf"}},
+                         datasets={"docs": {"source": "file:~/corpus.txt"}})
+    assert main(["validate", str(path)]) == 0
+    assert main(["validate", str(path), "--set", "datasets.docs.source=file:~/nope.txt"]) == 2
+    assert one_error(capsys).endswith(f"file not found: {home / 'nope.txt'}")
+
+
+def test_names_with_pipes_and_line_breaks_do_not_break_markdown_tables(tmp_path, capsys):
+    import numpy as np
+    from runs import backend, failed_cell, perplexity_cell, write_run
+
+    def night(path, seed):
+        rng = np.random.default_rng(seed)
+        return write_run(path, [perplexity_cell(rng, model="a|b"), perplexity_cell(rng, model="line\nbreak"),
+                                failed_cell(backend("hf|cpu"), reason="crashed: x | y\nsecond line")],
+                         started_at=f"2026-11-2{seed}T02:00:00+00:00")
+
+    runs = [night(tmp_path / f"n{seed}", seed) for seed in (1, 2, 3)]
+    assert main(["report", str(runs[0])]) == 0
+    assert main(["compare", str(runs[0]), str(runs[1]), "--all"]) == 1  # the failed cell
+    assert main(["history", *map(str, runs)]) == 0
+    for text in ((runs[0] / "report.md").read_text(), capsys.readouterr().out):  # report; compare and history
+        tables = _tables(text)
+        assert tables and all(len({len(row) for row in table}) == 1 for table in tables), text
+        assert "a\\|b" in text and "line<br>break" in text
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables in ``text``, each a list of rows split on the pipes that are not escaped."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(re.split(r"(?<!\\)\|", line))
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+# ------------------------------------------------------------------ bad inputs found by validate
+
+def test_a_truncated_or_directory_gguf_fails_validate(tmp_path, smollm2_path, capsys):
+    truncated = tmp_path / "model.gguf"
+    with open(smollm2_path, "rb") as fh:
+        truncated.write_bytes(fh.read(2_000_000))  # an interrupted download
+    path = smollm2_suite(tmp_path, models={"smollm2": {"gguf": "model.gguf"}})
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys) == (f"harness: error: {path}: models.smollm2.gguf: {truncated} is truncated: its tensors "
+                                 f"need {smollm2_path.stat().st_size:,} bytes, the file has 2,000,000")
+    truncated.unlink()
+    truncated.mkdir()
+    assert main(["validate", str(path)]) == 2
+    assert one_error(capsys).endswith(f"models.smollm2.gguf: {truncated} is a directory, expected a GGUF file")
+
+
+def test_an_empty_dataset_or_a_directory_fails_validate(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "folder").mkdir()
+    path = ngram_suite(tmp_path)
+    assert main(["validate", str(path), "--set", "datasets.docs.source=file:empty.txt"]) == 2
+    assert one_error(capsys).endswith("datasets.docs.source: file:empty.txt is empty: there is no text to read")
+    assert main(["validate", str(path), "--set", "datasets.docs.source=file:folder"]) == 2
+    assert one_error(capsys).endswith(f"datasets.docs.source: {tmp_path / 'folder'} is a directory, expected a text "
+                                      "file")
+
+
+def test_an_unreachable_hub_is_one_line_without_retry_noise(tmp_path):
+    """The hub client retries a refused connection five times (about 25 s of backoff), logging each."""
+    pytest.importorskip("huggingface_hub")
+    path = ngram_suite(tmp_path, models={"m": {"gguf": "hf:someone/some-repo/model.gguf"}},
+                       backends={"gguf": {"type": "llamacpp"}},
+                       matrix=[{"model": "m", "backend": "gguf", "task": "ppl"}])
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"harness: error: {path}: models.m: cannot fetch hf:someone/some-repo/model.gguf "
+                                   "from the Hugging Face hub (LocalEntryNotFoundError); is this machine online?")
+
+
+# ------------------------------------------------------------------ exit codes
+
+def test_the_readme_documents_every_exit_code_of_the_cli():
+    from harness import cli
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("Exit codes:\n\n", 1)[1].split("\n\n", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    assert documented == {cli.EXIT_OK, cli.EXIT_REGRESSION, cli.EXIT_BAD_INPUT, cli.EXIT_CELLS_FAILED,
+                          cli.EXIT_ENVIRONMENT, cli.EXIT_INTERRUPTED} == {0, 1, 2, 3, 4, 130}
+
+
+def test_exit_codes_0_to_4(finished, tmp_path, capsys):
+    """Each documented code from a real cause (130: test_sigint_sigterm_and_sighup_stop_the_run_alike)."""
+    import numpy as np
+    from runs import perplexity_cell, write_run
+
+    suite, run = finished
+    assert main(["validate", str(suite)]) == 0
+    base = write_run(tmp_path / "base", [perplexity_cell(np.random.default_rng(0))])
+    worse = write_run(tmp_path / "new", [perplexity_cell(np.random.default_rng(0), nll=3.6)])
+    assert main(["compare", str(base), str(worse)]) == 1
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    short = {"type": "perplexity", "dataset": "docs", "n_ctx": 128, "max_tokens": 100}  # less than one window
+    failing = ngram_suite(tmp_path, orders=(2,), tasks={"ppl": short})
+    assert main(["run", str(failing), "--out", str(tmp_path / "failing")]) == 3
+    assert main(["compare", str(run), str(run), "--out", str(tmp_path)]) == 4
+    assert "fewer than one chunked window" in pd.read_parquet(tmp_path / "failing" / "results.parquet").reason[0]

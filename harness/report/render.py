@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core.files import atomic_write, atomic_write_text
+from harness.report import markdown
 from harness.report.console import summary_frame
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK
@@ -53,10 +54,7 @@ def build(run: RunTables) -> list[Section]:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    from tabulate import tabulate
-
-    return tabulate(frame.astype(str).values.tolist(), list(map(str, frame.columns)), tablefmt="github",
-                    disable_numparse=True)
+    return markdown.table(frame.astype(str).values.tolist(), list(frame.columns))
 
 
 def to_markdown(sections: list[Section], files_dir: str) -> str:

