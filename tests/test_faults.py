@@ -294,10 +294,13 @@ def test_output_paths_that_cannot_be_written_are_one_line_exit_4(finished, tmp_p
     assert one_error(capsys) == f"harness: error: {a_file}: not a directory (ENOTDIR)"
 
 
-def test_a_read_only_cache_is_one_line_exit_4(tmp_path, monkeypatch, capsys):
+def test_a_read_only_cache_or_results_folder_is_one_line_exit_4(tmp_path, monkeypatch, capsys):
+    suite = ngram_suite(tmp_path)
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        assert main(["run", str(suite), "--out", str(ro / "run")]) == 4
+        assert one_error(capsys) == f"harness: error: {ro / 'run'}: read-only file system (EROFS)"
         monkeypatch.setenv("HARNESS_CACHE", str(ro / "cache"))
-        assert main(["run", str(ngram_suite(tmp_path)), "--out", str(tmp_path / "run")]) == 4
+        assert main(["run", str(suite), "--out", str(tmp_path / "run")]) == 4
         assert one_error(capsys) == f"harness: error: {ro / 'cache'}: read-only file system (EROFS)"
 
 

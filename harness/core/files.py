@@ -9,6 +9,7 @@ readable to those the umask lets read it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -91,7 +92,11 @@ def atomic_writes(files: list[tuple[Path, Writer]]) -> None:
             tmp.unlink(missing_ok=True)
         raise
     for directory in dict.fromkeys(path.parent for _, path in done):
-        fsync_path(directory, directory=True)
+        try:
+            fsync_path(directory, directory=True)
+        except OSError as exc:  # a file system that cannot flush a directory (some FUSE ones) keeps the rename
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise
 
 
 def atomic_write(path: Path, write: Writer) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.core.errors import UserError, warn
 from harness.core.files import atomic_write_text, atomic_writes, read_json_object
-from harness.results.records import CellRecord, damaged_records, read_cell_records
+from harness.results.records import CellRecord, damaged_records, read_cell_records, record_files
 from harness.results.schema import SCHEMA, migrate
 
 COLUMNS = ["run_id", "cell_id", "suite", "model", "backend", "task", "dataset", "metric", "value", "unit",
@@ -129,8 +129,9 @@ def record_problems(run: RunTables) -> list[str]:
     run's cells that the tables do not hold (tables written before them, or never rebuilt after a failure)."""
     damaged = damaged_records(run.path)
     problems = [f"{exc}: the run's tables may not include it" for exc in damaged]
-    records = read_cell_records(run.path, run.info.get("cells"), skip={d.path for d in damaged})
-    absent = sorted({r.cell_id for r in records} - set(run.results["cell_id"]))
+    broken = {d.path for d in damaged}
+    ids = {p.stem for p in record_files(run.path) if p.name.count(".") == 1 and p not in broken}  # cells/ID.json
+    absent = sorted(ids & set(run.info.get("cells") or ids) - set(run.results["cell_id"]))
     if absent:
         problems.append(f"{run.path / 'results.parquet'}: lacks {len(absent)} cell(s) whose records are in cells/ "
                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): the tables are older than "

@@ -4,6 +4,7 @@ fingerprinted (n-grams trained on demand later), corpora read, the run directory
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -151,11 +152,13 @@ def choose_run_dir(suite: Suite, options: RunOptions) -> Path:
 
 
 def ensure_writable(run_dir: Path) -> None:
+    """The run directory exists and takes files. ``--out`` under a file is bad input (exit 2); a folder
+    the user may not write, a read-only or full disk is the environment's (OSError: exit 4)."""
     try:
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-    except OSError as exc:
+    except (NotADirectoryError, FileExistsError) as exc:
         raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None
