@@ -128,7 +128,7 @@ def _read(path: Path, mtime_ns: int, size: int) -> GgufHeader:
     alignment = metadata.get("general.alignment") or 32
     data_start = -(-r.pos // alignment) * alignment
     sizes = _type_sizes()
-    end = data_start
+    end = 0
     for _, elements, kind, offset in tensors:
         block, nbytes = sizes.get(kind, (1, 0))
         end = max(end, data_start + offset + elements // block * nbytes)
