@@ -40,12 +40,9 @@ def ngram_suite(tmp_path: Path, name: str = "faults", orders=(2, 3), **extra) ->
     return write_suite(tmp_path, suite)
 
 
-def error_lines(capsys) -> list[str]:
-    return capsys.readouterr().err.strip().splitlines()
-
-
 def one_error(capsys) -> str:
-    lines = error_lines(capsys)
+    """The one line the command wrote to stderr."""
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]
 
