@@ -22,27 +22,16 @@ from rich.console import Console
 from harness import __version__
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, describe_os_error
+from harness.core.process import Interrupted, interrupt
 from harness.tasks import TASKS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (CI cancelling a job, ``timeout``, a closed terminal), handled as Ctrl-C is: every
-    cell's process is stopped, finished cells are kept."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-
-
 def _path(text: str) -> Path:
     """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
     return Path(text).expanduser()
-
-
-def _interrupt(signum, frame):
-    raise Interrupted(signum)
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -248,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
+    previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
     try:
         return args.func(args, console)
     except UserError as exc:

@@ -9,6 +9,10 @@ child then checks that its parent is still the process that started it.
 :func:`child_command` makes the command line: ``python -m harness.core.process PARENT_PID MODULE ARGS``
 arms the request before the module's own (heavy) imports, then runs the module as ``python -m`` would.
 The kernel's "parent" is the thread that started the child: the harness starts cells from its main thread.
+
+Interrupts (Ctrl-C, SIGTERM, SIGHUP) raise :class:`Interrupted` through :func:`interrupt`, except while a
+child is being started (:func:`starting_child`): an exception raised inside ``subprocess.Popen``, after
+the child exists but before its handle is kept, would leave a child no one knows to stop.
 """
 
 from __future__ import annotations
@@ -18,8 +22,43 @@ import os
 import runpy
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PR_SET_PDEATHSIG = 1
+
+#: signals received while a child was being started, raised once it is recorded (None: not starting one)
+_held: list[int] | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM (CI cancelling a job, ``timeout``) or SIGHUP (a closed terminal): stop every cell's
+    process, keep the finished cells."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+def interrupt(signum, frame) -> None:
+    """The signal handler of SIGINT, SIGTERM and SIGHUP."""
+    if _held is not None:
+        _held.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def starting_child() -> Iterator[None]:
+    """Hold interrupts while a child process is started and its handle kept; raise the first one held
+    on leaving, when whoever cancels knows of the child."""
+    global _held
+    _held = []
+    try:
+        yield
+    finally:
+        held, _held = _held, None
+    if held:
+        raise Interrupted(held[0])
 
 
 def die_with_parent(parent_pid: int) -> None:

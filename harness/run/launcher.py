@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.core.files import Damaged
-from harness.core.process import child_command
+from harness.core.process import child_command, starting_child
 from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
 
@@ -103,11 +103,11 @@ class ProcessLauncher(Launcher):
         job_path = self.scratch(job.stem)
         job.write(job_path)
         log_path = self.log_path(job)
-        with open(log_path, "wb") as log:
+        with starting_child(), open(log_path, "wb") as log:
             # the worker dies with this process; its session lets a timeout kill whatever it started
             self._proc = subprocess.Popen(child_command("harness.run.worker", str(job_path)), stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self._job, self._started = job, time.time()
+            self._job, self._started = job, time.time()
 
     def log_path(self, job: Job) -> Path:
         return self.run_dir / "logs" / f"{job.stem}.log"
