@@ -2,25 +2,37 @@
 
 Also ``python -m harness``.
 
-Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed.
+Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed,
+4 an environment error (disk full, permission denied, read-only file system), 130 interrupted (Ctrl-C,
+SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
-from harness.core.errors import UserError
+from harness.core.errors import UserError, describe_os_error
+from harness.core.process import Interrupted, interrupt
 from harness.tasks import TASKS
 
-EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+
+
+def _path(text: str) -> Path:
+    """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
+    return Path(text).expanduser()
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -49,6 +61,8 @@ def cmd_run(args, console: Console) -> int:
     from harness.run.plan import RunOptions
     from harness.run.runner import Runner
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UserError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
@@ -142,7 +156,7 @@ def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
                         help="deterministic metrics: the relative change allowed; repeatable")
     parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
     if out:
-        parser.add_argument("--out", type=Path, help="write to this file instead of stdout")
+        parser.add_argument("--out", type=_path, help="write to this file instead of stdout")
 
 
 def cmd_schema(args, console: Console) -> int:
@@ -181,28 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite's cells and write the result tables")
-    run.add_argument("suite", type=Path)
-    run.add_argument("--out", type=Path, help="run directory (default: results/SUITE/RUN_ID)")
+    run.add_argument("suite", type=_path)
+    run.add_argument("--out", type=_path, help="run directory (default: results/SUITE/RUN_ID)")
     run.add_argument("--only", action="append", default=[], metavar="GLOB",
                      help="run only cells whose model/backend/task (or id prefix) matches; repeatable")
     run.add_argument("--resume", action="store_true",
                      help="keep finished cells of the run directory (default: the suite's latest run)")
     run.add_argument("--dry-run", action="store_true", help="print the cells that would run")
-    run.add_argument("--corpora", type=Path, help="corpora directory for corpora: datasets "
+    run.add_argument("--corpora", type=_path, help="corpora directory for corpora: datasets "
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
     _set_option(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a suite and its inputs without running anything")
-    validate.add_argument("suite", type=Path)
-    validate.add_argument("--corpora", type=Path)
+    validate.add_argument("suite", type=_path)
+    validate.add_argument("--corpora", type=_path)
     _set_option(validate)
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")
-    compare.add_argument("base", type=Path, help="run directory of the baseline (last night)")
-    compare.add_argument("new", type=Path, help="run directory of the candidate (tonight)")
+    compare.add_argument("base", type=_path, help="run directory of the baseline (last night)")
+    compare.add_argument("new", type=_path, help="run directory of the candidate (tonight)")
     compare.add_argument("--format", default="markdown",
                          choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
                          help="the last two export NEW's figures for those tools (the exit code still compares)")
@@ -211,25 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     hist = sub.add_parser("history", help="trend of every metric over many runs, and where it stepped")
-    hist.add_argument("dirs", type=Path, nargs="+", help="run directories, or folders of them (results/SUITE)")
+    hist.add_argument("dirs", type=_path, nargs="+", help="run directories, or folders of them (results/SUITE)")
     hist.add_argument("--format", default="markdown", choices=["markdown", "json"])
     hist.add_argument("--last", type=int, default=10, help="runs shown as columns (all are analysed)")
     _gate_options(hist)
     hist.set_defaults(func=cmd_history)
 
     report = sub.add_parser("report", help="report.md and a self-contained report.html with plots")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=_path)
     report.add_argument("--format", default="html", choices=["html", "github-action-benchmark", "pytest-benchmark"],
                         help="html: report.md + report.html; the others print the run's figures for those tools")
-    report.add_argument("--out", type=Path, help="html: directory for the report (default: the run directory); "
+    report.add_argument("--out", type=_path, help="html: directory for the report (default: the run directory); "
                         "otherwise a file (default: stdout)")
     report.set_defaults(func=cmd_report)
 
     dash = sub.add_parser("dashboard", help="a static site of every metric over the runs: overview, a page per "
                           "metric, the quantization and decoding views, the runs' machines and reports")
-    dash.add_argument("dirs", type=Path, nargs="+", help="run directories, or folders of them (results/SUITE); "
+    dash.add_argument("dirs", type=_path, nargs="+", help="run directories, or folders of them (results/SUITE); "
                       "runs of several suites and per-backend runs of one nightly may be mixed")
-    dash.add_argument("--out", type=Path, default=Path("site"), help="the site's folder, replaced if it holds an "
+    dash.add_argument("--out", type=_path, default=Path("site"), help="the site's folder, replaced if it holds an "
                       "earlier one (default: site)")
     _gate_options(dash, out=False)
     dash.set_defaults(func=cmd_dashboard)
@@ -243,11 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100 columns
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
+    previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
     try:
         return args.func(args, console)
     except UserError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished cells are kept (resume with --resume)", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt as exc:
+        how = f" by {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import struct
 import sys
 import types
 
@@ -27,7 +28,7 @@ def test_pkg_source_assembles_parts_once_into_the_cache(tmp_path, monkeypatch):
 
     def assemble(output_path):
         calls.append(output_path)
-        output_path.write_bytes(b"GGUF" + b"\0" * 60)
+        output_path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a GGUF v3 with no tensors, no metadata
         return output_path
 
     module = types.ModuleType("parts_pkg")

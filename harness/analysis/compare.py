@@ -25,6 +25,7 @@ import pandas as pd
 
 from harness.analysis.gates import COUNT, EXACT, NOISY, Gates, Policy
 from harness.core.errors import UserError
+from harness.report import markdown
 from harness.report.console import fmt_value
 from harness.results.records import FAILED, OK, TIMEOUT
 from harness.results.store import RunTables
@@ -245,8 +246,6 @@ def _change_text(row: Row) -> str:
 
 
 def to_markdown(result: Comparison, show_all: bool = False) -> str:
-    from tabulate import tabulate
-
     counts = result.counts()
     head = (f"**{result.new.suite}**: `{result.base.run_id}` (base) → `{result.new.run_id}` (new): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". "
@@ -259,7 +258,7 @@ def to_markdown(result: Comparison, show_all: bool = False) -> str:
     if not table:
         return head + tail + "\n"
     headers = ["verdict", "cell", "metric", "base", "new", "change", "test", "note"]
-    return head + "\n\n" + tabulate(table, headers, tablefmt="github", disable_numparse=True) + tail + "\n"
+    return head + "\n\n" + markdown.table(table, headers) + tail + "\n"
 
 
 def _jsonable(value):

@@ -27,6 +27,7 @@ import pandas as pd
 
 from harness.analysis.gates import COUNT, EXACT, Gates, Policy
 from harness.core.errors import UserError
+from harness.report import markdown
 from harness.report.console import fmt_value
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
@@ -196,8 +197,6 @@ def history(runs: list[RunTables], gates: Gates) -> list[Trend]:
 
 
 def to_markdown(runs: list[RunTables], trends: list[Trend], last: int = 10) -> str:
-    from tabulate import tabulate
-
     run_ids = [r.run_id for r in runs]
     shown = run_ids[-last:]
     lines = [f"**{runs[0].suite}**: {len(runs)} runs, `{run_ids[0]}` … `{run_ids[-1]}`.", ""]
@@ -213,7 +212,7 @@ def to_markdown(runs: list[RunTables], trends: list[Trend], last: int = 10) -> s
         lines += ["", f"### {metric}", ""]
         table = [[t.label, *(fmt_value(v) for v in t.values[-last:]),
                   "; ".join(f"{p.change * 100:+.1f}% at `{p.run_id}`" for p in t.change_points)] for t in group]
-        lines.append(tabulate(table, ["cell", *shown, "change points"], tablefmt="github", disable_numparse=True))
+        lines.append(markdown.table(table, ["cell", *shown, "change points"]))
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,9 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix. The CLI prints them as one line: bad input exits with code 2, an environment
+error (a full disk, a read-only folder: an ``OSError`` with an errno) with code 4."""
 
+import errno
+import os
+import sys
 from contextlib import contextmanager
 
 
@@ -14,6 +18,11 @@ def located(file, key: str):
         yield
     except UserError as exc:
         raise UserError(f"{file}: {key}: {exc}") from None
+
+
+def warn(message: str) -> None:
+    """Something a user must hear about that does not stop the command (a damaged record set aside)."""
+    print(f"harness: warning: {message}", file=sys.stderr, flush=True)
 
 
 class Unavailable(Exception):
@@ -56,3 +65,19 @@ def ensure_available(module: str, extra: str, purpose: str) -> None:
         present = importlib.util.find_spec(module) is not None
     if not present:
         raise MissingDependency(module, extra, purpose)
+
+
+#: what a user reads for the errno of an environment error
+_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EROFS: "read-only file system", errno.EISDIR: "is a directory", errno.ENOTDIR: "not a directory",
+           errno.ENOENT: "no such file or directory", errno.EEXIST: "already exists", errno.EIO: "input/output error",
+           errno.ENAMETOOLONG: "file name too long", errno.EMFILE: "too many open files"}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the path and the cause: ``/data/run/results.parquet: disk full (ENOSPC)``."""
+    cause = _CAUSES.get(exc.errno) or (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{path}: {cause}{code}" if path is not None else f"{cause}{code}"

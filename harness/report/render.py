@@ -7,7 +7,9 @@ section per view (:mod:`harness.report.views`) that applies to the run.
 from __future__ import annotations
 
 import base64
+import errno
 import html
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core.files import atomic_write, atomic_write_text
+from harness.report import markdown
 from harness.report.console import family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK
@@ -58,10 +61,7 @@ def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    from tabulate import tabulate
-
-    return tabulate(frame.astype(str).values.tolist(), list(map(str, frame.columns)), tablefmt="github",
-                    disable_numparse=True)
+    return markdown.table(frame.astype(str).values.tolist(), list(frame.columns))
 
 
 def to_markdown(sections: list[Section], files_dir: str) -> str:
@@ -141,6 +141,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path
     """Write report.md (+ its PNGs under report_files/) and report.html into ``out_dir`` (the run dir)."""
     run = read_run(run_dir)
     out_dir = Path(out_dir or run_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     sections = build(run)
     for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):
         block.name = re.sub(r"[^A-Za-z0-9_.-]", "_", block.name)

@@ -8,8 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness.core.errors import UserError
-from harness.core.files import atomic_write_text, read_json_object
+from harness.core.files import Damaged, atomic_write_text, read_json_object
 from harness.results.schema import SCHEMA, migrate
 
 OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
@@ -55,7 +54,7 @@ class CellRecord:
         try:
             return cls(**known)
         except TypeError as exc:  # a required field missing
-            raise UserError(f"{path}: not a cell record ({exc})") from None
+            raise Damaged(path, f"not a cell record ({exc})") from None
 
 
 def cell_record_path(run_dir: Path, cell_id: str, round_: int | None = None) -> Path:
@@ -71,11 +70,29 @@ def read_record(path: Path) -> CellRecord:
     return CellRecord.from_json(read_json_object(path, "a cell record"), path)
 
 
-def read_cell_records(run_dir: Path, order: list[str] | None = None) -> list[CellRecord]:
+def record_files(run_dir: Path) -> list[Path]:
+    """Every record file: the cells' and the interleaved rounds' (not a launcher's job or outcome file)."""
+    return sorted(p for p in (run_dir / "cells").glob("*.json") if not p.name.endswith((".job.json", ".outcome.json")))
+
+
+def damaged_records(run_dir: Path) -> list[Damaged]:
+    """The record files that do not parse (a truncated copy, a disk that filled), as errors naming each."""
+    damaged = []
+    for path in record_files(run_dir):
+        try:
+            read_record(path)
+        except Damaged as exc:
+            damaged.append(exc)
+    return damaged
+
+
+def read_cell_records(run_dir: Path, order: list[str] | None = None, skip: set[Path] = frozenset()
+                      ) -> list[CellRecord]:
     """The finished cells' records, in ``order`` of cell ids (suite order) where given; then only those:
-    a resumed run whose suite changed a cell's settings leaves the old cell's record behind."""
-    records = [read_record(path) for path in (run_dir / "cells").glob("*.json")
-               if path.name.count(".") == 1]  # not a job file, not an interleaved round
+    a resumed run whose suite changed a cell's settings leaves the old cell's record behind. A damaged
+    record raises :class:`Damaged` naming it (the runner sets such files aside first)."""
+    records = [read_record(path) for path in record_files(run_dir)
+               if path.name.count(".") == 1 and path not in skip]  # not an interleaved round
     if order is None:
         return sorted(records, key=lambda r: r.cell_id)
     rank = {cell_id: i for i, cell_id in enumerate(order)}

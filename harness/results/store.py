@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.core.errors import UserError
-from harness.core.files import atomic_write, atomic_write_text, read_json_object
-from harness.results.records import CellRecord, read_cell_records
+from harness.core.errors import UserError, warn
+from harness.core.files import atomic_write_text, atomic_writes, read_json_object
+from harness.results.records import CellRecord, damaged_records, read_cell_records, record_files
 from harness.results.schema import SCHEMA, migrate
 
 COLUMNS = ["run_id", "cell_id", "suite", "model", "backend", "task", "dataset", "metric", "value", "unit",
@@ -56,13 +56,13 @@ def samples_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
 
 
 def write_tables(run_dir: Path, run_id: str, order: list[str] | None = None) -> pd.DataFrame:
-    """Rebuild the run's tables from the cell records; each file is replaced atomically."""
+    """Rebuild the run's tables from the cell records. The three files are replaced together, only once
+    all are written: a full disk leaves the previous complete tables."""
     records = read_cell_records(run_dir, order)
-    frame = results_frame(records, run_id)
-    atomic_write(run_dir / "results.parquet", lambda p: frame.to_parquet(p, index=False))
-    atomic_write(run_dir / "results.csv", lambda p: frame.to_csv(p, index=False))
-    samples = samples_frame(records, run_id)
-    atomic_write(run_dir / "samples.parquet", lambda p: samples.to_parquet(p, index=False))
+    frame, samples = results_frame(records, run_id), samples_frame(records, run_id)
+    atomic_writes([(run_dir / "results.parquet", lambda p: frame.to_parquet(p, index=False)),
+                   (run_dir / "results.csv", lambda p: frame.to_csv(p, index=False)),
+                   (run_dir / "samples.parquet", lambda p: samples.to_parquet(p, index=False))])
     return frame
 
 
@@ -118,4 +118,22 @@ def read_run(run_dir: Path) -> RunTables:
     missing = set(COLUMNS) - set(tables["results.parquet"].columns)
     if missing:
         raise UserError(f"{run_dir / 'results.parquet'}: missing columns {', '.join(sorted(missing))}")
-    return RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])
+    run = RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])
+    for problem in record_problems(run):
+        warn(problem)
+    return run
+
+
+def record_problems(run: RunTables) -> list[str]:
+    """What the tables may be missing: cell records that cannot be read, and readable records of the
+    run's cells that the tables do not hold (tables written before them, or never rebuilt after a failure)."""
+    damaged = damaged_records(run.path)
+    problems = [f"{exc}: the run's tables may not include it" for exc in damaged]
+    broken = {d.path for d in damaged}
+    ids = {p.stem for p in record_files(run.path) if p.name.count(".") == 1 and p not in broken}  # cells/ID.json
+    absent = sorted(ids & set(run.info.get("cells") or ids) - set(run.results["cell_id"]))
+    if absent:
+        problems.append(f"{run.path / 'results.parquet'}: lacks {len(absent)} cell(s) whose records are in cells/ "
+                        f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): the tables are older than "
+                        f"the records; `harness run SUITE --resume --out {run.path}` rebuilds them")
+    return problems

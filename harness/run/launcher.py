@@ -6,19 +6,22 @@ launcher plugs in beside it with the same three methods."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.results.records import FAILED, TIMEOUT, CellRecord
+from harness.core.files import Damaged
+from harness.core.process import child_command, starting_child
+from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
+
+#: a worker's exit code when it could not write its record even without samples (see harness.run.worker)
+WORKER_COULD_NOT_WRITE = 4
 
 
 @dataclass
@@ -65,7 +68,10 @@ def read_outcome(job: Job) -> tuple[CellRecord, dict[str, str]] | None:
     """The record and artifacts a worker left in the job's outcome places, or None if it left none."""
     if not job.outcome_path.exists():
         return None
-    record = CellRecord.from_json(json.loads(job.outcome_path.read_text(encoding="utf-8")), job.outcome_path)
+    try:
+        record = read_record(job.outcome_path)
+    except Damaged as exc:
+        return record_without_worker(job, f"crashed: its record is damaged ({exc})"), {}
     artifacts = {}
     if job.artifacts_dir.is_dir():
         artifacts = {p.name: p.read_text(encoding="utf-8") for p in sorted(job.artifacts_dir.iterdir())}
@@ -97,10 +103,11 @@ class ProcessLauncher(Launcher):
         job_path = self.scratch(job.stem)
         job.write(job_path)
         log_path = self.log_path(job)
-        with open(log_path, "wb") as log:
-            self._proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker", str(job_path)], stdout=log,
+        with starting_child(), open(log_path, "wb") as log:
+            # the worker dies with this process; its session lets a timeout kill whatever it started
+            self._proc = subprocess.Popen(child_command("harness.run.worker", str(job_path)), stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self._job, self._started = job, time.time()
+            self._job, self._started = job, time.time()
 
     def log_path(self, job: Job) -> Path:
         return self.run_dir / "logs" / f"{job.stem}.log"
@@ -146,6 +153,8 @@ def _how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: 
         return f"timed out after {timeout_s:g} s", TIMEOUT
     if returncode < 0:
         reason = f"crashed: killed by {signal.Signals(-returncode).name}"
+    elif returncode == WORKER_COULD_NOT_WRITE:
+        reason = "crashed: could not write its record (a full disk or an unwritable run directory)"
     else:
         reason = f"crashed: exit code {returncode}"
     tail = last_line(log_path)

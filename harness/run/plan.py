@@ -4,6 +4,7 @@ fingerprinted (n-grams trained on demand later), corpora read, the run directory
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,9 +13,10 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, ensure_available, located
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
-from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram
+from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
 from harness.suite.schema import Suite
+from harness.tasks import TASKS
 
 
 @dataclass
@@ -50,12 +52,14 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             for module, extra in backend_cls.dependencies_for(suite.backends[name].model_dump()):
                 ensure_available(module, extra, f"backend {backend_cls.type_name}")
     train_texts: dict[str, dict] = {}
+    trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
         spec = suite.models[name]
         with located(suite_path, f"models.{name}.{spec.kind}"):
             path = locate(spec, base_dir, fetch=False)
             if path is not None and spec.kind == "gguf":
                 check_gguf(path)
+            trained[name] = trained_context(spec.kind, path)
         if spec.kind == "ngram":
             for i, source in enumerate(spec.ngram.sources):
                 key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
@@ -63,6 +67,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                     with located(suite_path, f"models.{name}.ngram.{key}"):
                         corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
                     train_texts[source] = corpus.fingerprint()
+    check_context(suite, cells, suite_path, trained)
     loaded = {}
     for name in sorted({c.dataset for c in cells if c.dataset}):
         spec = suite.datasets[name]
@@ -70,6 +75,28 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
     return loaded, train_texts
+
+
+def check_context(suite: Suite, cells: list[Cell], suite_path: Path, trained: dict[str, int | None]) -> None:
+    """Every cell's context fits its backends' ``n_ctx`` and, unless the task allows the overflow, the
+    context its models were trained on (``trained``: by model name, None where unknown): llama.cpp only
+    logs a warning and goes on computing numbers of a model used beyond what it learned."""
+    for cell in cells:
+        needed = TASKS[cell.task_spec.type](cell.task_spec).context_tokens()
+        uses = [(cell.model, cell.backend, cell.backend_spec)]
+        if cell.reference:
+            uses.append((cell.reference.model, cell.reference.backend, cell.reference.backend_spec))
+        for model, backend, backend_spec in uses:
+            n_ctx = getattr(backend_spec, "n_ctx", None)
+            if n_ctx is not None and n_ctx < needed:
+                raise UserError(f"{suite_path}: backends.{backend}.n_ctx: {n_ctx:,} is less than the {needed:,} "
+                                f"tokens of context task '{cell.task}' needs")
+            limit = trained.get(model)
+            if limit and needed > limit and not cell.task_spec.allow_context_overflow:
+                task = cell.task if cell.task in suite.tasks else cell.task.rpartition(".")[0]
+                raise UserError(f"{suite_path}: tasks.{task}: needs {needed:,} tokens of context, more than model "
+                                f"'{model}' was trained on ({limit:,}); set allow_context_overflow: true to run "
+                                "it anyway")
 
 
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
@@ -93,6 +120,8 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
         with located(path, f"models.{name}.ngram"):
             models[name] = resolve_ngram(name, spec, [train_texts[s] for s in spec.ngram.sources], base_dir, corpora,
                                          models.get(spec.ngram.tokenizer))
+    # models a package assembles on first use were unknown to check_inputs: their context is known now
+    check_context(suite, cells, path, {n: trained_context(m.kind, m.path) for n, m in models.items()})
     for name in sorted({c.dataset for c in cells if c.dataset}):
         with located(path, f"datasets.{name}.source"):
             corpus = local.get(name) or load_corpus(name, suite.datasets[name], base_dir, corpora)
@@ -123,11 +152,13 @@ def choose_run_dir(suite: Suite, options: RunOptions) -> Path:
 
 
 def ensure_writable(run_dir: Path) -> None:
+    """The run directory exists and takes files. ``--out`` under a file is bad input (exit 2); a folder
+    the user may not write, a read-only or full disk is the environment's (OSError: exit 4)."""
     try:
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-    except OSError as exc:
+    except (NotADirectoryError, FileExistsError) as exc:
         raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None

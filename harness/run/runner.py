@@ -35,6 +35,7 @@ from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
 from harness.run.plan import Plan, RunOptions, prepare
+from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
 from harness.suite.schema import Suite
@@ -65,8 +66,12 @@ class Runner:
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
+        with RunDirLock(plan.run_dir):
+            return self._run(plan)
+
+    def _run(self, plan: Plan) -> RunSummary:
         run_dir = plan.run_dir
-        self.info = self._run_info(plan)
+        self.info = self._run_info(plan, take_over(run_dir, self.suite.name))
         store.write_run_json(run_dir, self.info)
         self.plan, self.summary = plan, RunSummary(run_dir)
         done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} if self.options.resume else set()
@@ -84,7 +89,7 @@ class Runner:
             try:
                 for phase in phases:
                     self._run_phase(phase, launcher, done)
-            except BaseException:  # Ctrl-C: take every cell's process down with us
+            except BaseException:  # Ctrl-C, SIGTERM, a full disk: take every cell's process down with us
                 launcher.cancel_all()
                 raise
         for cell in todo:
@@ -100,8 +105,7 @@ class Runner:
     def _launcher(self, run_dir: Path) -> Launcher:
         return ProcessLauncher(run_dir, self.timeout_s)
 
-    def _run_info(self, plan: Plan) -> dict:
-        previous = store.read_run_json(plan.run_dir / "run.json") if (plan.run_dir / "run.json").exists() else {}
+    def _run_info(self, plan: Plan, previous: dict) -> dict:
         return {**previous, "run_id": plan.run_dir.name, "suite": self.suite.name,
                 "suite_file": str(self.options.suite_path), "overrides": self.options.overrides,
                 "environment": environment(), "started_at": previous.get("started_at", now()), "ended_at": None,

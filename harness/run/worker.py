@@ -16,14 +16,15 @@ from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.backends.base import Backend
-from harness.core.errors import Unavailable
+from harness.core.errors import Unavailable, describe_os_error
 from harness.core.files import atomic_write_text
 from harness.core.memory import PeakRSS, rss_mb, ru_maxrss_bytes
 from harness.core.metrics import Measurement
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
 from harness.run.job import Job, now
+from harness.run.launcher import WORKER_COULD_NOT_WRITE
 from harness.sources.corpora import load_corpus
-from harness.sources.models import ResolvedModel
+from harness.sources.models import ResolvedModel, trained_context
 from harness.tasks import TASKS
 
 
@@ -49,6 +50,11 @@ def run_job(job: Job) -> dict:
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()
+    overflow = {}
+    if settings.allow_context_overflow:  # asked for on purpose: say by how much
+        trained = trained_context(job.model.kind, job.model.path)
+        if trained and task.context_tokens() > trained:
+            overflow = {"context_overflow": {"needed": task.context_tokens(), "trained": trained}}
     for name, text in result.artifacts.items():
         atomic_write_text(job.artifacts_dir / name, text)
     measurements = result.measurements + [
@@ -62,7 +68,7 @@ def run_job(job: Job) -> dict:
         "status": OK,
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
-        "resolved": {"backend": {**prepared, **info.details}, "task": result.resolved,
+        "resolved": {"backend": {**prepared, **info.details}, "task": {**result.resolved, **overflow},
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
@@ -85,13 +91,30 @@ def main(argv: list[str]) -> int:
         fields = {"status": SKIPPED, "reason": str(exc)}
     except Exception as exc:  # the cell fails, the run goes on: record why
         traceback.print_exc()
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        fields = {"status": FAILED, "reason": f"{type(exc).__name__}: {first_line}"}
+        fields = {"status": FAILED, "reason": failure_reason(exc)}
     record = CellRecord(cell_id=job.cell_id, cell=job.cell.model_dump(mode="json"), params=job.cell.params,
                         started_at=started_at, ended_at=now(), duration_s=time.time() - started, round=job.round,
                         **fields)
-    atomic_write_text(job.outcome_path, json.dumps(record.to_json(), indent=1))
+    try:
+        atomic_write_text(job.outcome_path, json.dumps(record.to_json(), indent=1))
+    except OSError as exc:  # a full disk may still hold the record without its samples: say why it failed
+        print(f"harness worker: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        short = CellRecord(**{**vars(record), "status": FAILED, "reason": failure_reason(exc), "measurements": [],
+                              "samples": {}})
+        try:
+            atomic_write_text(job.outcome_path, json.dumps(short.to_json(), indent=1))
+        except OSError:
+            return WORKER_COULD_NOT_WRITE
     return 0
+
+
+def failure_reason(exc: Exception) -> str:
+    """A failed cell's reason: an environment error names the path and the cause (``disk full``), anything
+    else its type and the first line of its message."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

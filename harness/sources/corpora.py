@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.core.errors import UserError, require
 from harness.core.settings import StrictModel
 from harness.sources.fingerprint import sha256_bytes
+from harness.sources.hub import quiet_hub
 
 CORPORA_ENV = "HARNESS_CORPORA"
 
@@ -85,6 +86,8 @@ def _builtin(ref: str) -> str:
 
 
 def _read_file(path: Path) -> str:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a text file")
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
@@ -109,7 +112,8 @@ def _hub(ref: str) -> str:
         raise UserError(f"expected hf:DATASET/CONFIG[#split], got 'hf:{ref}'")
     datasets = require("datasets", "hub", f"dataset source hf:{ref}")
     try:
-        rows = datasets.load_dataset(dataset, config, split=split)
+        with quiet_hub():
+            rows = datasets.load_dataset(dataset, config, split=split)
     except Exception as exc:  # offline, unknown name or split
         raise UserError(f"cannot load hf:{ref} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -126,7 +130,7 @@ def load_corpus(name: str, spec: DatasetSpec, base_dir: Path, corpora: Path | No
     if kind == "builtin":
         text = _builtin(ref)
     elif kind == "file":
-        text = _read_file((base_dir / ref).expanduser())
+        text = _read_file(base_dir / Path(ref).expanduser())  # ~ is the user's home, not a folder beside the suite
     elif kind == "corpora":
         text = _read_file(corpora_path(ref, corpora))
     elif kind == "hf":
@@ -134,6 +138,8 @@ def load_corpus(name: str, spec: DatasetSpec, base_dir: Path, corpora: Path | No
     else:
         raise UserError(f"unknown source kind '{kind}:', "
                         "expected builtin:, file:, corpora: or hf:")
+    if not text.strip():
+        raise UserError(f"{source} is empty: there is no text to read")
     digest = sha256_bytes(text.encode("utf-8"))
     expected = KNOWN_SHA256.get(ref) if kind == "corpora" else None
     if expected and digest != expected:

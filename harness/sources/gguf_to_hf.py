@@ -4,8 +4,8 @@ transformers loads a GGUF only dequantized (``gguf_file=``), refuses a quantizat
 model and cannot ``save_pretrained`` it. So the weights it dequantized are copied into a fresh
 ``*ForCausalLM`` built from the same config and saved with the tokenizer as float32 (the exact values
 of the dequantized blocks). The directory is cached under the GGUF's sha256 and built in a separate
-process (``python -m harness.sources.gguf_to_hf GGUF OUT``), so the cell that needs it first does not carry
-the conversion's memory in its own peak RSS.
+process (``python -m harness.sources.gguf_to_hf GGUF OUT``, which dies with the cell that waits for it), so
+the cell that needs it first does not carry the conversion's memory in its own peak RSS.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.core.process import child_command
 from harness.sources.cache import cache_dir
 
 #: bump when the directory's layout or the conversion changes, so stale directories are rebuilt
@@ -32,7 +33,7 @@ def ensure_materialized(gguf_path: Path, gguf_sha256: str) -> tuple[Path, float]
     if (target / "config.json").exists():
         return target, 0.0
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "harness.sources.gguf_to_hf", str(gguf_path), str(target)])
+    done = subprocess.run(child_command("harness.sources.gguf_to_hf", str(gguf_path), str(target)))
     if done.returncode != 0:
         raise RuntimeError(f"converting {gguf_path} to a Hugging Face directory failed "
                            f"(exit code {done.returncode}; see the log above)")

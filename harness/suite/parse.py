@@ -6,15 +6,58 @@ Every error a user can make in a suite is caught here, before anything runs, and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from yaml.constructor import ConstructorError
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError
 from harness.suite.schema import Suite
 from harness.tasks import TASKS
+
+#: limits that keep a runaway suite (a generated file, a matrix of every combination) from taking minutes
+#: and gigabytes to read: the suite file's size in MB and the cells its matrix expands to
+MAX_SUITE_MB, MAX_SUITE_MB_ENV = 10, "HARNESS_MAX_SUITE_MB"
+MAX_CELLS, MAX_CELLS_ENV = 100_000, "HARNESS_MAX_CELLS"
+
+
+class SuiteLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader (with libyaml's C parser where PyYAML has it) that refuses a key given twice in one
+    mapping: YAML's "the last one wins" would silently drop a first ``matrix:`` or one of two models."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the schema refuses it with its key path
+            if key in first:
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first given at line {first[key]})",
+                                       key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=SuiteLoader)  # noqa: S506 (a safe loader)
+
+
+def _limit(env: str, default: float) -> float:
+    value = os.environ.get(env)
+    if value is None:
+        return default
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = 0
+    if not limit > 0:
+        raise UserError(f"{env}={value}: expected a number > 0")
+    return limit
 
 
 def _format_loc(loc: tuple) -> str:
@@ -62,7 +105,7 @@ def apply_overrides(path: Path, raw: dict, overrides: list[str]) -> dict:
         if not sep or not all(parts):
             raise UserError(f"--set {item}: expected KEY.PATH=VALUE, e.g. tasks.kld.max_tokens=null")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError:
             raise UserError(f"--set {item}: the value is not valid YAML") from None
         node = raw
@@ -77,15 +120,19 @@ def apply_overrides(path: Path, raw: dict, overrides: list[str]) -> dict:
 def parse_suite(path: Path, overrides: list[str] = ()) -> tuple[Suite, dict]:
     """Read and validate a suite file (with command-line overrides), or raise UserError with one line
     naming file and key."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
+        size, limit = path.stat().st_size, _limit(MAX_SUITE_MB_ENV, MAX_SUITE_MB)
+        if size > limit * 1e6:
+            raise UserError(f"{path}: the suite file has {size / 1e6:.1f} MB, more than the limit of {limit:g} MB "
+                            f"(set {MAX_SUITE_MB_ENV} to raise it)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: suite file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read suite file ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -104,8 +151,23 @@ def parse_suite(path: Path, overrides: list[str] = ()) -> tuple[Suite, dict]:
         culprit = [o for o in overrides if where.startswith(o.partition("=")[0])]
         cause = f" (from --set {culprit[-1]})" if culprit else ""
         raise UserError(f"{path}: {_describe(errors[0], raw)}{more}{cause}") from None
+    _check_size(path, suite)
     _check_references(path, suite)
     return suite, raw
+
+
+def _check_size(path: Path, suite: Suite) -> None:
+    """Refuse a matrix of more cells than the limit before any cell is made (counting duplicates, which
+    expansion would merge: an upper bound)."""
+    limit = _limit(MAX_CELLS_ENV, MAX_CELLS)
+    variants = {name: len(task.variants()) for name, task in suite.tasks.items()}
+    total = 0
+    for entry in suite.matrix:
+        models, backends, tasks = ([v] if isinstance(v, str) else v for v in (entry.model, entry.backend, entry.task))
+        total += len(models) * len(backends) * sum(variants.get(t, 1) for t in tasks)
+    if total > limit:
+        raise UserError(f"{path}: matrix: expands to {total:,} cells, more than the limit of {limit:,.0f} "
+                        f"(set {MAX_CELLS_ENV} to raise it)")
 
 
 def _undefined(path: Path, where: str, kind: str, name: str, defined) -> UserError:

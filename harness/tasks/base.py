@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.metrics import Measurement
-from harness.core.settings import StrictModel
+from harness.core.settings import StrictModel, new_key
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -26,6 +26,8 @@ class TaskSettings(StrictModel):
 
     type: str
     dataset: str | None = None
+    allow_context_overflow: bool = new_key(False, description="run even where the task needs more context than "
+                                           "the model was trained on (refused otherwise); the cell records it")
 
     def variants(self) -> list[tuple[str, TaskSettings]]:
         """(name suffix, settings) of each cell this task becomes; a sweep over a list gives several."""
