@@ -136,7 +136,8 @@ def throughput_view(ok: pd.DataFrame) -> list:
         for ax in axes[:2]:
             ax.set_yscale("log")
         blocks.append(Plot(f"throughput-{task}", _png(fig), f"{task}: tokens/s (log scale) and TTFT by backend"))
-    blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"], CELL))
+    blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s",
+                                        "decode_gb_s", "mbu", "prefill_flop_s", "mfu"], CELL))
     return blocks
 
 
