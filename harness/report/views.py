@@ -141,6 +141,34 @@ def throughput_view(ok: pd.DataFrame) -> list:
     return blocks
 
 
+@view("roofline", "Decode against the memory-bandwidth limit", {"mbu"})
+def roofline_view(ok: pd.DataFrame) -> list:
+    """Decode tok/s against bytes read per token, beside the limit line bandwidth / bytes: a point near
+    its line is memory-bound; one far below it spends its time elsewhere (Python per step, dequantizing)."""
+    wide = ok[ok["metric"].isin(["decode_bytes_per_token", "decode_tok_s", "mbu", "decode_gb_s"])].pivot_table(
+        index=["model", "backend", "task"], columns="metric", values="value", aggfunc="first", sort=False)
+    wide = wide.dropna(subset=["mbu"]).reset_index()
+    labels = _label(wide, ["model", "backend", "task"])
+    fig, axes = _figure(1, width=7.5, height=4.5)
+    ax = axes[0]
+    x = np.geomspace(wide["decode_bytes_per_token"].min() / 2, wide["decode_bytes_per_token"].max() * 2, 50)
+    for bandwidth in sorted({round(b, 3) for b in wide["decode_gb_s"] / wide["mbu"]}):
+        ax.plot(x, bandwidth * 1e9 / x, color="tab:red", alpha=0.6, label=f"limit at {bandwidth:.1f} GB/s")
+    ax.scatter(wide["decode_bytes_per_token"], wide["decode_tok_s"], color="tab:blue", zorder=3)
+    for label, px, py, mbu in zip(labels, wide["decode_bytes_per_token"], wide["decode_tok_s"], wide["mbu"],
+                                  strict=True):
+        ax.annotate(f"{label} ({mbu:.0%})", (px, py), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bytes read per decoded token")
+    ax.set_ylabel("decode tokens/s")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return ["Each point: a cell's median decode speed; in brackets its MBU, the fraction of the limit line "
+            "(the machine probe's read bandwidth / bytes per token) it reaches.",
+            Plot("roofline", _png(fig), "decode tok/s against bytes per token (log-log), with the limit line")]
+
+
 @view("memory", "Memory and model size", {"peak_rss_mb", "model_bytes"})
 def memory_view(ok: pd.DataFrame) -> list:
     per = ok[ok["metric"].isin(["peak_rss_mb", "peak_vram_mb", "model_bytes"])]
