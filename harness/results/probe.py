@@ -66,7 +66,7 @@ def _best(fn: Callable[[], object], repeats: int, timer: Timer) -> float:
 
 def memory_read(threads: int, nbytes: int, repeats: int = REPEATS, timer: Timer = time.perf_counter) -> dict:
     """Read bandwidth (GB/s, 1e9 bytes) of ``threads`` threads reading ``nbytes`` once per pass."""
-    data = np.ones(nbytes // 8, dtype=np.uint64)
+    data = np.arange(nbytes // 8, dtype=np.uint64)  # distinct pages: nothing a hypervisor could merge
     parts = np.array_split(data, threads)
     with ThreadPoolExecutor(threads) as pool:
         best = _best(lambda: list(pool.map(np.bitwise_or.reduce, parts)), repeats, timer)
