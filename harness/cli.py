@@ -1,4 +1,4 @@
-"""Command line: harness run | validate | compare | history | report | dashboard | schema | list.
+"""Command line: harness run | validate | compare | history | report | dashboard | probe | schema | list.
 
 Also ``python -m harness``.
 
@@ -159,6 +159,20 @@ def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
         parser.add_argument("--out", type=_path, help="write to this file instead of stdout")
 
 
+def cmd_probe(args, console: Console) -> int:
+    from harness.backends.llamacpp.backend import available_cpus
+    from harness.results.probe import probe, probe_line
+
+    threads = args.threads or available_cpus()
+    with console.status(f"probing the machine's memory bandwidth and GEMM rate ({threads} threads)"):
+        result = probe(threads, rerun=True)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        console.print(f"{threads} threads, {result['probe_s']:.0f} s: {probe_line(result)}", highlight=False)
+    return EXIT_OK
+
+
 def cmd_schema(args, console: Console) -> int:
     from harness.suite.schema import json_schema
 
@@ -247,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "earlier one (default: site)")
     _gate_options(dash, out=False)
     dash.set_defaults(func=cmd_dashboard)
+
+    probe = sub.add_parser("probe", help="measure the machine's memory read bandwidth and GEMM rate again "
+                           "(the cache a run's MBU/MFU use)")
+    probe.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    probe.add_argument("--json", action="store_true", help="print every figure, with method and repeats")
+    probe.set_defaults(func=cmd_probe)
 
     sub.add_parser("schema", help="print the suite JSON Schema").set_defaults(func=cmd_schema)
     sub.add_parser("list", help="list backends, tasks, dataset sources and suites").set_defaults(func=cmd_list)

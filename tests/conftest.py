@@ -71,3 +71,12 @@ def smollm2_llamacpp(smollm2_model):
     backend.load(context_tokens=256)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def small_probe(_isolated_cache):
+    """The machine probe of 2 threads, measured on small arrays into the session's cache, so that runs of
+    throughput cells on 2 threads find it there instead of probing the machine for a minute."""
+    from harness.results.probe import probe
+
+    return probe(2, nbytes=2**22, gemm_n=64, repeats=1)

@@ -56,20 +56,25 @@ def _common(rng, model_bytes: float, rss: float) -> list[Measurement]:
 
 
 def throughput_measurements(rng, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
-                            model_bytes=96_576_768) -> tuple[list[Measurement], dict]:
+                            model_bytes=96_576_768, read_gb_s=None) -> tuple[list[Measurement], dict]:
     """Per-repeat timings drawn around the given speeds with coefficient of variation ``cv``, summarized
-    by the throughput task's own code."""
+    by the throughput task's own code; with ``read_gb_s`` (a probe's bandwidth) also the bytes per token
+    (weights + 5% KV cache) and MBU."""
     noise = lambda: 1 + cv * rng.standard_normal(repeats)  # noqa: E731
     dec, pre = decode * noise(), prefill * noise()
     samples = {"prefill_tok_s": pre.tolist(), "decode_tok_s": dec.tolist(), "ttft_s": (256 / pre).tolist(),
                "itl_p50_s": (1 / dec).tolist(), "itl_p99_s": (1.3 / dec).tolist()}
+    if read_gb_s is not None:
+        per_token = model_bytes * 1.05
+        samples |= {"decode_bytes_per_token": [per_token] * repeats, "decode_gb_s": (dec * per_token / 1e9).tolist(),
+                    "mbu": (dec * per_token / 1e9 / read_gb_s).tolist()}
     return ThroughputTask.summarize(samples) + _common(rng, model_bytes, 370), samples
 
 
 def throughput_cell(rng, backend_=None, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
-                    model_bytes=96_576_768, **task) -> dict:
+                    model_bytes=96_576_768, read_gb_s=None, **task) -> dict:
     cell = _cell(backend_ or backend("gguf-cpu"), "speed", {**SPEED_TASK, "repeats": repeats, **task})
-    return _record(cell, *throughput_measurements(rng, decode, prefill, cv, repeats, model_bytes))
+    return _record(cell, *throughput_measurements(rng, decode, prefill, cv, repeats, model_bytes, read_gb_s))
 
 
 def perplexity_cell(rng, backend_=None, nll=3.38, windows=16, model_bytes=96_576_768, model="smollm2",

@@ -19,9 +19,16 @@ def backend(smollm2_model):
 
     b = Gpt4AllBackend(Gpt4AllSettings(type="gpt4all", n_threads=2), smollm2_model)
     b.prepared = b.prepare()
-    b.load(context_tokens=512)
+    b.loaded = b.load(context_tokens=512)
     yield b
     b.close()
+
+
+def test_shape_from_the_gguf_file_matches_smollm2(backend):
+    """The shape MBU/MFU rest on, read from the file (gpt4all exposes no metadata): SmolLM2-135M's config."""
+    shape = backend.loaded.shape
+    assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.kv_dtype_bytes) == (30, 9, 3, 64, 2)
+    assert shape.n_params == pytest.approx(134.5e6, rel=0.01)
 
 
 def test_derived_gguf_renames_only_the_pre_tokenizer(backend, smollm2_model):
@@ -92,7 +99,7 @@ def assert_same_or_float_tie(llama, prompt, ours: list[int], theirs: list[int], 
     assert probs[theirs[parted]] / probs[ours[parted]] < 1.01, (parted, probs[ours[parted]], probs[theirs[parted]])
 
 
-def test_what_gpt4all_cannot_measure_is_skipped_with_a_reason(tmp_path):
+def test_what_gpt4all_cannot_measure_is_skipped_with_a_reason(tmp_path, small_probe):
     suite = {"name": "g4a", "models": {"m": {"gguf": SMOLLM2_PKG}},
              "backends": {"g4a": {"type": "gpt4all", "n_threads": 2}},
              "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
@@ -105,6 +112,7 @@ def test_what_gpt4all_cannot_measure_is_skipped_with_a_reason(tmp_path):
     assert ppl.status.tolist() == ["skipped"] and "lacks capability score" in ppl.reason.iloc[0]
     speed = table[table.task == "speed"].set_index("metric")
     assert speed.loc["decode_tok_s", "value"] > 0 and speed.loc["prefill_tok_s", "n"] == 2
+    assert speed.loc["mbu", "value"] > 0 and speed.loc["mfu", "n"] == 2
 
 
 def test_chat_prompts_and_every_sampling_parameter_reach_gpt4all(f32_pair):

@@ -4,6 +4,7 @@ import base64
 import re
 
 import numpy as np
+import pytest
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
 from harness.cli import main
@@ -20,7 +21,8 @@ def test_report_of_perplexity_and_throughput(tmp_path, capsys):
     rng = np.random.default_rng(0)
     run = write_run(tmp_path / "run", [
         perplexity_cell(rng), perplexity_cell(rng, backend("hf-cpu"), nll=3.36, model_bytes=538_060_288),
-        throughput_cell(rng), throughput_cell(rng, backend("hf-cpu"), decode=12.7, prefill=503),
+        throughput_cell(rng, read_gb_s=30.0),
+        throughput_cell(rng, backend("hf-cpu"), decode=12.7, prefill=503, model_bytes=538_060_288, read_gb_s=30.0),
         failed_cell(backend("hf-cuda"), SKIPPED, "device cuda: no CUDA device visible"),
     ])
     assert main(["report", str(run)]) == 0
@@ -28,10 +30,10 @@ def test_report_of_perplexity_and_throughput(tmp_path, capsys):
     page = (run / "report.html").read_text()
     titles = re.findall(r"^## (.+)$", md, flags=re.M)
     assert titles == ["Results", "Cells that did not run", "Perplexity and bits per byte", "Throughput",
-                      "Memory and model size"]
+                      "Decode against the memory-bandwidth limit", "Memory and model size"]
     images = re.findall(r"!\[[^]]*\]\((report_files/[^)]+\.png)\)", md)
     assert images == ["report_files/perplexity-ppl.png", "report_files/throughput-speed.png",
-                      "report_files/memory.png"]
+                      "report_files/roofline.png", "report_files/memory.png"]
     for image in images:
         assert (run / image).read_bytes().startswith(PNG)
     # self-contained: every image inline, nothing fetched
@@ -44,6 +46,9 @@ def test_report_of_perplexity_and_throughput(tmp_path, capsys):
     table = results.read_run(run).results
     decode = table[(table.metric == "decode_tok_s") & (table.backend == "hf-cpu")]["value"].iloc[0]
     assert f"{decode:.4g}" in md.split("## Throughput")[1]
+    mbu = table[(table.metric == "mbu") & (table.backend == "hf-cpu")]["value"].iloc[0]
+    assert mbu == pytest.approx(decode * 538_060_288 * 1.05 / 30e9, rel=1e-9)  # MBU scales decode: same median
+    assert f"{mbu:.4g}" in md.split("## Throughput")[1]
 
 
 def test_views_follow_the_tasks_that_ran(tmp_path):

@@ -61,13 +61,14 @@ def _exact(tolerance: float, abs_tolerance: float = 0.0) -> Policy:
 #: Quality: 0.1% (a real regression such as a flash-attention or build change moves perplexity by 0.5-1%;
 #: the same build repeats to 1e-6).
 DEFAULTS: dict[str, Policy] = {
-    **{m: _noisy(1.10) for m in ("prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s")},
+    **{m: _noisy(1.10) for m in ("prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "decode_gb_s", "mbu",
+                                 "prefill_flop_s", "mfu")},
     "itl_p99_s": _noisy(1.20),
     "load_s": _noisy(1.50),
     "scored_tok_s": _noisy(1.25),
     "tokenize_mb_s": _noisy(1.25),
     **{m: _exact(0.001) for m in ("token_ppl", "bits_per_byte", "word_ppl", "nll_mean", "ppl_ratio")},
-    **{m: _exact(0.0) for m in ("tokens_per_byte", "tokens_per_word", "model_bytes")},
+    **{m: _exact(0.0) for m in ("tokens_per_byte", "tokens_per_word", "model_bytes", "decode_bytes_per_token")},
     **{m: _exact(0.01, 1e-4) for m in ("kld_mean", "kld_p99", "kld_max", "delta_p_rms")},
     "same_top1": _exact(0.0, 0.002),
     **{m: _exact(0.01) for m in ("distinct_1", "distinct_2", "rep_4gram", "entropy_mean", "max_prob_mean",

@@ -25,6 +25,7 @@ from harness.backends.registry import register_backend
 from harness.core.capabilities import GENERATE
 from harness.core.decoding import Decoding, Generation
 from harness.core.errors import require
+from harness.core.roofline import gguf_shape
 from harness.core.types import LoadInfo
 from harness.sources.cache import cache_dir
 from harness.sources.fingerprint import sha256_file
@@ -91,7 +92,7 @@ class Gpt4AllBackend(Backend):
             "n_threads": self._model.model.thread_count(), "device": "cpu",
             "model_bytes_source": "file size (gpt4all reports no tensor size)",
             "not_measurable": "log-probabilities (score, per-step max-prob/entropy) and seeds",
-        })
+        }, shape=gguf_shape(self.model.path, compute_dtype="fp32", kv_dtype_bytes=2))  # its llama.cpp's KV: f16
 
     def generate_native(self, prompt_ids: np.ndarray, decoding: Decoding, max_new_tokens: int, *,
                         ignore_eos: bool, batch_size: int, trace: bool,

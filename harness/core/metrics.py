@@ -31,6 +31,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "ttft_s": ("s", False),
     "itl_p50_s": ("s", False),
     "itl_p99_s": ("s", False),
+    # throughput against the machine's ceilings (harness.core.roofline, harness.results.probe)
+    "decode_bytes_per_token": ("bytes", False),
+    "decode_gb_s": ("GB/s", True),
+    "mbu": ("ratio", True),
+    "prefill_flop_s": ("FLOP/s", True),
+    "mfu": ("ratio", True),
     # tokenization
     "tokens_per_byte": ("tokens/byte", False),
     "tokens_per_word": ("tokens/word", False),

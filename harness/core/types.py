@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.core.roofline import ModelShape
+
 
 @dataclass
 class Window:
@@ -47,3 +49,6 @@ class LoadInfo:
     #: the weights' bytes in memory as loaded (after any quantization); bytes on disk go in details
     model_bytes: int
     details: dict = field(default_factory=dict)
+    #: layers, heads and dtypes for the bytes-per-token and FLOP formulas; None with ``no_shape`` saying why
+    shape: ModelShape | None = None
+    no_shape: str = "the backend reports no model shape"

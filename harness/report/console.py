@@ -14,6 +14,7 @@ from rich.table import Table
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
             "decode_tok_s": "decode tok/s", "ttft_s": "TTFT s", "itl_p50_s": "ITL p50 s",
+            "mbu": "MBU", "mfu": "MFU",
             "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word", "load_s": "load s",
             "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
 
@@ -34,7 +35,7 @@ FAMILY_COLUMNS = {
                    "model_bytes", "peak_rss_mb", "peak_vram_mb"],
     "kld": ["kld_mean", "kld_p99", "same_top1", "ppl_ratio", "token_ppl", "model_bytes", "peak_rss_mb"],
     "decoding": ["entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean"],
-    "throughput": ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "load_s", "peak_rss_mb",
+    "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "load_s", "peak_rss_mb",
                    "peak_vram_mb"],
     "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s"],
 }

@@ -214,8 +214,32 @@ def throughput_view(ok: pd.DataFrame) -> list:
                                ("ttft_s", f"time to first token — {task}", "linear")])
         blocks.append(Plot(f"throughput-{task}", f"{task}: tokens/s (log scale) and TTFT by backend", panels,
                            width=4.5))
-    blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"], CELL))
+    blocks.append(_metric_table(cells, ["prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s",
+                                        "decode_gb_s", "mbu", "prefill_flop_s", "mfu"], CELL))
     return blocks
+
+
+@view("roofline", "Decode against the memory-bandwidth limit", {"mbu"})
+def roofline_view(ok: pd.DataFrame) -> list:
+    """Decode tok/s against bytes read per token, beside the limit line bandwidth / bytes: a point near
+    its line is memory-bound; one far below it spends its time elsewhere (Python per step, dequantizing)."""
+    wide = ok[ok["metric"].isin(["decode_bytes_per_token", "decode_tok_s", "mbu", "decode_gb_s"])].pivot_table(
+        index=["model", "backend", "task"], columns="metric", values="value", aggfunc="first", sort=False)
+    wide = wide.dropna(subset=["mbu"]).reset_index()
+    labels = _label(wide, ["model", "backend", "task"])
+    x = np.geomspace(wide["decode_bytes_per_token"].min() / 2, wide["decode_bytes_per_token"].max() * 2, 50)
+    series = [Series(f"limit at {bandwidth:.1f} GB/s", x.tolist(), (bandwidth * 1e9 / x).tolist(), kind="line",
+                     color="tab:red")
+              for bandwidth in sorted({round(b, 3) for b in wide["decode_gb_s"] / wide["mbu"]})]
+    series.append(Series("", wide["decode_bytes_per_token"].tolist(), wide["decode_tok_s"].tolist(),
+                         labels=[f"{label} ({mbu:.0%})" for label, mbu in zip(labels, wide["mbu"], strict=True)],
+                         kind="points", color="tab:blue"))
+    panel = Panel("decode speed against bytes per token", series, xlabel="bytes read per decoded token",
+                  ylabel="decode tokens/s", xscale="log", yscale="log")
+    return ["Each point: a cell's median decode speed; in brackets its MBU, the fraction of the limit line "
+            "(the machine probe's read bandwidth / bytes per token) it reaches.",
+            Plot("roofline", "decode tok/s against bytes per token (log-log), with the limit line", [panel],
+                 width=7.5)]
 
 
 @view("memory", "Memory and model size", {"peak_rss_mb", "model_bytes"})

@@ -30,6 +30,8 @@ class Job:
     outcome_path: Path
     artifacts_dir: Path
     started_at: str
+    #: the run's machine probes by CPU thread count (:mod:`harness.results.probe`); None: switched off
+    probes: dict[str, dict] | None = None
 
     @property
     def cell_id(self) -> str:
@@ -45,7 +47,7 @@ class Job:
                 "corpora": str(self.corpora) if self.corpora else None, "model": _model_json(self.model),
                 "reference_model": _model_json(self.reference_model) if self.reference_model else None,
                 "outcome_path": str(self.outcome_path), "artifacts_dir": str(self.artifacts_dir),
-                "started_at": self.started_at}
+                "started_at": self.started_at, "probes": self.probes}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
@@ -53,7 +55,7 @@ class Job:
                    corpora=Path(data["corpora"]) if data["corpora"] else None, model=_model(data["model"]),
                    reference_model=_model(data["reference_model"]) if data["reference_model"] else None,
                    outcome_path=Path(data["outcome_path"]), artifacts_dir=Path(data["artifacts_dir"]),
-                   started_at=data["started_at"])
+                   started_at=data["started_at"], probes=data.get("probes"))
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=1))

@@ -17,9 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS
+from harness.backends.llamacpp.backend import available_cpus
 from harness.core.files import atomic_write_text
 from harness.results import store
 from harness.results.environment import environment
+from harness.results.probe import probe, probe_line
 from harness.results.records import (
     FAILED,
     OK,
@@ -72,6 +74,9 @@ class Runner:
     def _run(self, plan: Plan) -> RunSummary:
         run_dir = plan.run_dir
         self.info = self._run_info(plan, take_over(run_dir, self.suite.name))
+        self.probes = self._probe()
+        if self.probes is not None:
+            self.info["environment"]["probe"] = self.probes
         store.write_run_json(run_dir, self.info)
         self.plan, self.summary = plan, RunSummary(run_dir)
         done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} if self.options.resume else set()
@@ -113,6 +118,21 @@ class Runner:
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
                 "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()}}
 
+    def _probe(self) -> dict[str, dict] | None:
+        """The machine's ceilings for each CPU thread count the throughput cells use (cached a day), or None
+        where the suite switched the probe off or no cell needs it. Its time is not a cell's."""
+        threads = {getattr(c.backend_spec, "n_threads", None) or available_cpus() for c in self.cells
+                   if c.task_spec.type == "throughput" and hasattr(c.backend_spec, "n_threads")}
+        if not self.suite.probe or not threads:
+            return None
+        probes = {}
+        for n in sorted(threads):
+            with self.console.status(f"probing the machine's memory bandwidth and GEMM rate ({n} threads)"):
+                probes[str(n)] = probe(n)
+            how = "cached" if probes[str(n)]["cached"] else f"{probes[str(n)]['probe_s']:.0f} s"
+            self.console.print(f"machine probe, {n} threads ({how}): {probe_line(probes[str(n)])}", highlight=False)
+        return probes
+
     def _run_phase(self, phase: list[rounds.Item], launcher: Launcher, done: set[str]) -> None:
         """Run a phase's items, as many at once as the launcher takes, landing each as it ends."""
         queue = deque(phase)
@@ -148,7 +168,7 @@ class Runner:
         return Job(cell=cell, round=round_, base_dir=self.base_dir, corpora=self.corpora, model=models[cell.model],
                    reference_model=models[cell.reference.model] if cell.reference else None,
                    outcome_path=cells_dir / f"{stem}.outcome.json", artifacts_dir=cells_dir / f"{stem}.artifacts",
-                   started_at=now())
+                   started_at=now(), probes=self.probes)
 
     def _capability_skip(self, cell: Cell, round_: int | None) -> Finished | None:
         """A skipped record, without starting a process, for a backend that lacks what the task needs."""

@@ -47,6 +47,7 @@ def run_job(job: Job) -> dict:
         rss_before = rss_mb()
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
+        task.loaded, task.machine = info, job.probes
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()
@@ -68,7 +69,9 @@ def run_job(job: Job) -> dict:
         "status": OK,
         "measurements": [m.row() for m in measurements],
         "samples": result.samples,
-        "resolved": {"backend": {**prepared, **info.details}, "task": {**result.resolved, **overflow},
+        "resolved": {"backend": {**prepared, **info.details,
+                                 "shape": info.shape.as_dict() if info.shape else info.no_shape},
+                     "task": {**result.resolved, **overflow},
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,

@@ -56,6 +56,8 @@ class Suite(StrictModel):
     matrix: list[MatrixEntry] = Field(min_length=1)
     gates: dict[str, Gate] = Field({}, description="per-metric gates of `harness compare` and `history`, "
                                    "overriding the defaults (harness.analysis.gates.DEFAULTS)")
+    probe: bool = Field(True, description="measure the machine's memory bandwidth and GEMM rate once per run "
+                        "(cached a day) for the throughput cells' MBU and MFU; a run-level key, no cell id moves")
 
     @field_validator("models", "backends", "tasks")
     @classmethod

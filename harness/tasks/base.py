@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.metrics import Measurement
 from harness.core.settings import StrictModel, new_key
+from harness.core.types import LoadInfo
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -56,6 +57,10 @@ class Task(ABC):
         #: the ``reference:`` model's backend, constructed but not loaded: the task loads it when it
         #: needs it (and closes it), so its memory is counted in the cell only for that time
         self.reference = reference
+        #: what loading the backend gave (bytes, shape); set by the worker before :meth:`run`
+        self.loaded: LoadInfo | None = None
+        #: the run's machine probes by CPU thread count (:mod:`harness.results.probe`); None: switched off
+        self.machine: dict[str, dict] | None = None
 
     @abstractmethod
     def context_tokens(self) -> int:

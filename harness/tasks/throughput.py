@@ -7,6 +7,12 @@ prompt of exactly ``prompt_tokens`` tokens: the first tokens of a corpus, or ran
 llama-bench's. Warmup runs are discarded. Every figure is the median over repeats with a
 distribution-free CI; the per-repeat values (and every token gap) are kept for significance tests.
 Load time, model bytes and peak memory come with every cell (the worker measures them).
+
+Against the machine (:mod:`harness.core.roofline`, :mod:`harness.results.probe`): bytes read per decoded
+token (weights as loaded + the KV cache at the mean decode depth), the decode bandwidth that implies
+(``decode_gb_s``) and its fraction of the probe's read bandwidth (``mbu``); the prefill's FLOP/s and its
+fraction of the probe's GEMM rate in the model's compute dtype (``mfu``). A backend without a model shape
+(the n-gram) or a run without a probe lists them under ``not_measured`` with the reason.
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ from harness.core import stats
 from harness.core.capabilities import GENERATE
 from harness.core.decoding import Decoding
 from harness.core.metrics import Measurement
+from harness.core.roofline import decode_bytes_per_token, mean_decode_depth, prefill_flops
+from harness.results.probe import ceilings
 from harness.sources.corpora import Corpus
 from harness.tasks.base import Task, TaskResult, TaskSettings
 from harness.tasks.registry import register_task
 
 #: seed of the synthetic prompts' ids
 SYNTHETIC_SEED = 1234
+#: per-repeat figures, summarized as median and CI (the last five only where the model has a shape)
+TIMINGS = ("prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s")
+ROOFLINE = ("decode_bytes_per_token", "decode_gb_s", "mbu", "prefill_flop_s", "mfu")
 
 
 class ThroughputSettings(TaskSettings):
@@ -102,7 +113,7 @@ class ThroughputTask(Task):
     def summarize(cls, samples: dict[str, list[float]]) -> list[Measurement]:
         """Median and CI over repeats of each per-repeat figure (also over interleaved rounds)."""
         out = []
-        for name in ("prefill_tok_s", "decode_tok_s", "ttft_s", "itl_p50_s", "itl_p99_s"):
+        for name in (n for n in TIMINGS + ROOFLINE if samples.get(n)):
             median, low, high = stats.median_ci(samples[name])
             out.append(Measurement(name, median, len(samples[name]), low, high))
         return out
@@ -128,10 +139,47 @@ class ThroughputTask(Task):
             "itl_p99_s": [float(np.percentile(np.diff(g.times), 99)) for g in runs],
             "itl_s": [float(x) for g in runs for x in np.diff(g.times)],
         }
-        return TaskResult(measurements=self.summarize(samples), samples=samples, resolved={
+        roofline = self._roofline(samples, len(prompt))
+        return TaskResult(measurements=self.summarize(samples), samples=samples, resolved={**roofline,
             "prompt_tokens": int(len(prompt)), "prompt_source": source, "new_tokens": s.new_tokens,
             "batch_size": s.batch_size, "repeats": s.repeats, "warmup": s.warmup,
             # where the prefill time comes from: the backend's own boundary, or the first token
             "prefill_timing": "backend" if runs[0].prefill_s is not None else "first token",
             "token_timing": "streamed",
         })
+
+    def _roofline(self, samples: dict[str, list[float]], prompt_tokens: int) -> dict:
+        """Add the per-repeat figures against the machine's ceilings to ``samples``; return what they rest
+        on (bytes per token, FLOPs, ceilings) and, per metric left out, why."""
+        s, loaded = self.settings, self.loaded
+        if loaded is None or loaded.shape is None:
+            reason = loaded.no_shape if loaded is not None else "no load information"
+            return {"not_measured": dict.fromkeys(ROOFLINE, reason)}
+        shape = loaded.shape
+        depth = mean_decode_depth(prompt_tokens, s.new_tokens)
+        per_token = decode_bytes_per_token(loaded.model_bytes, shape, depth, s.batch_size)
+        flops = prefill_flops(shape, prompt_tokens)
+        samples["decode_bytes_per_token"] = [per_token] * len(samples["decode_tok_s"])
+        samples["decode_gb_s"] = [t * per_token / 1e9 for t in samples["decode_tok_s"]]
+        # prefill_tok_s is prompt tokens x batch / prefill time
+        samples["prefill_flop_s"] = [t / prompt_tokens * flops for t in samples["prefill_tok_s"]]
+        device = "cuda" if str(loaded.details.get("device", "cpu")).startswith("cuda") else "cpu"
+        threads = loaded.details.get("n_threads")
+        probes = self.machine or {}
+        probe = probes.get(str(threads)) if device == "cpu" else next(iter(probes.values()), None)
+        bandwidth, peak = ceilings(probe, device, shape.compute_dtype)
+        not_measured = {}
+        if bandwidth is None:
+            not_measured["mbu"] = not_measured["mfu"] = (
+                "the run has no machine probe (suite: probe: false)" if self.machine is None
+                else f"no probe of {device} with {threads} threads")
+        else:
+            samples["mbu"] = [g * 1e9 / bandwidth for g in samples["decode_gb_s"]]
+            if peak is None:
+                not_measured["mfu"] = f"the probe has no {shape.compute_dtype} GEMM on {device}"
+            else:
+                samples["mfu"] = [f / peak for f in samples["prefill_flop_s"]]
+        return {"roofline": {"shape": shape.as_dict(), "weight_bytes": loaded.model_bytes, "mean_decode_depth": depth,
+                             "prefill_flops": flops, "device": device, "threads": threads,
+                             "read_bytes_s": bandwidth, "gemm_flop_s": peak},
+                **({"not_measured": not_measured} if not_measured else {})}

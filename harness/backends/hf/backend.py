@@ -29,8 +29,24 @@ from harness.core.capabilities import BATCH, BEAM, GENERATE, LOGITS, SCORE, SEED
 from harness.core.decoding import Decoding, Generation
 from harness.core.errors import Unavailable, require
 from harness.core.memory import CudaMemory
+from harness.core.roofline import ModelShape
 from harness.core.settings import StrictModel
 from harness.core.types import LoadInfo, Window
+
+#: torch dtype name -> the probe's GEMM dtype key
+COMPUTE_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def hf_shape(model, activation_dtype) -> ModelShape:
+    """The model's shape from its config; the KV cache and the matmuls run in the activations' dtype (the
+    output head's: bitsandbytes keeps it unquantized)."""
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    return ModelShape(n_params=int(model.num_parameters()), n_layers=config.num_hidden_layers, n_heads=heads,
+                      n_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                      head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                      kv_dtype_bytes=activation_dtype.itemsize,
+                      compute_dtype=COMPUTE_DTYPES[str(activation_dtype).removeprefix("torch.")])
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -178,7 +194,7 @@ class HfBackend(Backend):
             "batch_size": s.batch_size, "n_threads": torch.get_num_threads(), "add_bos": self.tokenizer.add_bos,
             "bytes_on_disk": sum(p.stat().st_size for p in Path(self._dir).rglob("*") if p.is_file()),
             **versions,
-        })
+        }, shape=hf_shape(self._model, self._head.weight.dtype))
 
     def _batches(self, windows: Sequence[Window]) -> Iterator[tuple[list[int], object]]:
         """Window indices and the body's last hidden state (batch, length, hidden) of each batch."""

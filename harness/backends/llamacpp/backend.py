@@ -24,6 +24,7 @@ from harness.backends.llamacpp.tokenizer import LlamaCppTokenizer, llama_lib
 from harness.backends.registry import register_backend
 from harness.core.capabilities import GENERATE, LOGITS, SCORE, SEED
 from harness.core.decoding import Decoding, Generation
+from harness.core.roofline import metadata_shape
 from harness.core.types import LoadInfo, Window
 from harness.sources.gguf_rewrite import tensor_types
 
@@ -103,7 +104,14 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": s.n_gpu_layers, "add_bos": self.tokenizer.add_bos,
             "llama_cpp_python": getattr(lib, "__version__", "?"),
             "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
-        })
+        }, shape=metadata_shape(self._meta, int(lib.llama_model_n_params(self._model)), compute_dtype="fp32",
+                                kv_dtype_bytes=2))  # llama.cpp's KV cache: f16
+
+    def _meta(self, key: str) -> str | None:
+        """One GGUF metadata value of the loaded model, as llama.cpp holds it."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else None
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> np.ndarray | None:
         """One llama_decode over (token, pos, seq, wants_logits) entries; the logits rows it produced."""

@@ -70,7 +70,7 @@ class NgramBackend(Backend):
             "train_tokens": int(len(self.lm.stream)),
             "stored_grams": [int(len(lvl.raw)) for lvl in self.lm.levels],
             "discounts": self.lm.discounts[:, 1:].round(6).tolist(),
-        })
+        }, no_shape="an n-gram model has no layers, matmuls or KV cache")
 
     def _tokenizer(self, recipe: dict) -> Tokenizer:
         """The tokenizer of a trained model: its stored words, or the named GGUF's vocabulary."""
