@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Policy] = {
     "scored_tok_s": _noisy(1.25),
     "tokenize_mb_s": _noisy(1.25),
     **{m: _exact(0.001) for m in ("token_ppl", "bits_per_byte", "word_ppl", "nll_mean", "ppl_ratio")},
-    **{m: _exact(0.0) for m in ("tokens_per_byte", "tokens_per_word", "model_bytes")},
+    **{m: _exact(0.0) for m in ("tokens_per_byte", "tokens_per_word", "model_bytes", "differing_tokens")},
     **{m: _exact(0.01, 1e-4) for m in ("kld_mean", "kld_p99", "kld_max", "delta_p_rms")},
     "same_top1": _exact(0.0, 0.002),
     **{m: _exact(0.01) for m in ("distinct_1", "distinct_2", "rep_4gram", "entropy_mean", "max_prob_mean",

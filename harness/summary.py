@@ -13,7 +13,8 @@ from rich.table import Table
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
             "decode_tok_s": "decode tok/s", "ttft_s": "TTFT s", "itl_p50_s": "ITL p50 s",
-            "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word", "load_s": "load s",
+            "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word",
+            "differing_tokens": "differing tokens", "load_s": "load s",
             "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
 
 

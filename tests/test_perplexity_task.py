@@ -95,3 +95,34 @@ def test_tokenization_counts_tokens_per_byte_and_word():
     short = TokenizationTask(TokenizationSettings(type="tokenization", dataset="d", max_bytes=5))
     assert {x.metric: x.value for x in short.run(backend, Corpus("d", "d", text, "")).measurements}[
         "tokens_per_word"] == 5 / 2
+
+
+def test_tokenization_against_a_reference_counts_the_tokens_it_does_not_share():
+    """The same vocabulary split two ways: greedy longest pieces against characters only. "ab ab" is
+    [ab][ ][ab] against [a][b][ ][a][b]: the two "ab" tokens are not in the reference's split."""
+    from harness.tasks.tokenization import TokenizationSettings, TokenizationTask
+
+    probs = {"a": 0.25, "b": 0.25, " ": 0.25, "ab": 0.25}
+    settings = TokenizationSettings(type="tokenization", dataset="d", reference={"model": "m", "backend": "chars"})
+
+    def differing(candidate, reference, text):
+        result = TokenizationTask(settings, reference).run(candidate, Corpus("d", "d", text, ""))
+        return {m.metric: m.value for m in result.measurements}["differing_tokens"], result.resolved
+
+    merged, chars = UnigramBackend(probs), UnigramBackend(probs, merge=False)
+    count, resolved = differing(merged, chars, "ab ab")
+    assert count == 2 and resolved["tokens"] == 3 and resolved["reference_tokens"] == 5
+    assert differing(chars, merged, "ab ab")[0] == 4  # its a and b, twice
+    assert differing(merged, UnigramBackend(probs), "ab ba ab")[0] == 0
+    assert differing(chars, UnigramBackend(probs, merge=False), "ba a")[0] == 0
+    with pytest.raises(ValueError, match="vocabulary has 4 tokens, this backend's 6"):
+        differing(merged, UnigramBackend({"a": 0.5, "b": 0.5}), "ab")
+
+
+def test_an_unset_reference_leaves_the_tokenization_cell_id_as_it_was():
+    from harness.tasks.tokenization import TokenizationSettings
+
+    plain = TokenizationSettings(type="tokenization", dataset="d")
+    assert plain.model_dump(mode="json") == {"type": "tokenization", "dataset": "d", "max_bytes": None}
+    with_reference = TokenizationSettings(type="tokenization", dataset="d", reference={"model": "m", "backend": "b"})
+    assert with_reference.model_dump(mode="json")["reference"] == {"model": "m", "backend": "b"}

@@ -4,6 +4,10 @@ It decides cost (tokens/s means different text/s), context use (how much text fi
 perplexities of different tokenizers cannot be compared directly (bits per byte can). tokens_per_byte =
 tokens / UTF-8 bytes; tokens_per_word = tokens / whitespace-separated words; both over the whole text
 (or its first ``max_bytes``, cut at a character boundary), special tokens excluded.
+
+With a ``reference:`` (the same model through another backend) it also reports ``differing_tokens``: the
+tokens of this backend's split that the reference's split does not have (same id at the same byte
+offset). 0 says both give the same ids; two implementations of one vocabulary can part on rare cases.
 """
 
 from __future__ import annotations
@@ -11,18 +15,30 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from pydantic import Field
+import numpy as np
+from pydantic import Field, model_serializer
 
 from harness.backends.base import Backend
 from harness.data import Corpus
 from harness.metrics import Measurement
-from harness.tasks.base import Task, TaskResult, TaskSettings
+from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
 
 
 class TokenizationSettings(TaskSettings):
     type: Literal["tokenization"]
     dataset: str
     max_bytes: int | None = Field(None, ge=1, description="only the first N bytes of the text")
+    reference: Reference | None = Field(None, description="the same model through another backend, whose "
+                                        "tokens these are compared with")
+
+    @model_serializer(mode="wrap")
+    def _unset_reference_left_out(self, handler):
+        """``reference`` appears in the resolved settings only when set, so the ids of the cells without
+        one stay as they were before it existed."""
+        data = handler(self)
+        if data.get("reference") is None:
+            data.pop("reference", None)
+        return data
 
 
 class TokenizationTask(Task):
@@ -44,10 +60,37 @@ class TokenizationTask(Task):
         n_bytes, n_words, n_tokens = len(text.encode("utf-8")), len(text.split()), len(tokens)
         if n_bytes == 0 or n_words == 0:
             raise ValueError(f"{corpus.name} has no text to tokenize")
-        return TaskResult(measurements=[
+        measurements = [
             Measurement("tokens_per_byte", n_tokens / n_bytes, n_bytes),
             Measurement("tokens_per_word", n_tokens / n_words, n_words),
             Measurement("tokenize_mb_s", n_bytes / 1e6 / elapsed, n_bytes),
-        ], resolved={"vocab_size": backend.tokenizer.vocab_size, "tokens": n_tokens, "bytes": n_bytes,
-                     "words": n_words,
-                     "distinct_tokens": int(len(set(tokens.tolist())))})
+        ]
+        resolved = {"vocab_size": backend.tokenizer.vocab_size, "tokens": n_tokens, "bytes": n_bytes,
+                    "words": n_words, "distinct_tokens": int(len(set(tokens.tolist())))}
+        if self.reference is not None:
+            comparison = self._compare_with_reference(backend, text, tokens)
+            measurements.append(Measurement("differing_tokens", comparison["differing_tokens"], n_tokens))
+            resolved["reference_tokens"] = comparison["reference_tokens"]
+        return TaskResult(measurements=measurements, resolved=resolved)
+
+    def _compare_with_reference(self, backend: Backend, text: str, tokens: np.ndarray) -> dict:
+        reference = self.reference
+        reference.load(self.context_tokens())
+        try:
+            ref_tok = reference.tokenizer
+            if ref_tok.vocab_size != backend.tokenizer.vocab_size:
+                raise ValueError(f"the reference's vocabulary has {ref_tok.vocab_size} tokens, this backend's "
+                                 f"{backend.tokenizer.vocab_size}: their token ids cannot be compared")
+            ref_tokens = ref_tok.encode(text)
+            ours = placed_tokens(backend.tokenizer, text, tokens)
+            theirs = placed_tokens(ref_tok, text, ref_tokens)
+        finally:
+            reference.close()
+        return {"differing_tokens": int(np.count_nonzero(~np.isin(ours, theirs))),
+                "reference_tokens": len(ref_tokens)}
+
+
+def placed_tokens(tokenizer, text: str, ids: np.ndarray) -> np.ndarray:
+    """Each token as one number: (byte offset where it starts, id)."""
+    starts = np.concatenate([[0], np.cumsum(tokenizer.byte_counts(text, ids))[:-1]]).astype(np.int64)
+    return starts * tokenizer.vocab_size + np.asarray(ids, dtype=np.int64)
