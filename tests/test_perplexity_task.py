@@ -48,6 +48,30 @@ def test_rolling_scores_every_token_once_and_reports_word_ppl():
     assert metrics["word_ppl"].n == 5
 
 
+def test_word_ppl_counts_words_as_lm_eval_does():
+    """lm-eval's len(re.split(r"\\s+", doc)) counts an empty word at leading and at trailing whitespace:
+    7 words here where str.split() sees 5."""
+    text = "  ab a ba cab  a "
+    total = sum(nll(PROBS, text))
+    metrics, result = run(text, window="rolling", n_ctx=4)
+    assert metrics["word_ppl"].n == 7 and result.resolved["word_count"] == "lm-eval"
+    assert metrics["word_ppl"].value == pytest.approx(math.exp(total / 7), rel=1e-12)
+    metrics, result = run(text, window="rolling", n_ctx=4, word_count="whitespace")
+    assert metrics["word_ppl"].n == 5 and result.resolved["word_count"] == "whitespace"
+    assert metrics["word_ppl"].value == pytest.approx(math.exp(total / 5), rel=1e-12)
+    _, chunked = run(text, window="chunked", n_ctx=4)
+    assert "word_count" not in chunked.resolved  # no word_ppl, no convention
+
+
+def test_an_unset_word_count_leaves_the_perplexity_cell_id_as_it_was():
+    """The settings enter the cell id as dumped: unset, word_count must not appear."""
+    assert PerplexitySettings(type="perplexity", dataset="d", window="rolling").model_dump(mode="json") == {
+        "type": "perplexity", "dataset": "d", "window": "rolling", "n_ctx": 512, "stride": None,
+        "max_tokens": None, "add_bos": None}
+    assert PerplexitySettings(type="perplexity", dataset="d", window="rolling", word_count="lm-eval").model_dump(
+        mode="json")["word_count"] == "lm-eval"
+
+
 def test_sliding_never_scores_the_first_token():
     text = "abcab cabca"
     metrics, _ = run(text, window="sliding", n_ctx=4, stride=2)
@@ -76,9 +100,11 @@ def test_text_shorter_than_a_chunk_is_an_error():
         run("abc", window="chunked", n_ctx=8)
 
 
-def test_stride_only_for_sliding():
+def test_stride_only_for_sliding_and_word_count_only_for_rolling():
     with pytest.raises(ValueError, match="stride applies only"):
         PerplexitySettings(type="perplexity", dataset="d", window="rolling", stride=3)
+    with pytest.raises(ValueError, match="word_count applies only to window: rolling"):
+        PerplexitySettings(type="perplexity", dataset="d", word_count="whitespace")
 
 
 def test_tokenization_counts_tokens_per_byte_and_word():
