@@ -82,15 +82,22 @@ class TokenizationTask(Task):
                 raise ValueError(f"the reference's vocabulary has {ref_tok.vocab_size} tokens, this backend's "
                                  f"{backend.tokenizer.vocab_size}: their token ids cannot be compared")
             ref_tokens = ref_tok.encode(text)
-            ours = placed_tokens(backend.tokenizer, text, tokens)
-            theirs = placed_tokens(ref_tok, text, ref_tokens)
+            ours, theirs = placed_tokens(ref_tok, tokens), placed_tokens(ref_tok, ref_tokens)
         finally:
             reference.close()
         return {"differing_tokens": int(np.count_nonzero(~np.isin(ours, theirs))),
                 "reference_tokens": len(ref_tokens)}
 
 
-def placed_tokens(tokenizer, text: str, ids: np.ndarray) -> np.ndarray:
-    """Each token as one number: (byte offset where it starts, id)."""
-    starts = np.concatenate([[0], np.cumsum(tokenizer.byte_counts(text, ids))[:-1]]).astype(np.int64)
-    return starts * tokenizer.vocab_size + np.asarray(ids, dtype=np.int64)
+def token_offsets(tokenizer, ids: np.ndarray) -> np.ndarray:
+    """Byte offset where each token starts, and where the last ends (len(ids) + 1 values), counted with
+    ``tokenizer``'s bytes of each id: one count for both splits, whatever each backend's
+    :meth:`~harness.tokenizer.Tokenizer.byte_counts` does with a character split across tokens."""
+    unique, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
+    lengths = np.array([len(tokenizer.token_bytes(int(t))) for t in unique], dtype=np.int64)[inverse.reshape(-1)]
+    return np.concatenate([[0], np.cumsum(lengths)])
+
+
+def placed_tokens(tokenizer, ids: np.ndarray) -> np.ndarray:
+    """Each token as one number: (byte offset where it starts, id), offsets by :func:`token_offsets`."""
+    return token_offsets(tokenizer, ids)[:-1] * tokenizer.vocab_size + np.asarray(ids, dtype=np.int64)
