@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stress_text import stress_text
 
 from harness.tasks.kld import PositionStats
 from harness.tasks.windows import chunked
@@ -43,12 +44,16 @@ def test_gguf_is_materialized_once_as_a_plain_hf_directory(hf_fp32, smollm2_mode
     config = (Path(hf_dir) / "config.json").read_text()
     assert "quantization_config" not in config  # loads as a plain model, so bitsandbytes can quantize it
     again = HfBackend(HfSettings(type="hf"), smollm2_model).prepare()
-    assert again == {"hf_dir": hf_dir, "materialize_s": 0.0}
+    assert again == {"hf_dir": hf_dir, "materialize_s": 0.0, "gguf_tokenizer": prepared["gguf_tokenizer"]}
+    assert prepared["gguf_tokenizer"] == {"model": "gpt2", "pre": "smollm", "ignore_merges": False,
+                                          "pre_tokenizer": "llama.cpp's starcoder regexes"}
 
 
 def test_same_tokens_as_llama_cpp(hf_fp32, llamacpp, text):
+    """On a WikiText slice and on a text made of every hard case (the whole corpora: the parity marker)."""
     hf, _ = hf_fp32
-    np.testing.assert_array_equal(hf.tokenizer.encode(text), llamacpp.tokenizer.encode(text))
+    for sample in (text, stress_text()):
+        np.testing.assert_array_equal(hf.tokenizer.encode(sample), llamacpp.tokenizer.encode(sample))
     assert hf.tokenizer.add_bos == llamacpp.tokenizer.add_bos
     ids = hf.tokenizer.encode(text)
     np.testing.assert_array_equal(hf.tokenizer.byte_counts(text, ids), llamacpp.tokenizer.byte_counts(text, ids))

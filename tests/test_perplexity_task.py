@@ -48,6 +48,30 @@ def test_rolling_scores_every_token_once_and_reports_word_ppl():
     assert metrics["word_ppl"].n == 5
 
 
+def test_word_ppl_counts_words_as_lm_eval_does():
+    """lm-eval's len(re.split(r"\\s+", doc)) counts an empty word at leading and at trailing whitespace:
+    7 words here where str.split() sees 5."""
+    text = "  ab a ba cab  a "
+    total = sum(nll(PROBS, text))
+    metrics, result = run(text, window="rolling", n_ctx=4)
+    assert metrics["word_ppl"].n == 7 and result.resolved["word_count"] == "lm-eval"
+    assert metrics["word_ppl"].value == pytest.approx(math.exp(total / 7), rel=1e-12)
+    metrics, result = run(text, window="rolling", n_ctx=4, word_count="whitespace")
+    assert metrics["word_ppl"].n == 5 and result.resolved["word_count"] == "whitespace"
+    assert metrics["word_ppl"].value == pytest.approx(math.exp(total / 5), rel=1e-12)
+    _, chunked = run(text, window="chunked", n_ctx=4)
+    assert "word_count" not in chunked.resolved  # no word_ppl, no convention
+
+
+def test_an_unset_word_count_leaves_the_perplexity_cell_id_as_it_was():
+    """The settings enter the cell id as dumped: unset, word_count must not appear."""
+    assert PerplexitySettings(type="perplexity", dataset="d", window="rolling").model_dump(mode="json") == {
+        "type": "perplexity", "dataset": "d", "window": "rolling", "n_ctx": 512, "stride": None,
+        "max_tokens": None, "add_bos": None}
+    assert PerplexitySettings(type="perplexity", dataset="d", window="rolling", word_count="lm-eval").model_dump(
+        mode="json")["word_count"] == "lm-eval"
+
+
 def test_sliding_never_scores_the_first_token():
     text = "abcab cabca"
     metrics, _ = run(text, window="sliding", n_ctx=4, stride=2)
@@ -76,9 +100,11 @@ def test_text_shorter_than_a_chunk_is_an_error():
         run("abc", window="chunked", n_ctx=8)
 
 
-def test_stride_only_for_sliding():
+def test_stride_only_for_sliding_and_word_count_only_for_rolling():
     with pytest.raises(ValueError, match="stride applies only"):
         PerplexitySettings(type="perplexity", dataset="d", window="rolling", stride=3)
+    with pytest.raises(ValueError, match="word_count applies only to window: rolling"):
+        PerplexitySettings(type="perplexity", dataset="d", word_count="whitespace")
 
 
 def test_tokenization_counts_tokens_per_byte_and_word():
@@ -95,3 +121,34 @@ def test_tokenization_counts_tokens_per_byte_and_word():
     short = TokenizationTask(TokenizationSettings(type="tokenization", dataset="d", max_bytes=5))
     assert {x.metric: x.value for x in short.run(backend, Corpus("d", "d", text, "")).measurements}[
         "tokens_per_word"] == 5 / 2
+
+
+def test_tokenization_against_a_reference_counts_the_tokens_it_does_not_share():
+    """The same vocabulary split two ways: greedy longest pieces against characters only. "ab ab" is
+    [ab][ ][ab] against [a][b][ ][a][b]: the two "ab" tokens are not in the reference's split."""
+    from harness.tasks.tokenization import TokenizationSettings, TokenizationTask
+
+    probs = {"a": 0.25, "b": 0.25, " ": 0.25, "ab": 0.25}
+    settings = TokenizationSettings(type="tokenization", dataset="d", reference={"model": "m", "backend": "chars"})
+
+    def differing(candidate, reference, text):
+        result = TokenizationTask(settings, reference).run(candidate, Corpus("d", "d", text, ""))
+        return {m.metric: m.value for m in result.measurements}["differing_tokens"], result.resolved
+
+    merged, chars = UnigramBackend(probs), UnigramBackend(probs, merge=False)
+    count, resolved = differing(merged, chars, "ab ab")
+    assert count == 2 and resolved["tokens"] == 3 and resolved["reference_tokens"] == 5
+    assert differing(chars, merged, "ab ab")[0] == 4  # its a and b, twice
+    assert differing(merged, UnigramBackend(probs), "ab ba ab")[0] == 0
+    assert differing(chars, UnigramBackend(probs, merge=False), "ba a")[0] == 0
+    with pytest.raises(ValueError, match="vocabulary has 4 tokens, this backend's 6"):
+        differing(merged, UnigramBackend({"a": 0.5, "b": 0.5}), "ab")
+
+
+def test_an_unset_reference_leaves_the_tokenization_cell_id_as_it_was():
+    from harness.tasks.tokenization import TokenizationSettings
+
+    plain = TokenizationSettings(type="tokenization", dataset="d")
+    assert plain.model_dump(mode="json") == {"type": "tokenization", "dataset": "d", "max_bytes": None}
+    with_reference = TokenizationSettings(type="tokenization", dataset="d", reference={"model": "m", "backend": "b"})
+    assert with_reference.model_dump(mode="json")["reference"] == {"model": "m", "backend": "b"}

@@ -41,6 +41,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "tokens_per_byte": ("tokens/byte", False),
     "tokens_per_word": ("tokens/word", False),
     "tokenize_mb_s": ("MB/s", True),
+    "differing_tokens": ("tokens", False),
     # decoding
     "distinct_1": ("ratio", True),
     "distinct_2": ("ratio", True),

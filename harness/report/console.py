@@ -15,7 +15,8 @@ HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": 
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
             "decode_tok_s": "decode tok/s", "ttft_s": "TTFT s", "itl_p50_s": "ITL p50 s",
             "mbu": "MBU", "mfu": "MFU",
-            "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word", "load_s": "load s",
+            "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word",
+            "differing_tokens": "differing tokens", "load_s": "load s",
             "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
 
 
@@ -37,7 +38,7 @@ FAMILY_COLUMNS = {
     "decoding": ["entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean"],
     "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "load_s", "peak_rss_mb",
                    "peak_vram_mb"],
-    "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s"],
+    "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens"],
 }
 SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
          "same_top1": "same top-1", "ppl_ratio": "PPL ratio", "entropy_mean": "entropy", "max_prob_mean": "max p",

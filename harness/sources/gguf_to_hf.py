@@ -6,10 +6,15 @@ model and cannot ``save_pretrained`` it. So the weights it dequantized are copie
 of the dequantized blocks). The directory is cached under the GGUF's sha256 and built in a separate
 process (``python -m harness.sources.gguf_to_hf GGUF OUT``, which dies with the cell that waits for it), so
 the cell that needs it first does not carry the conversion's memory in its own peak RSS.
+
+The tokenizer is transformers' conversion of the GGUF's vocabulary with llama.cpp's pre-tokenizer for
+the file set in (:mod:`harness.sources.gguf_pretokenizer`): transformers alone splits some texts otherwise.
+What was set is written beside it (``gguf_tokenizer.json``) for the cell's params.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +25,10 @@ from harness.core.process import child_command
 from harness.sources.cache import cache_dir
 
 #: bump when the directory's layout or the conversion changes, so stale directories are rebuilt
-FORMAT = 1
+#: (2: llama.cpp's pre-tokenizer, gguf_tokenizer.json)
+FORMAT = 2
+#: what :func:`save_tokenizer` set, beside the tokenizer
+TOKENIZER_RECORD = "gguf_tokenizer.json"
 
 
 def materialized_dir(gguf_sha256: str) -> Path:
@@ -33,20 +41,44 @@ def ensure_materialized(gguf_path: Path, gguf_sha256: str) -> tuple[Path, float]
     if (target / "config.json").exists():
         return target, 0.0
     start = time.perf_counter()
-    done = subprocess.run(child_command("harness.sources.gguf_to_hf", str(gguf_path), str(target)))
+    done = subprocess.run(child_command("harness.sources.gguf_to_hf", str(gguf_path), str(target)),
+                          stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
     if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
         raise RuntimeError(f"converting {gguf_path} to a Hugging Face directory failed "
-                           f"(exit code {done.returncode}; see the log above)")
+                           f"(exit code {done.returncode}): {last.strip()}")
     return target, time.perf_counter() - start
+
+
+def tokenizer_record(hf_dir: Path) -> dict:
+    """The GGUF's tokenizer names and the pre-tokenizer :func:`save_tokenizer` set (the cell's params)."""
+    return json.loads((Path(hf_dir) / TOKENIZER_RECORD).read_text())
+
+
+def save_tokenizer(gguf_path: Path, target: Path) -> dict:
+    """transformers' tokenizer of ``gguf_path`` with llama.cpp's pre-tokenizer, saved into ``target``
+    with its record; returns the record."""
+    from transformers import AutoTokenizer
+
+    from harness.sources.gguf_pretokenizer import apply_gguf_pre_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    record = apply_gguf_pre_tokenizer(tokenizer, gguf_path)
+    tokenizer.save_pretrained(target)
+    (Path(target) / TOKENIZER_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def materialize(gguf_path: Path, target: Path) -> None:
     """Write model and tokenizer of ``gguf_path`` to ``target`` atomically (a temp dir renamed)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_tokenizer(gguf_path, tmp)  # first: a pre-tokenizer it cannot reproduce stops the conversion early
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                   **_dequantized())
     config = loaded.config
@@ -55,10 +87,7 @@ def materialize(gguf_path: Path, target: Path) -> None:
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh.config.name_or_path = str(gguf_path)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 
@@ -74,4 +103,9 @@ def _dequantized() -> dict:
 
 
 if __name__ == "__main__":
-    materialize(Path(sys.argv[1]), Path(sys.argv[2]))
+    from harness.sources.gguf_pretokenizer import UnknownPreTokenizer
+
+    try:
+        materialize(Path(sys.argv[1]), Path(sys.argv[2]))
+    except UnknownPreTokenizer as exc:  # one line, which the parent puts in the cell's reason
+        sys.exit(str(exc))

@@ -3,13 +3,17 @@
 Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
 (:mod:`harness.tasks.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
-tokens); word_ppl = exp(Σ nll / whitespace-separated words), only when every token is scored (rolling).
+tokens); word_ppl = exp(Σ nll / words), only when every token is scored (rolling). Words are counted as
+lm-evaluation-harness counts them, ``len(re.split(r"\\s+", text))``, which counts an empty word at leading
+and at trailing whitespace (``word_count: lm-eval``, the default: its figure is the one people compare
+with); ``word_count: whitespace`` counts ``str.split()``'s words only.
 σ of token_ppl is llama-perplexity's: ppl · sqrt(var(nll) / (N − 1)); CIs bootstrap over windows.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Literal
 
@@ -20,6 +24,7 @@ from harness.backends.base import Backend
 from harness.core import stats
 from harness.core.capabilities import SCORE
 from harness.core.metrics import Measurement
+from harness.core.settings import new_key
 from harness.sources.corpora import Corpus
 from harness.tasks import windows
 from harness.tasks.base import Task, TaskResult, TaskSettings
@@ -34,13 +39,18 @@ class PerplexitySettings(TaskSettings):
     stride: int | None = Field(None, ge=1, description="sliding only; default n_ctx // 2")
     max_tokens: int | None = Field(None, ge=1, description="score only the first N tokens of the text")
     add_bos: bool | None = Field(None, description="default: what the model's tokenizer says")
+    word_count: Literal["lm-eval", "whitespace"] | None = new_key(
+        None, description="words of word_ppl: lm-eval (default) counts re.split(r'\\s+', text), an empty word at "
+        "leading and at trailing whitespace included; whitespace counts str.split()")
 
     @model_validator(mode="after")
-    def _stride_fits(self):
+    def _window_options_fit(self):
         if self.stride is not None and self.window != "sliding":
             raise ValueError("stride applies only to window: sliding")
         if self.stride is not None and self.stride > self.n_ctx:
             raise ValueError(f"stride ({self.stride}) must not exceed n_ctx ({self.n_ctx})")
+        if self.word_count is not None and self.window != "rolling":
+            raise ValueError("word_count applies only to window: rolling (the only one with word_ppl)")
         return self
 
 
@@ -112,9 +122,11 @@ class PerplexityTask(Task):
             Measurement("scored_tok_s", n_tokens / elapsed, n_tokens),
         ]
         every_token_scored = s.window == "rolling" and n_tokens == len(tokens)
+        word_count = None
         if every_token_scored:
+            word_count = s.word_count or "lm-eval"
             covered = corpus.text.encode("utf-8")[:int(token_bytes.sum())]
-            n_words = len(covered.decode("utf-8", errors="ignore").split())
+            n_words = count_words(covered.decode("utf-8", errors="ignore"), word_count)
             out.append(Measurement("word_ppl", math.exp(total_nll / n_words), n_words))
         return TaskResult(
             measurements=out,
@@ -123,5 +135,11 @@ class PerplexityTask(Task):
             resolved={"window": s.window, "n_ctx": s.n_ctx,
                       "stride": (s.stride or s.n_ctx // 2) if s.window == "sliding" else None,
                       "add_bos": add_bos, "text_tokens": int(len(tokens)), "windows": len(wins),
-                      "scoring_s": elapsed},
+                      "scoring_s": elapsed, **({"word_count": word_count} if word_count else {})},
         )
+
+
+def count_words(text: str, convention: str) -> int:
+    """Words of ``text`` for word_ppl: lm-eval's ``len(re.split(r"\\s+", text))`` (one more at leading
+    whitespace and one more at trailing whitespace than ``str.split()``), or ``str.split()``'s."""
+    return len(re.split(r"\s+", text)) if convention == "lm-eval" else len(text.split())

@@ -144,13 +144,15 @@ class HfBackend(Backend):
         return cls.dependencies
 
     def prepare(self) -> dict:
-        """A GGUF source becomes an HF directory first, in a process of its own (not measured)."""
+        """A GGUF source becomes an HF directory first, in a process of its own (not measured); the params
+        say which pre-tokenizer its tokenizer was given."""
         self._dir, materialize_s = Path(self.model.path), 0.0
-        if self.model.kind == "gguf":
-            from harness.sources.gguf_to_hf import ensure_materialized
+        if self.model.kind != "gguf":
+            return {"hf_dir": str(self._dir), "materialize_s": materialize_s}
+        from harness.sources.gguf_to_hf import ensure_materialized, tokenizer_record
 
-            self._dir, materialize_s = ensure_materialized(self.model.path, self.model.sha256)
-        return {"hf_dir": str(self._dir), "materialize_s": materialize_s}
+        self._dir, materialize_s = ensure_materialized(self.model.path, self.model.sha256)
+        return {"hf_dir": str(self._dir), "materialize_s": materialize_s, "gguf_tokenizer": tokenizer_record(self._dir)}
 
     def load(self, context_tokens: int) -> LoadInfo:
         torch = require("torch", "hf", "the hf backend")
