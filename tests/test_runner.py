@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import psutil
 import pytest
+from conftest import SMOLLM2_PKG
 
 from harness.cli import main
 from harness.results.store import COLUMNS
@@ -76,14 +77,18 @@ def test_killed_cell_is_recorded_and_resume_finishes_only_it(tmp_path, capsys):
 
 
 def test_timeout_kills_the_cell_and_the_run_goes_on(tmp_path, capsys, corpora_dir):
-    # the slow cell scores all of WikiText-2 (~290k tokens: minutes on any CPU), the fast one 256 tokens
-    # (a few seconds, well under the timeout even on a heavily loaded machine)
+    # the slow cell scores all of WikiText-2 through SmolLM2 (~290k tokens: minutes on any CPU), the fast one
+    # 256 tokens through a word 2-gram (no native threads to spin: a second or two, well under the timeout
+    # even on a machine loaded many times over, where llama.cpp's spinning threads are not)
     tasks = {"slow": {**TASKS["chunked"], "dataset": "wiki", "max_tokens": None, "n_ctx": 512},
              "fast": {**TASKS["chunked"], "max_tokens": 256}}
     datasets = {"docs": {"source": "builtin:stdlib-docs#test"},
                 "wiki": {"source": f"file:{corpora_dir / 'wikitext-2-raw' / 'wiki.test.raw'}"}}
-    path = smollm2_suite(tmp_path, tasks=tasks, datasets=datasets,
-                         matrix=[{"model": "smollm2", "backend": "gguf", "task": ["slow", "fast"]}])
+    models = {"smollm2": {"gguf": SMOLLM2_PKG}, "w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}}
+    path = smollm2_suite(tmp_path, tasks=tasks, datasets=datasets, models=models,
+                         backends={"gguf": {"type": "llamacpp", "n_threads": 2}, "ngram": {"type": "ngram"}},
+                         matrix=[{"model": "smollm2", "backend": "gguf", "task": "slow"},
+                                 {"model": "w2", "backend": "ngram", "task": "fast"}])
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--timeout", "30"]) == 3
     table = pd.read_parquet(out / "results.parquet")
