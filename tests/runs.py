@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core import stats
 from harness.core.metrics import Measurement
 from harness.results import records as results
 from harness.results import store
@@ -56,15 +57,23 @@ def _common(rng, model_bytes: float, rss: float) -> list[Measurement]:
 
 
 def throughput_cell(rng, backend_=None, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
-                    model_bytes=96_576_768, **task) -> dict:
-    """Per-repeat timings drawn around the given speeds with coefficient of variation ``cv``."""
+                    model_bytes=96_576_768, interleaved=False, **task) -> dict:
+    """Per-repeat timings drawn around the given speeds with coefficient of variation ``cv``; ``interleaved``:
+    each repeat a round in its own process, merged as harness.run.rounds.merge does (per-round load times)."""
     backend_ = backend_ or backend("gguf-cpu")
     noise = lambda: 1 + cv * rng.standard_normal(repeats)  # noqa: E731
     dec, pre = decode * noise(), prefill * noise()
     samples = {"prefill_tok_s": pre.tolist(), "decode_tok_s": dec.tolist(), "ttft_s": (256 / pre).tolist(),
                "itl_p50_s": (1 / dec).tolist(), "itl_p99_s": (1.3 / dec).tolist()}
-    cell = _cell(backend_, "speed", {**SPEED_TASK, "repeats": repeats, **task})
-    return _record(cell, ThroughputTask.summarize(samples) + _common(rng, model_bytes, 370), samples)
+    cell = _cell(backend_, "speed", {**SPEED_TASK, "repeats": repeats, "interleave": interleaved, **task})
+    common = _common(rng, model_bytes, 370)
+    resolved = None
+    if interleaved:
+        samples["load_s"] = (0.2 * (1 + 0.1 * rng.standard_normal(repeats))).tolist()
+        common[0] = Measurement("load_s", *stats.median_ci(samples["load_s"])[:1], repeats,
+                                *stats.median_ci(samples["load_s"])[1:])
+        resolved = {"rounds": repeats, "interleaved": True, "memory": {"rss_after_load_mb": 300.0}}
+    return _record(cell, ThroughputTask.summarize(samples) + common, samples, resolved)
 
 
 def perplexity_cell(rng, backend_=None, nll=3.38, windows=16, model_bytes=96_576_768, model="smollm2",
