@@ -88,6 +88,23 @@ def make_runs(out: Path, rounds: int, same: int, slow: int, in_process: bool) ->
     return [p for p, _ in plan[:same]], [p for p, _ in plan[same:]]
 
 
+def step_size(same: list[Path], slow: list[Path]) -> str:
+    """The injected step against the noise: the median over runs of llama.cpp's prefill, and its robust
+    night-to-night σ among the unchanged runs (as compare's history measures it)."""
+    import numpy as np
+    import pandas as pd
+
+    def figure(run: Path) -> float:
+        table = pd.read_parquet(run / "results.parquet")
+        return float(table[(table.backend == STEP_METRIC[0]) & (table.metric == STEP_METRIC[1])]["value"].iloc[0])
+
+    before, after = np.array([figure(p) for p in same]), np.array([figure(p) for p in slow])
+    sigma = 1.4826 * np.median(np.abs(np.diff(before))) / np.sqrt(2)
+    return (f"{' '.join(STEP_METRIC)}: median {np.median(before):.3g} over the unchanged runs, {np.median(after):.3g} "
+            f"over the slowed ones ({np.median(after) / np.median(before) - 1:+.0%}); night-to-night σ of the "
+            f"unchanged runs {sigma / np.median(before):.0%}")
+
+
 def verdicts(src: Path, base: Path, new: Path, *options: str) -> dict:
     """compare's JSON for one pair: the flagged and the changed (cell, metric)s, and whether it was calibrated."""
     doc = json.loads(harness(src, "compare", str(base), str(new), "--format", "json", *options).stdout)
@@ -141,6 +158,7 @@ def main() -> None:
     same, slow = make_runs(args.out, args.rounds, args.runs, args.slow, args.in_process)
     if args.runs_only:
         return
+    print(step_size(same, slow))
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before_rev, "harness"], check=True,
                                  capture_output=True).stdout
