@@ -98,11 +98,18 @@ def _emit(text: str, out: Path | None) -> None:
 
 
 def cmd_compare(args, console: Console) -> int:
-    from harness.analysis import compare, export
+    from harness.analysis import compare, export, noise
     from harness.results.store import read_run
 
+    if args.calibrate is not None:
+        return _calibrate(args)
+    if args.base is None or args.new is None:
+        raise UserError("compare: expected BASE and NEW run directories, or --calibrate DIR")
     base, new = read_run(args.base), read_run(args.new)
-    result = compare.compare(base, new, _gates(args, new.info))
+    gates = _gates(args, new.info)
+    history_dirs = [] if args.no_history else args.history or noise.default_history(base)
+    history = noise.read_history(history_dirs, new, gates) if history_dirs else None
+    result = compare.compare(base, new, gates, history)
     if args.format == "markdown":
         _emit(compare.to_markdown(result, args.all), args.out)
     elif args.format == "json":
@@ -112,6 +119,18 @@ def cmd_compare(args, console: Console) -> int:
     if args.out is not None:
         print(f"{args.out}: {result.regressions} regressions", file=sys.stderr)
     return EXIT_REGRESSION if result.regressions else EXIT_OK
+
+
+def _calibrate(args) -> int:
+    """``compare --calibrate DIR``: what unchanged runs look like to the gates (A/A)."""
+    from harness.analysis import history, noise
+
+    if args.base is not None or args.history or args.format not in ("markdown", "json"):
+        raise UserError("compare --calibrate DIR: takes no BASE/NEW nor --history, and writes markdown or json")
+    runs = history.load_runs(args.calibrate)
+    result = noise.calibrate(runs, _gates(args, runs[-1].info))
+    _emit(noise.calibration_json(result) if args.format == "json" else noise.calibration_markdown(result), args.out)
+    return EXIT_OK
 
 
 def cmd_history(args, console: Console) -> int:
@@ -229,8 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")
-    compare.add_argument("base", type=_path, help="run directory of the baseline (last night)")
-    compare.add_argument("new", type=_path, help="run directory of the candidate (tonight)")
+    compare.add_argument("base", type=_path, nargs="?", help="run directory of the baseline (last night)")
+    compare.add_argument("new", type=_path, nargs="?", help="run directory of the candidate (tonight)")
+    compare.add_argument("--history", type=_path, action="append", default=[], metavar="DIR",
+                         help="earlier runs of the suite (run directories or a folder of them; repeatable): "
+                         "each timing's threshold becomes at least k·σ of their night-to-night spread "
+                         "(default: BASE's folder when it is results/SUITE)")
+    compare.add_argument("--no-history", action="store_true", help="judge without history (uncalibrated)")
+    compare.add_argument("--calibrate", type=_path, nargs="+", metavar="DIR",
+                         help="instead of comparing two runs: every consecutive pair of these runs (run "
+                         "directories or folders of them), taken as unchanged: how far apart each metric's "
+                         "figures are, how often the gates flag them, and suggested gates")
     compare.add_argument("--format", default="markdown",
                          choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
                          help="the last two export NEW's figures for those tools (the exit code still compares)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core import stats
 from harness.core.metrics import Measurement
 from harness.results import records as results
 from harness.results import store
@@ -72,9 +73,20 @@ def throughput_measurements(rng, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
 
 
 def throughput_cell(rng, backend_=None, decode=90.0, prefill=230.0, cv=0.05, repeats=5,
-                    model_bytes=96_576_768, read_gb_s=None, **task) -> dict:
-    cell = _cell(backend_ or backend("gguf-cpu"), "speed", {**SPEED_TASK, "repeats": repeats, **task})
-    return _record(cell, *throughput_measurements(rng, decode, prefill, cv, repeats, model_bytes, read_gb_s))
+                    model_bytes=96_576_768, read_gb_s=None, interleaved=False, **task) -> dict:
+    """``interleaved``: each repeat a round in its own process, merged as harness.run.rounds.merge does
+    (per-round load times)."""
+    cell = _cell(backend_ or backend("gguf-cpu"), "speed",
+                 {**SPEED_TASK, "repeats": repeats, "interleave": interleaved, **task})
+    measurements, samples = throughput_measurements(rng, decode, prefill, cv, repeats, model_bytes, read_gb_s)
+    resolved = None
+    if interleaved:
+        samples["load_s"] = (0.2 * (1 + 0.1 * rng.standard_normal(repeats))).tolist()
+        load = Measurement("load_s", *stats.median_ci(samples["load_s"])[:1], repeats,
+                           *stats.median_ci(samples["load_s"])[1:])
+        measurements = [load if m.metric == "load_s" else m for m in measurements]
+        resolved = {"rounds": repeats, "interleaved": True, "memory": {"rss_after_load_mb": 300.0}}
+    return _record(cell, measurements, samples, resolved)
 
 
 def perplexity_cell(rng, backend_=None, nll=3.38, windows=16, model_bytes=96_576_768, model="smollm2",

@@ -6,9 +6,19 @@ new cell. Settings that differ between matched cells (and model or corpus files 
 are listed in the row's note, so a reader sees why a number moved.
 
 Each metric is judged by its gate (:mod:`harness.analysis.gates`) in its direction (``higher_is_better``):
-timings must pass a ratio threshold and be significant (asv's rule); deterministic metrics must pass a
-tolerance. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count that
-differs, or a timing past its threshold that has no samples or CI to test it with: shown, never gating).
+timings must pass a ratio threshold and be significant (asv's rule) across independent processes;
+deterministic metrics must pass a tolerance.
+
+The unit of replication of a timing is the process, not the repeat: repeats inside one process share its
+state (where the OS put its threads, what its neighbours were doing during that minute) and agree far more
+closely than two runs do, so a test on them calls a drift of the machine significant. An interleaved cell
+(one fresh process per round) contributes one figure per round; any other cell contributes one figure, its
+reported value, and a single figure has no spread to test with: a run with one process cannot show that a
+change is more than noise on its own. A history of runs (:mod:`harness.analysis.noise`) supplies what it
+lacks: the night-to-night spread, which widens the threshold to at least k·σ and, for a run with one
+process, is the test. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count that
+differs, or a timing past its threshold that too few processes measured and no history calibrates: shown,
+never gating).
 Regressed or failed rows make the exit code 1.
 """
 
@@ -19,16 +29,21 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from math import comb
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from harness.analysis.gates import COUNT, EXACT, NOISY, Gates, Policy
+from harness.core import stats
 from harness.core.errors import UserError
 from harness.report import markdown
 from harness.report.console import fmt_value
 from harness.results.records import FAILED, OK, TIMEOUT
 from harness.results.store import RunTables
+
+if TYPE_CHECKING:
+    from harness.analysis.noise import History, Spread
 
 KEY = ("model", "backend", "task", "dataset")
 
@@ -62,6 +77,7 @@ class Row:
     test: str = ""
     p_value: float | None = None
     gate: str = ""
+    sigma: float | None = None  # the night-to-night spread that calibrated the threshold, relative to its level
     note: str = ""
 
     @property
@@ -74,7 +90,9 @@ class Comparison:
     base: RunTables
     new: RunTables
     alpha: float
+    history: History | None = None
     rows: list[Row] = field(default_factory=list)
+    timings: bool = False  # whether any timing was judged (what the calibration note is about)
 
     @property
     def regressions(self) -> int:
@@ -84,20 +102,20 @@ class Comparison:
         return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
 
 
-def significance(a: np.ndarray, b: np.ndarray, ci_a: tuple, ci_b: tuple, alpha: float
-                 ) -> tuple[bool | None, str, float | None]:
-    """asv's ``is_different``: Mann-Whitney U on the raw samples when there are enough of them for the
-    test to reach ``alpha`` at all, else whether the confidence intervals are disjoint. None when there
-    is neither (one measurement each)."""
+def significance(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[bool | None, str, float | None]:
+    """asv's ``is_different`` on one figure per independent process: Mann-Whitney U when there are enough
+    processes for the test to reach ``alpha`` at all, else whether the order-statistic CIs of the medians
+    over processes are disjoint. None when a side has too few processes for either (one run, one process)."""
     if len(a) and len(b) and 2 / comb(len(a) + len(b), len(a)) < alpha:
         from scipy.stats import mannwhitneyu
 
         p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-        return bool(p < alpha), f"Mann-Whitney U ({len(a)} vs {len(b)}) p={p:.2g}", p
+        return bool(p < alpha), f"Mann-Whitney U ({len(a)} vs {len(b)} processes) p={p:.2g}", p
+    (_, *ci_a), (_, *ci_b) = stats.median_ci(a), stats.median_ci(b)
     if all(_finite(x) for x in (*ci_a, *ci_b)):
         disjoint = bool(ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0])  # a plain bool, not numpy's
-        return disjoint, "CIs disjoint" if disjoint else "CIs overlap", None
-    return None, "one measurement each: untestable", None
+        return disjoint, f"CIs over processes ({len(a)} vs {len(b)}) {'disjoint' if disjoint else 'overlap'}", None
+    return None, f"{len(a)} vs {len(b)} processes: untestable", None
 
 
 def _finite(x) -> bool:
@@ -105,8 +123,10 @@ def _finite(x) -> bool:
 
 
 def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: pd.Series,
-          base_samples: np.ndarray, new_samples: np.ndarray, alpha: float) -> dict:
-    """Verdict of one metric of a matched cell, with the figures that led to it."""
+          base_processes: np.ndarray, new_processes: np.ndarray, alpha: float, spread: Spread | None = None) -> dict:
+    """Verdict of one metric of a matched cell, with the figures that led to it. A timing's evidence is one
+    figure per process (``*_processes``); ``spread``, the night-to-night noise from a history, widens its
+    threshold to at least k·σ and decides when the processes cannot."""
     b, n = float(base["value"]), float(new["value"])
     out = {"base": b, "new": n, "change": n / b - 1 if b else None, "gate": policy.describe()}
     if _finite(b) and _finite(n) and b > 0 and n > 0 and higher_is_better is not None:
@@ -117,12 +137,22 @@ def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: p
     if policy.kind == EXACT:
         moved = abs(n - b) > max(policy.tolerance * abs(b), policy.abs_tolerance)
         return {**out, "verdict": (IMPROVED if better else REGRESSED) if moved else UNCHANGED, "test": "tolerance"}
+    threshold = policy.threshold
+    if spread is None:
+        out["gate"] = f"ratio ≥ {threshold:g} (not calibrated) and significant"
+    else:
+        threshold = max(threshold, 1 + policy.k * spread.relative)
+        out["sigma"] = spread.relative
+        out["gate"] = (f"ratio ≥ {threshold:.3g} (≥ {policy.k:g}σ, σ {spread.relative * 100:.1f}% over "
+                       f"{spread.runs} runs; gate {policy.threshold:g}) and significant")
     ratio = max(b, n) / min(b, n) if min(b, n) > 0 else math.inf
-    sig, test, p = significance(base_samples, new_samples, (base["ci_low"], base["ci_high"]),
-                                (new["ci_low"], new["ci_high"]), alpha)
-    if ratio < policy.threshold or sig is False:
+    sig, test, p = significance(base_processes, new_processes, alpha)
+    if sig is None and spread is not None:  # one process: the history's spread is the only noise known
+        sig = bool(abs(n - b) > policy.k * spread.sigma)
+        test += f"; |Δ| {'>' if sig else '≤'} {policy.k:g}σ of {spread.runs} runs"
+    if ratio < threshold or sig is False:
         verdict = UNCHANGED
-    elif sig is None:  # past the threshold, but one measurement each cannot show it is more than noise
+    elif sig is None:  # past the threshold, but one process each cannot show it is more than noise
         verdict = CHANGED
     else:
         verdict = IMPROVED if better else REGRESSED
@@ -172,6 +202,20 @@ def _samples(run: RunTables, cell_id: str) -> dict[str, np.ndarray]:
     return {name: g.sort_values("index")["value"].to_numpy() for name, g in s.groupby("sample")}
 
 
+def processes(params: str) -> int:
+    """How many independent processes measured a cell: its rounds when interleaved, else one."""
+    resolved = json.loads(params).get("resolved") or {}
+    return int(resolved.get("rounds", 1)) if resolved.get("interleaved") else 1
+
+
+def per_process(value: float, samples: np.ndarray | None, n_processes: int) -> np.ndarray:
+    """One figure per process: an interleaved cell's per-round samples (one each), else the reported value
+    (the repeats of one process are one observation of the machine, however many there are)."""
+    if samples is not None and n_processes > 1 and len(samples) == n_processes:
+        return samples
+    return np.array([value]) if _finite(value) else np.array([])
+
+
 def _whole_cell(verdict: str, key: tuple, note: str) -> Row:
     return Row(verdict, *key[:3], key[3] or None, note=note)
 
@@ -183,12 +227,13 @@ def _status_note(run: str, cell: pd.DataFrame | None) -> str:
     return f"{first['status']} in {run}: {first['reason']}"
 
 
-def compare(base: RunTables, new: RunTables, gates: Gates) -> Comparison:
-    """Match the two runs' cells and judge every metric; raises UserError for runs of different suites."""
+def compare(base: RunTables, new: RunTables, gates: Gates, history: History | None = None) -> Comparison:
+    """Match the two runs' cells and judge every metric (timings calibrated by ``history`` where it knows
+    their spread); raises UserError for runs of different suites."""
     if base.suite != new.suite:
         raise UserError(f"{base.path} is a run of suite '{base.suite}', {new.path} of suite '{new.suite}': "
                         "compare runs of the same suite")
-    result = Comparison(base, new, gates.alpha)
+    result = Comparison(base, new, gates.alpha, history)
     old_cells, new_cells = _cells(base), _cells(new)
     for key in list(new_cells) + [k for k in old_cells if k not in new_cells]:
         old, now = old_cells.get(key), new_cells.get(key)
@@ -203,17 +248,19 @@ def compare(base: RunTables, new: RunTables, gates: Gates) -> Comparison:
         elif old_status != OK:
             result.rows.append(_whole_cell(NEW, key, _status_note("BASE", old)))
         else:
-            result.rows.extend(_compare_cell(base, new, old, now, key, gates))
+            result.rows.extend(_compare_cell(base, new, old, now, key, gates, history))
+    result.timings = any(gates.policy(r.metric).kind == NOISY for r in result.rows if r.metric)
     result.rows.sort(key=lambda r: (VERDICTS.index(r.verdict), -(r.worse_by or 0) if r.verdict == REGRESSED
                                     else (r.worse_by or 0) if r.verdict == IMPROVED else 0))
     return result
 
 
 def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.DataFrame, key: tuple,
-                  gates: Gates) -> list[Row]:
+                  gates: Gates, history: History | None) -> list[Row]:
     notes = settings_diff(old.iloc[0]["params"], now.iloc[0]["params"]) + _fingerprint_notes(base, new, now.iloc[0])
     old_m, new_m = old.set_index("metric"), now.set_index("metric")
     old_s, new_s = _samples(base, old.iloc[0]["cell_id"]), _samples(new, now.iloc[0]["cell_id"])
+    old_p, new_p = processes(old.iloc[0]["params"]), processes(now.iloc[0]["params"])
     counts = [f"{m} {fmt_value(old_m.loc[m, 'value'])} → {fmt_value(new_m.loc[m, 'value'])}"
               for m in old_m.index.intersection(new_m.index)
               if gates.policy(m).kind == COUNT and old_m.loc[m, "value"] != new_m.loc[m, "value"]]
@@ -229,10 +276,10 @@ def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.Da
                             **({"new": float(row["value"])} if verdict == NEW else {"base": float(row["value"])})))
             continue
         policy = gates.policy(metric)
-        empty = np.array([])
-        judged = judge(policy, hib, old_m.loc[metric], new_m.loc[metric],
-                       old_s.get(metric, empty) if policy.kind == NOISY else empty,
-                       new_s.get(metric, empty) if policy.kind == NOISY else empty, gates.alpha)
+        before, after = old_m.loc[metric], new_m.loc[metric]
+        judged = judge(policy, hib, before, after, per_process(before["value"], old_s.get(metric), old_p),
+                       per_process(after["value"], new_s.get(metric), new_p), gates.alpha,
+                       history.spread(key, metric) if history is not None else None)
         rows.append(Row(judged.pop("verdict"), *key[:3], key[3] or None, **common, **judged))
     return rows
 
@@ -245,19 +292,27 @@ def _change_text(row: Row) -> str:
     return f"{row.change * 100:+.1f}%"
 
 
+def _calibration_note(result: Comparison) -> str:
+    from harness.analysis.noise import UNCALIBRATED
+
+    if not result.timings:
+        return ""
+    return UNCALIBRATED if result.history is None else result.history.describe()
+
+
 def to_markdown(result: Comparison, show_all: bool = False) -> str:
     counts = result.counts()
     head = (f"**{result.new.suite}**: `{result.base.run_id}` (base) → `{result.new.run_id}` (new): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". "
-            + ("**Regression.**" if result.regressions else "No regression."))
+            + ("**Regression.**" if result.regressions else "No regression.") + " " + _calibration_note(result))
     shown = [r for r in result.rows if show_all or r.verdict != UNCHANGED]
     table = [[r.verdict, r.label, r.metric or "", fmt_value(r.base), fmt_value(r.new), _change_text(r), r.test,
-              r.note] for r in shown]
+              r.gate, r.note] for r in shown]
     hidden = len(result.rows) - len(shown)
     tail = f"\n\n{hidden} unchanged rows not shown (--all shows them)." if hidden else ""
     if not table:
         return head + tail + "\n"
-    headers = ["verdict", "cell", "metric", "base", "new", "change", "test", "note"]
+    headers = ["verdict", "cell", "metric", "base", "new", "change", "test", "gate", "note"]
     return head + "\n\n" + markdown.table(table, headers) + tail + "\n"
 
 
@@ -272,7 +327,10 @@ def to_json(result: Comparison) -> str:
         return {"dir": str(r.path), "run_id": r.run_id, "suite": r.suite,
                 "git_commit": r.info.get("environment", {}).get("git_commit")}
 
-    doc = {"base": run(result.base), "new": run(result.new), "alpha": result.alpha,
+    history = result.history
+    calibration = {"history": history.source if history else None,
+                   "runs": len(history.runs) if history and history.spreads else 0, "note": _calibration_note(result)}
+    doc = {"base": run(result.base), "new": run(result.new), "alpha": result.alpha, "calibration": calibration,
            "regressions": result.regressions, "counts": result.counts(),
            "rows": [{k: _jsonable(v) for k, v in asdict(r).items()} for r in result.rows]}
     return json.dumps(doc, indent=2)

@@ -3,14 +3,18 @@
 Three kinds of metric, because they vary for different reasons:
 
 - ``noisy`` (timings): the same tree measures differently every night. A change counts only if the ratio
-  of the values passes ``threshold`` *and* the difference is significant (asv's rule: Mann-Whitney U on
-  the raw samples when there are enough of them, else non-overlapping confidence intervals).
+  of the values passes ``threshold`` *and* the difference is significant across independent processes
+  (asv's rule on one figure per process: Mann-Whitney U when there are enough processes, else
+  non-overlapping confidence intervals). Repeats inside one process agree with each other far more
+  closely than two nights do, so they are not evidence. Where the night-to-night spread is known (a
+  history of runs), the threshold is widened to at least ``k`` robust standard deviations of it, over the
+  last ``runs`` runs.
 - ``exact`` (perplexity, KLD, sizes, memory): the same tree gives the same number up to float noise; a
   change counts when it passes ``tolerance`` (relative) and ``abs_tolerance`` (absolute).
 - ``count`` (tokens scored): no direction; a change says the cells did not read the same input.
 
-Defaults live in :data:`DEFAULTS`; a suite overrides them under ``gates:`` and the command line
-overrides both.
+Defaults live in :data:`DEFAULTS`; a suite overrides them under ``gates:`` (``timings:`` there applies to
+every timing) and the command line overrides both.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ NOISY, EXACT, COUNT = "noisy", "exact", "count"
 
 #: significance level of the Mann-Whitney U test (asv's default)
 ALPHA = 0.002
+#: a calibrated timing threshold is at least K robust σ of the night-to-night spread: the change between two
+#: unchanged nights has σ·√2, so 4σ is 2.8 of its standard deviations (0.5% two-sided per metric if normal,
+#: a few percent of pairs over a suite's correlated timings)
+K = 4.0
+#: runs of history the spread is measured over (the last ones before the new run), and the fewest that
+#: calibrate a threshold (four night-to-night differences)
+RUNS, MIN_RUNS = 20, 5
+#: the ``gates:`` entry that applies to every timing metric
+TIMINGS = "timings"
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class Policy:
     threshold: float = 1.0
     tolerance: float = 0.0
     abs_tolerance: float = 0.0
+    k: float = K
+    runs: int = RUNS
 
     def describe(self) -> str:
         if self.kind == NOISY:
@@ -84,17 +99,22 @@ FALLBACK = _exact(0.01)
 
 
 class Gate(StrictModel):
-    """One entry under a suite's ``gates:``, keyed by metric name."""
+    """One entry under a suite's ``gates:``, keyed by metric name (or ``timings``: every timing)."""
 
     threshold: float | None = Field(None, gt=1, description="noisy metrics (timings): the ratio a change "
                                     "must reach, e.g. 1.2 = 20% worse or better; it must also be significant")
     tolerance: float | None = Field(None, ge=0, description="deterministic metrics: relative change allowed")
     abs_tolerance: float | None = Field(None, ge=0, description="deterministic metrics: absolute change allowed")
+    k: float | None = Field(None, gt=0, description=f"timings: with a history of runs, the threshold is at least "
+                            f"k robust standard deviations of the night-to-night spread (default {K:g})")
+    runs: int | None = Field(None, ge=MIN_RUNS, description="timings: the spread is measured over the last "
+                             f"this many runs before the new one (default {RUNS})")
 
     @model_validator(mode="after")
     def _something_set(self):
-        if self.threshold is None and self.tolerance is None and self.abs_tolerance is None:
-            raise ValueError("expected threshold (timings) or tolerance / abs_tolerance (deterministic metrics)")
+        if all(v is None for v in self.model_dump().values()):
+            raise ValueError("expected threshold, k or runs (timings) or tolerance / abs_tolerance "
+                             "(deterministic metrics)")
         return self
 
 
@@ -103,18 +123,20 @@ def kind_of(metric: str) -> str:
 
 
 def check_gates(gates: dict[str, Gate]) -> None:
-    """A suite's gates name known metrics and set what their kind uses; raises ValueError (for pydantic)."""
+    """A suite's gates name known metrics (or ``timings``) and set what their kind uses; raises ValueError
+    (for pydantic)."""
     for metric, gate in gates.items():
-        if metric not in DEFAULTS:
-            raise ValueError(f"{metric}: unknown metric (known: {', '.join(sorted(DEFAULTS))})")
-        kind = kind_of(metric)
+        if metric not in DEFAULTS and metric != TIMINGS:
+            raise ValueError(f"{metric}: unknown metric (known: {', '.join(sorted(DEFAULTS))}, or {TIMINGS} "
+                             "for every timing)")
+        kind = NOISY if metric == TIMINGS else kind_of(metric)
         if kind == COUNT:
             raise ValueError(f"{metric}: a count gates nothing")
-        if kind == NOISY and gate.threshold is None:
-            raise ValueError(f"{metric}: a timing is gated by threshold (a ratio > 1), not tolerance")
-        if kind == EXACT and gate.threshold is not None:
+        if kind == NOISY and (gate.tolerance is not None or gate.abs_tolerance is not None):
+            raise ValueError(f"{metric}: a timing is gated by threshold (a ratio > 1), k and runs, not tolerance")
+        if kind == EXACT and (gate.threshold, gate.k, gate.runs) != (None, None, None):
             raise ValueError(f"{metric}: a deterministic metric is gated by tolerance / abs_tolerance, "
-                             "not threshold")
+                             "not threshold, k or runs")
 
 
 @dataclass
@@ -128,8 +150,8 @@ class Gates:
 
     def policy(self, metric: str) -> Policy:
         policy = DEFAULTS.get(metric, FALLBACK)
-        suite = {k: v for k, v in self.suite.get(metric, {}).items() if v is not None}
-        policy = replace(policy, **suite)
+        for entry in ((TIMINGS, metric) if policy.kind == NOISY else (metric,)):
+            policy = replace(policy, **{k: v for k, v in self.suite.get(entry, {}).items() if v is not None})
         if policy.kind == NOISY:
             cli = self.threshold.get(metric, self.threshold.get(None))
             return policy if cli is None else replace(policy, threshold=cli)
