@@ -126,6 +126,10 @@ class HfBackend(Backend):
             return cls.dependencies + (("bitsandbytes", "bnb"),)
         return cls.dependencies
 
+    @classmethod
+    def gpus(cls, settings: HfSettings) -> int:
+        return int(settings.device == "cuda")  # auto takes a GPU where the node has one, none is reserved
+
     def prepare(self) -> dict:
         """A GGUF source becomes an HF directory first, in a process of its own (not measured)."""
         self._dir, materialize_s = Path(self.model.path), 0.0
