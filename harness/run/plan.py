@@ -14,6 +14,7 @@ from harness.core.errors import UserError, ensure_available, located
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram
 from harness.suite.cells import Cell
+from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
 
 
@@ -27,6 +28,8 @@ class RunOptions:
     corpora: Path | None = None
     timeout_s: float | None = None
     results_root: Path = Path("results")
+    #: the command line's executor (None: the suite's)
+    executor: ExecutorSettings | None = None
 
 
 @dataclass

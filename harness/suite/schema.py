@@ -12,6 +12,7 @@ from harness.backends import BACKENDS
 from harness.core.settings import StrictModel
 from harness.sources.corpora import DatasetSpec
 from harness.sources.models import ModelSpec
+from harness.suite.executor import ExecutorSettings
 from harness.tasks import TASKS
 
 
@@ -56,6 +57,9 @@ class Suite(StrictModel):
     matrix: list[MatrixEntry] = Field(min_length=1)
     gates: dict[str, Gate] = Field({}, description="per-metric gates of `harness compare` and `history`, "
                                    "overriding the defaults (harness.analysis.gates.DEFAULTS)")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings,
+                                       description="where cells run (--executor and --address win); "
+                                       "not part of any cell id")
 
     @field_validator("models", "backends", "tasks")
     @classmethod
