@@ -16,7 +16,7 @@ from harness.analysis import compare
 from harness.analysis.gates import Gates
 from harness.cli import main
 from harness.results.store import read_run
-from harness.run.ray_launcher import Demand, demand
+from harness.run.ray_launcher import Demand, code_fingerprint, demand, run_here
 from harness.suite.cells import expand
 from harness.suite.parse import parse_suite
 
@@ -98,3 +98,11 @@ def test_compare_notes_other_hardware_but_not_another_node_id(tmp_path):
     assert notes("before-where") == {"ran on other hardware: cpu EPYC → test CPU"}
     assert json.loads(compare.to_json(compare.compare(runs["base"], runs["new-node"], Gates({}, {}, {}))))[
         "regressions"] == 0
+
+
+def test_a_node_running_other_harness_code_refuses_the_cell(tmp_path):
+    """Checked before the job is even read: no worker starts with code that is not the driver's."""
+    report = run_here(None, {}, {}, 60.0, "0" * 64, tmp_path, "m7")
+    assert report["error"] == (f"on m7: the harness code differs from the driver's (sha256 {code_fingerprint()[:12]}… "
+                               "here, 000000000000… there): install the same harness on every node")
+    assert report["record"] is None and not list(tmp_path.iterdir())

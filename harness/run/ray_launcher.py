@@ -23,6 +23,7 @@ class. Ctrl-C cancels what is queued and kills what runs: the worker process die
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -45,6 +46,7 @@ from harness.run.launcher import Finished, Launcher, _how_it_ended, job_label, r
 from harness.run.plan import Plan, models_needed
 from harness.sources.cache import cache_dir
 from harness.sources.corpora import DatasetSpec, load_corpus
+from harness.sources.fingerprint import sha256_bytes
 from harness.sources.models import ModelSpec, ResolvedModel, resolve, resolve_ngram
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
@@ -329,7 +331,7 @@ class RayLauncher(Launcher):
         sources = job_sources(job)
         flight.target = node
         flight.ref = self._task.options(**options).remote(job.to_json(), {s: self._texts[s] for s in sources},
-                                                          self._specs, self.timeout_s)
+                                                          self._specs, self.timeout_s, code_fingerprint())
 
     def _release(self, flight: _Flight) -> None:
         host = next((h for h, f in self._busy.items() if f is flight), None)
@@ -445,7 +447,7 @@ def shipped_texts(cells: list[Cell], plan: Plan, base_dir: Path, corpora: Path |
 # --- on the node ---------------------------------------------------------------------------------------------
 
 
-def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float):
+def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float, code: str):
     """The Ray task of one job: report where it runs, then run the worker process here and report how it
     ended (its record, log and artifacts)."""
     import ray
@@ -454,18 +456,30 @@ def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float):
     yield {"kind": "started", "where": where}
     with tempfile.TemporaryDirectory(prefix="harness-cell-") as tmp:
         yield run_here(Job.from_json(job_data), {s: ray.get(ref) for s, ref in texts.items()}, specs, timeout_s,
-                       Path(tmp), where["hostname"])
+                       code, Path(tmp), where["hostname"])
 
 
-def run_here(job: Job, texts: dict[str, bytes], specs: dict, timeout_s: float, tmp: Path, hostname: str) -> dict:
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of the harness's own source files: a node must run the code the driver runs."""
+    root = Path(__file__).resolve().parent.parent
+    lines = [f"{p.relative_to(root).as_posix()} {sha256_bytes(p.read_bytes())}" for p in sorted(root.rglob("*.py"))]
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def run_here(job: Job, texts: dict[str, bytes], specs: dict, timeout_s: float, code: str, tmp: Path,
+             hostname: str) -> dict:
     """The job's worker process in ``tmp``, with the texts shipped and the models found on this machine."""
+    report = {"kind": "ended", "record": None, "artifacts": {}, "log": "", "returncode": None, "timed_out": False,
+              "duration_s": None, "error": None, "where": {}}
+    if code_fingerprint() != code:
+        return {**report, "error": f"on {hostname}: the harness code differs from the driver's (sha256 "
+                f"{code_fingerprint()[:12]}… here, {code[:12]}… there): install the same harness on every node"}
     files = {}
     for i, (source, text) in enumerate(sorted(texts.items())):
         files[source] = tmp / "texts" / f"{i}.txt"
         files[source].parent.mkdir(exist_ok=True)
         files[source].write_bytes(text)
-    report = {"kind": "ended", "record": None, "artifacts": {}, "log": "", "returncode": None, "timed_out": False,
-              "duration_s": None, "error": None, "where": {}}
     try:
         job = replace(job, model=relocate(job.model, specs, job, hostname),
                       reference_model=relocate(job.reference_model, specs, job, hostname),
