@@ -217,3 +217,39 @@ def test_ctrl_c_leaves_no_worker_and_resume_recomputes_only_what_is_missing(clus
     assert f"{6 - len(kept)} cells ran, {len(kept)} reused" in summary, summary
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if read_record(p).ok)
     assert len([r for r in read_cell_records(out) if r.ok]) == 6
+
+
+@pytest.mark.ray
+def test_a_private_cluster_keeps_its_files_under_the_cache_and_stops_with_the_run(tmp_path, monkeypatch):
+    """No --address: the run starts a cluster of its own on this machine and stops it at the end."""
+    cache = Path(tempfile.mkdtemp(prefix="hc-"))  # short enough for Ray's socket paths under it
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    path, out = suite(tmp_path, [2], ["ppl", "speed"]), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--out", str(out), "--executor", "ray"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    info = json.loads((out / "run.json").read_text())["executor"]
+    assert info["address"] == "private" and len(info["nodes"]) == 1
+    sessions = list((cache / "ray").glob("session_*"))
+    assert len(sessions) == 1
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(sessions[0]) in " ".join(p.info["cmdline"] or [])]
+    assert not left, [p.info["cmdline"][:2] for p in left]
+    assert all(r.ok for r in read_cell_records(out)) and len(read_cell_records(out)) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.integration
+def test_smollm2_through_ray_equals_the_local_executor(cluster, tmp_path):
+    path = suite(tmp_path, [3], ["ppl", "speed"], models={"smol": {"gguf": SMOLLM2_PKG}},
+                 backends={"gguf": {"type": "llamacpp", "n_threads": 1}},
+                 matrix=[{"model": "smol", "backend": "gguf", "task": ["ppl", "speed"]},
+                         {"model": "w3", "backend": "ngram", "task": ["ppl", "speed"]}])
+    on_ray, local = tmp_path / "ray", tmp_path / "local"
+    assert main(["run", str(path), "--executor", "ray", "--address", cluster.address, "--out", str(on_ray)]) == 0
+    assert main(["run", str(path), "--out", str(local)]) == 0
+    by_ray, by_local = records(on_ray), records(local)
+    assert by_ray.keys() == by_local.keys() and len(by_ray) == 4
+    for cell_id, record in by_ray.items():
+        if record.cell["task"] == "ppl":  # llama.cpp on one thread: the same logits, window by window
+            assert record.samples == by_local[cell_id].samples
