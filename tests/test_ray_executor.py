@@ -81,7 +81,8 @@ def test_quality_equals_the_local_executors_and_timing_cells_keep_apart(cluster,
     path = suite(tmp_path, [2, 3], ["ppl", "speed"])
     on_ray, local = tmp_path / "ray", tmp_path / "local"
     assert main(["run", str(path), "--executor", "ray", "--address", cluster.address, "--out", str(on_ray)]) == 0
-    assert "ray: 2 nodes on 2 machines (fake-a, fake-b)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ray: 2 nodes on 2 machines (fake-a, fake-b)" in out and " @fake-" in out  # the progress bar's cells
     assert main(["run", str(path), "--out", str(local)]) == 0
     by_ray, by_local = records(on_ray), records(local)
     assert by_ray.keys() == by_local.keys() and len(by_ray) == 4
@@ -113,6 +114,10 @@ def test_quality_equals_the_local_executors_and_timing_cells_keep_apart(cluster,
     assert main(["compare", str(local), str(on_ray), "--format", "json", "--out", str(tmp_path / "c.json")]) == 0
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert all(r["note"] == "" for r in rows), [r["note"] for r in rows if r["note"]]
+    capsys.readouterr()
+    assert main(["run", str(path), "--executor", "ray", "--address", cluster.address, "--out", str(on_ray),
+                 "--resume"]) == 0
+    assert "0 cells ran, 4 reused" in capsys.readouterr().out
 
 
 def test_a_request_no_node_can_meet_is_bad_input_before_anything_runs(cluster, tmp_path, capsys):

@@ -358,8 +358,6 @@ class RayLauncher(Launcher):
             flight.node = self._nodes.get(node_id) or Node(node_id, report["where"]["hostname"],
                                                            report["where"]["hostname"], 0, 0)
             flight.where = {**report["where"], "host": flight.node.host}
-            if flight.job.round is not None:
-                self._pins.setdefault(flight.job.cell_id, node_id)
             return None
         return self._ended(flight, report)
 
@@ -379,6 +377,8 @@ class RayLauncher(Launcher):
         if flight.retried_after:
             where["retried_after"] = flight.retried_after
         record.resolved["where"] = where
+        if job.round is not None and record.ok:  # the cell's later rounds run here too
+            self._pins.setdefault(job.cell_id, flight.node.id)
         return Finished(job, record, report["artifacts"], log_path)
 
     def _fault(self, flight: _Flight, exc: Exception, name: str) -> Finished | None:
