@@ -51,9 +51,20 @@ def cmd_validate(args, console: Console) -> int:
     from harness.sources.corpora import corpora_dir
 
     suite, cells = _load(args.suite, [], args.set)
+    _executor(args, suite)
     check_inputs(suite, cells, args.suite, corpora_dir(args.corpora))
     console.print(f"{args.suite}: ok, {len(cells)} cells")
     return EXIT_OK
+
+
+def _executor(args, suite):
+    """The suite's executor with --executor/--address on top, its package checked (no cluster is started)."""
+    from harness.suite.executor import check_available, effective
+
+    settings = effective(suite.executor, args.executor, args.address)
+    from_cli = args.executor is not None or args.address is not None
+    check_available(settings, "--executor" if from_cli else f"{args.suite}: executor.type:")
+    return settings
 
 
 def cmd_run(args, console: Console) -> int:
@@ -72,7 +83,8 @@ def cmd_run(args, console: Console) -> int:
         console.print(f"{len(cells)} cells would run")
         return EXIT_OK
     options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,
-                         resume=args.resume, corpora=args.corpora, timeout_s=args.timeout)
+                         resume=args.resume, corpora=args.corpora, timeout_s=args.timeout,
+                         executor=_executor(args, suite))
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
@@ -221,6 +233,15 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
                         "tasks.kld.max_tokens=null; repeatable")
 
 
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"],
+                        help="where cells run (default: the suite's executor, else local): local = one at a time "
+                        "on this machine, ray = Ray tasks on a cluster")
+    parser.add_argument("--address", metavar="ADDRESS",
+                        help="--executor ray: the cluster (auto, HOST:PORT); default: a private "
+                        "cluster on this machine")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option in one place (a flat list reads like the help text it produces)."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
@@ -239,12 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
     _set_option(run)
+    _executor_options(run)
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a suite and its inputs without running anything")
     validate.add_argument("suite", type=_path)
     validate.add_argument("--corpora", type=_path)
     _set_option(validate)
+    _executor_options(validate)
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare two runs of a suite; exit 1 on a regression")

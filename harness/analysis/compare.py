@@ -54,8 +54,11 @@ VERDICTS = (FAILED_V, REGRESSED, MISSING, NEW, CHANGED, IMPROVED, UNCHANGED)
 #: verdicts that make the exit code 1
 GATING = (FAILED_V, REGRESSED)
 
-#: params that are measurements of the run, not settings: memory figures, timings, cache hits
-MEASURED = re.compile(r"^resolved\.memory|_s$|_mb$|\.trained_now$|^resolved\.(rounds|interleaved)$")
+#: params that are measurements of the run, not settings: memory figures, timings, cache hits; and where the
+#: cell ran, which :func:`hardware_notes` reads (a cluster node's id changes at every start)
+MEASURED = re.compile(r"^resolved\.memory|_s$|_mb$|\.trained_now$|^resolved\.(rounds|interleaved)$|^resolved\.where\.")
+#: what names a machine's hardware in a record's ``resolved.where`` (the run's environment lacks a hostname)
+HARDWARE = ("hostname", "cpu", "gpu")
 
 
 @dataclass
@@ -182,6 +185,25 @@ def settings_diff(base_params: str, new_params: str) -> list[str]:
     return [f"{k}: {old.get(k)} → {new.get(k)}" for k in keys if not echoes_a_setting(k)]
 
 
+def _hardware(run: RunTables, params: str) -> dict:
+    """Where a cell ran: its record's ``resolved.where``, else (a run before records said so) the run's
+    machine."""
+    where = json.loads(params).get("resolved", {}).get("where") or run.info.get("environment", {})
+    return {k: where[k] for k in HARDWARE if k in where}
+
+
+def hardware_notes(base: RunTables, new: RunTables, old_cell: pd.Series, new_cell: pd.Series) -> list[str]:
+    """``ran on other hardware: cpu A → B`` when matched cells ran on different machines (timings then
+    differ for that reason too); never for a cluster node's id alone."""
+    old, now = _hardware(base, old_cell["params"]), _hardware(new, new_cell["params"])
+    changed = [f"{k} {_hw(old[k])} → {_hw(now[k])}" for k in HARDWARE if k in old and k in now and old[k] != now[k]]
+    return [f"ran on other hardware: {', '.join(changed)}"] if changed else []
+
+
+def _hw(value) -> str:
+    return ("; ".join(value) or "none") if isinstance(value, list) else str(value)
+
+
 def _fingerprint_notes(base: RunTables, new: RunTables, cell: pd.Series) -> list[str]:
     notes = []
     for section, name in (("models", cell["model"]), ("datasets", cell["dataset"])):
@@ -257,7 +279,8 @@ def compare(base: RunTables, new: RunTables, gates: Gates, history: History | No
 
 def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.DataFrame, key: tuple,
                   gates: Gates, history: History | None) -> list[Row]:
-    notes = settings_diff(old.iloc[0]["params"], now.iloc[0]["params"]) + _fingerprint_notes(base, new, now.iloc[0])
+    notes = (settings_diff(old.iloc[0]["params"], now.iloc[0]["params"]) + _fingerprint_notes(base, new, now.iloc[0])
+             + hardware_notes(base, new, old.iloc[0], now.iloc[0]))
     old_m, new_m = old.set_index("metric"), now.set_index("metric")
     old_s, new_s = _samples(base, old.iloc[0]["cell_id"]), _samples(new, now.iloc[0]["cell_id"])
     old_p, new_p = processes(old.iloc[0]["params"]), processes(now.iloc[0]["params"])

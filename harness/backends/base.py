@@ -52,6 +52,17 @@ class Backend(ABC):
         """The packages these suite settings need (a quantization option may need one more)."""
         return cls.dependencies
 
+    @classmethod
+    def cpu_threads(cls, settings: BackendSettings) -> int | None:
+        """CPU threads a cell with these settings computes with, what a cluster reserves for it; None: every
+        CPU its process may use (the backend's default when ``n_threads`` is unset)."""
+        return getattr(settings, "n_threads", None)
+
+    @classmethod
+    def gpus(cls, settings: BackendSettings) -> int:
+        """GPUs a cell with these settings needs, so that a cluster places it on a node that has one."""
+        return 0
+
     def __init__(self, settings: BackendSettings, model: ResolvedModel):
         self.settings = settings
         self.model = model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -57,10 +58,24 @@ def environment() -> dict:
     }
 
 
-def _gpu() -> list[str]:
+def machine() -> dict:
+    """Where a cell ran, for its record (``resolved.where``): compare notes a change of hardware."""
+    return {"hostname": socket.gethostname(), "cpu": _cpu_model(), "gpu": _gpu(visible_only=True)}
+
+
+def _gpu(visible_only: bool = False) -> list[str]:
+    """The machine's NVIDIA GPUs, or those ``CUDA_VISIBLE_DEVICES`` leaves this process (a cluster
+    scheduler gives a cell its own)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    if out.returncode != 0:
+        return []
+    rows = [[part.strip() for part in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible_only and visible is not None:
+        wanted = {v.strip() for v in visible.split(",") if v.strip()}
+        rows = [r for r in rows if r[0] in wanted or r[1] in wanted]
+    return [", ".join(r[2:]) for r in rows]

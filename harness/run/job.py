@@ -4,7 +4,7 @@ at that process boundary. It says what to run and where the worker leaves what i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +32,9 @@ class Job:
     started_at: str
     #: the run's machine probes by CPU thread count (:mod:`harness.results.probe`); None: switched off
     probes: dict[str, dict] | None = None
+    #: corpus texts shipped with the job, by source (a worker on another machine: see
+    #: :func:`harness.sources.corpora.use_texts`); empty: the worker reads the sources itself
+    texts: dict[str, Path] = field(default_factory=dict)
 
     @property
     def cell_id(self) -> str:
@@ -47,7 +50,8 @@ class Job:
                 "corpora": str(self.corpora) if self.corpora else None, "model": _model_json(self.model),
                 "reference_model": _model_json(self.reference_model) if self.reference_model else None,
                 "outcome_path": str(self.outcome_path), "artifacts_dir": str(self.artifacts_dir),
-                "started_at": self.started_at, "probes": self.probes}
+                "started_at": self.started_at, "probes": self.probes,
+                "texts": {k: str(v) for k, v in self.texts.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
@@ -55,7 +59,8 @@ class Job:
                    corpora=Path(data["corpora"]) if data["corpora"] else None, model=_model(data["model"]),
                    reference_model=_model(data["reference_model"]) if data["reference_model"] else None,
                    outcome_path=Path(data["outcome_path"]), artifacts_dir=Path(data["artifacts_dir"]),
-                   started_at=data["started_at"], probes=data.get("probes"))
+                   started_at=data["started_at"], probes=data.get("probes"),
+                   texts={k: Path(v) for k, v in data.get("texts", {}).items()})
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=1))

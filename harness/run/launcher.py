@@ -1,8 +1,8 @@
 """Launchers: where and how a cell's job runs. The runner submits jobs and waits for whichever finishes
 first (cells may finish out of order, several at once); a launcher turns every way a job can end (a
 record, a crash, a timeout) into a :class:`Finished` with a record, so the runner never deals with
-processes. :class:`ProcessLauncher` runs one worker process at a time on this machine; a cluster
-launcher plugs in beside it with the same three methods."""
+processes. :class:`ProcessLauncher` runs one worker process at a time on this machine;
+:class:`harness.run.ray_launcher.RayLauncher` runs jobs as Ray tasks on a cluster."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class Launcher(ABC):
 
     @abstractmethod
     def wait_any(self) -> list[Finished]:
-        """Block until at least one submitted job has ended; every job that has ended by then."""
+        """Block until at least one submitted job has ended, or :meth:`status_line` changed (a job started on a
+        cluster node); every job that has ended by then, possibly none."""
 
     @abstractmethod
     def cancel_all(self) -> None:
@@ -55,6 +56,21 @@ class Launcher(ABC):
     @abstractmethod
     def running(self) -> list[Job]:
         """Jobs submitted and not yet returned by :meth:`wait_any`."""
+
+    def status_line(self) -> str:
+        """What the progress bar shows: the jobs running now."""
+        return ", ".join(job_label(j) for j in self.running)
+
+    def describe(self) -> dict:
+        """The executor, for ``run.json``."""
+        return {"type": "local"}
+
+    def close(self) -> None:  # noqa: B027 (most launchers hold nothing)
+        """Release what the launcher holds once the run's jobs are done (a cluster it started)."""
+
+
+def job_label(job: Job) -> str:
+    return job.cell.label + (f" (round {job.round + 1})" if job.round is not None else "")
 
 
 def record_without_worker(job: Job, reason: str, status: str = FAILED, duration_s: float | None = None) -> CellRecord:

@@ -15,6 +15,7 @@ from harness.core.errors import UserError, ensure_available, located
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
+from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
 from harness.tasks import TASKS
 
@@ -29,6 +30,8 @@ class RunOptions:
     corpora: Path | None = None
     timeout_s: float | None = None
     results_root: Path = Path("results")
+    #: the command line's executor (None: the suite's)
+    executor: ExecutorSettings | None = None
 
 
 @dataclass

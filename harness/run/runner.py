@@ -65,6 +65,7 @@ class Runner:
         self.base_dir = options.suite_path.resolve().parent
         self.corpora = corpora_dir(options.corpora)
         self.timeout_s = options.timeout_s or suite.timeout_s
+        self.executor = options.executor or suite.executor
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
@@ -73,7 +74,8 @@ class Runner:
 
     def _run(self, plan: Plan) -> RunSummary:
         run_dir = plan.run_dir
-        self.info = self._run_info(plan, take_over(run_dir, self.suite.name))
+        launcher = self._launcher(run_dir, plan)  # a cluster that cannot run a cell is bad input: before any run
+        self.info = {**self._run_info(plan, take_over(run_dir, self.suite.name)), "executor": launcher.describe()}
         self.probes = self._probe()
         if self.probes is not None:
             self.info["environment"]["probe"] = self.probes
@@ -85,7 +87,6 @@ class Runner:
         todo = [c for c in mixed if c.cell_id not in done]
         self.summary.reused += len(mixed) - len(todo)
         phases = rounds.phases(plain, todo)
-        launcher = self._launcher(run_dir)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # refreshed twice a second: the cell being timed shares the machine with this process
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=2) as progress:
@@ -97,6 +98,8 @@ class Runner:
             except BaseException:  # Ctrl-C, SIGTERM, a full disk: take every cell's process down with us
                 launcher.cancel_all()
                 raise
+            finally:
+                launcher.close()
         for cell in todo:
             record = rounds.merge(cell, [read_record(cell_record_path(run_dir, cell.cell_id, r))
                                          for r in range(rounds.rounds_of(cell))])
@@ -107,7 +110,12 @@ class Runner:
         store.write_run_json(run_dir, self.info)
         return self.summary
 
-    def _launcher(self, run_dir: Path) -> Launcher:
+    def _launcher(self, run_dir: Path, plan: Plan) -> Launcher:
+        if self.executor.type == "ray":
+            from harness.run.ray_launcher import RayLauncher
+
+            return RayLauncher(run_dir, self.timeout_s, self.executor, self.suite, self.options.suite_path, self.cells,
+                               plan, self.corpora, self.console)
         return ProcessLauncher(run_dir, self.timeout_s)
 
     def _run_info(self, plan: Plan, previous: dict) -> dict:
@@ -148,7 +156,7 @@ class Runner:
                     self._land(Finished(skipped.job, skipped.record))
                     continue
                 launcher.submit(self._job(cell, round_))
-            self.progress.update(self.bar, description=", ".join(_label(j) for j in launcher.running))
+            self.progress.update(self.bar, description=launcher.status_line())
             if launcher.running:
                 for finished in launcher.wait_any():
                     self._land(finished)
@@ -193,7 +201,3 @@ class Runner:
             log = f" (log: {finished.log_path})" if finished.log_path else ""
             self.console.print(f"[red]{job.cell.label}: {record.status}: {record.reason}[/red]{log}")
         self.progress.advance(self.bar)
-
-
-def _label(job: Job) -> str:
-    return job.cell.label + (f" (round {job.round + 1})" if job.round is not None else "")

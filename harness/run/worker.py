@@ -20,10 +20,11 @@ from harness.core.errors import Unavailable, describe_os_error
 from harness.core.files import atomic_write_text
 from harness.core.memory import PeakRSS, rss_mb, ru_maxrss_bytes
 from harness.core.metrics import Measurement
+from harness.results.environment import machine
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
 from harness.run.job import Job, now
 from harness.run.launcher import WORKER_COULD_NOT_WRITE
-from harness.sources.corpora import load_corpus
+from harness.sources.corpora import load_corpus, use_texts
 from harness.sources.models import ResolvedModel, trained_context
 from harness.tasks import TASKS
 
@@ -31,6 +32,7 @@ from harness.tasks import TASKS
 def run_job(job: Job) -> dict:
     """Load the backend, run the task, return the record's fields (status ok)."""
     cell = job.cell
+    use_texts(job.texts)
     task_cls = TASKS[cell.task_spec.type]
     settings = cell.task_spec if job.round is None else task_cls.one_round(cell.task_spec)
     reference, prepared_reference = None, {}
@@ -75,7 +77,8 @@ def run_job(job: Job) -> dict:
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
-                                "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device}},
+                                "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
+                     "where": machine()},
         "fingerprints": {"model": backend.model.fingerprint(),
                          "dataset": corpus.fingerprint() if corpus else None},
     }

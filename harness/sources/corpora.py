@@ -66,6 +66,16 @@ def stdlib_docs(split: str) -> str:
 BUILTINS = {"stdlib-docs": stdlib_docs}
 
 
+#: texts that stand in for their sources in this process (source -> a file holding the text): a cell on a
+#: cluster node reads what the run's driver read, without the suite's files or corpora on that node
+_SHIPPED: dict[str, Path] = {}
+
+
+def use_texts(texts: dict[str, Path]) -> None:
+    """Read these sources from these files instead (the worker of a cell the driver sent them with)."""
+    _SHIPPED.update(texts)
+
+
 def corpora_dir(override: str | Path | None = None) -> Path | None:
     value = override or os.environ.get(CORPORA_ENV)
     return Path(value).expanduser() if value else None
@@ -127,7 +137,9 @@ def load_corpus(name: str, spec: DatasetSpec, base_dir: Path, corpora: Path | No
     kind, sep, ref = source.partition(":")
     if not sep:
         raise UserError(f"expected builtin:, file:, corpora: or hf: source, got '{source}'")
-    if kind == "builtin":
+    if source in _SHIPPED:
+        text = _read_file(_SHIPPED[source])
+    elif kind == "builtin":
         text = _builtin(ref)
     elif kind == "file":
         text = _read_file(base_dir / Path(ref).expanduser())  # ~ is the user's home, not a folder beside the suite

@@ -12,6 +12,7 @@ from harness.backends import BACKENDS
 from harness.core.settings import StrictModel
 from harness.sources.corpora import DatasetSpec
 from harness.sources.models import ModelSpec
+from harness.suite.executor import ExecutorSettings
 from harness.tasks import TASKS
 
 
@@ -58,6 +59,9 @@ class Suite(StrictModel):
                                    "overriding the defaults (harness.analysis.gates.DEFAULTS)")
     probe: bool = Field(True, description="measure the machine's memory bandwidth and GEMM rate once per run "
                         "(cached a day) for the throughput cells' MBU and MFU; a run-level key, no cell id moves")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings,
+                                       description="where cells run (--executor and --address win); "
+                                       "not part of any cell id")
 
     @field_validator("models", "backends", "tasks")
     @classmethod

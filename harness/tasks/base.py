@@ -51,6 +51,9 @@ class Task(ABC):
     settings_class: ClassVar[type[TaskSettings]]
     #: backend capabilities this task needs; a backend lacking one is skipped with a reason
     requires: ClassVar[frozenset[str]]
+    #: its figures are speeds: on a cluster a cell of it gets a machine to itself (beside another cell they
+    #: would measure the neighbour too)
+    timing: ClassVar[bool] = False
 
     def __init__(self, settings: TaskSettings, reference: Backend | None = None):
         self.settings = settings

@@ -69,6 +69,7 @@ class ThroughputSettings(TaskSettings):
 class ThroughputTask(Task):
     settings_class = ThroughputSettings
     requires = frozenset({GENERATE})
+    timing = True
     settings: ThroughputSettings
 
     def _length(self) -> int:

@@ -143,6 +143,10 @@ class HfBackend(Backend):
             return cls.dependencies + (("bitsandbytes", "bnb"),)
         return cls.dependencies
 
+    @classmethod
+    def gpus(cls, settings: HfSettings) -> int:
+        return int(settings.device == "cuda")  # auto takes a GPU where the node has one, none is reserved
+
     def prepare(self) -> dict:
         """A GGUF source becomes an HF directory first, in a process of its own (not measured); the params
         say which pre-tokenizer its tokenizer was given."""

@@ -61,6 +61,10 @@ class LlamaCppBackend(Backend):
     dependencies = (("llama_cpp", "gguf"), ("gguf", "gguf"))
     settings: LlamaCppSettings
 
+    @classmethod
+    def gpus(cls, settings: LlamaCppSettings) -> int:
+        return int(settings.n_gpu_layers != 0)
+
     def load(self, context_tokens: int) -> LoadInfo:
         lib = llama_lib()
         s = self.settings

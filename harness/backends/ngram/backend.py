@@ -49,6 +49,10 @@ class NgramBackend(Backend):
             return cls.capabilities - {SCORE}, NOT_NORMALIZED
         return cls.capabilities, ""
 
+    @classmethod
+    def cpu_threads(cls, settings: NgramSettings) -> int:
+        return 1  # numpy lookups, no thread pool
+
     def load(self, context_tokens: int) -> LoadInfo:
         recipe = self.model.recipe
         self.spec = NgramSpec.model_validate(recipe["spec"])

@@ -1,0 +1,550 @@
+"""The Ray executor: every job as one Ray task on a cluster; the driver (``harness run``) keeps the run
+directory and writes each record, log and artifact as its task returns them.
+
+A task starts today's worker process on its node (crash containment and per-cell memory as on one
+machine), in a temporary directory, with the corpus texts the driver read (no filesystem is shared) and
+the job's models located again on the node and checked against the driver's sha256. It yields twice: where
+it started (the progress bar shows cells on several nodes at once), then how the worker ended.
+
+Scheduling. A cell asks for its backend's CPU threads and a GPU when it runs on CUDA; Ray packs such cells
+as they fit. A cell that must not share its machine (``exclusive``: throughput cells, cells whose backend
+threads are unset, or every cell when the suite says so) is placed by the driver instead: on a node of a
+machine no other exclusive cell runs on (machines are keyed by hostname, or a node's ``harness-host``
+label, not by Ray node: several nodes can share one host), asking for all of that node's CPUs. The rounds
+of an interleaved cell stay on the node its first round ran on. A request no node can meet is bad input
+before anything runs (Ray would keep it pending forever).
+
+Faults. A worker that crashes or times out is recorded as on one machine. A task whose Ray worker or node
+dies is retried once, on another node where one can run it, then recorded ``failed`` with the Ray error's
+class. Ctrl-C cancels what is queued and kills what runs: the worker process dies with its Ray task
+(``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.backends import BACKENDS
+from harness.core.errors import UserError, located, require
+from harness.core.files import atomic_write_text
+from harness.results.environment import machine
+from harness.results.records import FAILED, CellRecord
+from harness.run.job import Job
+from harness.run.launcher import Finished, Launcher, _how_it_ended, job_label, read_outcome, record_without_worker
+from harness.run.plan import Plan, models_needed
+from harness.sources.cache import cache_dir
+from harness.sources.corpora import DatasetSpec, load_corpus
+from harness.sources.fingerprint import sha256_bytes
+from harness.sources.models import ModelSpec, ResolvedModel, resolve, resolve_ngram
+from harness.suite.cells import Cell
+from harness.suite.executor import ExecutorSettings
+from harness.suite.schema import Suite
+from harness.tasks import TASKS
+
+#: a node label naming the machine a node runs on, where its hostname does not (containers, tests)
+HOST_LABEL = "harness-host"
+#: Ray binds its servers to every interface and reaches a cluster through the machine's outward address
+#: unless it believes multi-node clusters are off, the switch it uses on laptops (read once, at import)
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: the smallest object store Ray accepts, and the room a run needs beside the texts it ships: the records,
+#: logs and artifacts on their way back
+OBJECT_STORE_MIN, OBJECT_STORE_ROOM = 75 * 2**20, 128 * 2**20
+#: a Unix socket path holds 107 bytes; Ray's session folder adds this much to its temporary folder
+SOCKET_PATH_MAX, SESSION_SOCKET_SUFFIX = 107, 66
+#: the Ray errors of a worker or node that died under a task: the cell itself is not to blame
+RETRIED = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OutOfMemoryError")
+#: how often the driver looks at the cluster while nothing returns (a node that left, a job it can place)
+POLL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    #: the machine: a ``harness-host`` label, else the hostname
+    host: str
+    hostname: str
+    cpus: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a cell asks of a node."""
+
+    #: CPU threads; None: every CPU of its node (the backend's default)
+    cpus: int | None
+    gpus: int
+    #: no other exclusive cell on its machine, no other cell on its node
+    exclusive: bool
+
+    def fits(self, node: Node) -> bool:
+        return node.cpus >= (self.cpus or 1) and node.gpus >= self.gpus
+
+    def __str__(self) -> str:
+        cpus = "all CPUs of a node" if self.cpus is None else f"{self.cpus} CPU{'s' * (self.cpus != 1)}"
+        return cpus + (f" and {self.gpus} GPU{'s' * (self.gpus != 1)}" if self.gpus else "")
+
+
+def demand(cell: Cell, exclusive: str) -> Demand:
+    """A cell's request: the most threads and GPUs of its backend and its reference's (they run in turn)."""
+    specs = [cell.backend_spec] + ([cell.reference.backend_spec] if cell.reference else [])
+    threads = [BACKENDS[s.type].cpu_threads(s) for s in specs]
+    cpus = None if None in threads else max(threads)
+    gpus = max(BACKENDS[s.type].gpus(s) for s in specs)
+    timing = TASKS[cell.task_spec.type].timing or exclusive == "all"
+    return Demand(cpus, gpus, timing or cpus is None)
+
+
+@dataclass
+class _Flight:
+    """A job the driver holds: waiting for a machine, queued in Ray, or running on a node."""
+
+    job: Job
+    demand: Demand
+    #: the task's ObjectRefGenerator; None until the job is handed to Ray
+    ref: object = None
+    #: where the driver placed it (None: wherever Ray puts it)
+    target: Node | None = None
+    #: where it started (the task's first report)
+    node: Node | None = None
+    where: dict = field(default_factory=dict)
+    #: a node not to run on again (its first attempt died there)
+    avoid: str | None = None
+    #: the Ray error of the first attempt, once retried
+    retried_after: str | None = None
+
+
+class RayLauncher(Launcher):
+    #: every job of a phase at once: Ray queues what it cannot place yet, Ctrl-C cancels the queue
+    capacity = sys.maxsize
+
+    def __init__(self, run_dir: Path, timeout_s: float, settings: ExecutorSettings, suite: Suite, suite_path: Path,
+                 cells: list[Cell], plan: Plan, corpora: Path | None, console: Console):
+        self.run_dir, self.timeout_s, self.settings, self.console = run_dir, timeout_s, settings, console
+        self.base_dir = suite_path.resolve().parent
+        self.demands = {c.cell_id: demand(c, settings.exclusive) for c in cells}
+        self._specs = {name: suite.models[name].model_dump(mode="json") for name in models_needed(suite, cells)}
+        texts = shipped_texts(cells, plan, self.base_dir, corpora)
+        self._flights: list[_Flight] = []
+        self._busy: dict[str, _Flight] = {}  # machine -> the exclusive job on it
+        self._pins: dict[str, str] = {}  # cell id -> the node its rounds run on
+        self._nodes: dict[str, Node] = {}
+        self._ray = None
+        self._switch = (os.environ.get(LOOPBACK_SWITCH), None)
+        try:
+            self._ray = self._connect(sum(len(t) for t in texts.values()))
+            self._refresh()
+            self._check(cells, suite_path)
+            self._texts = {source: self._ray.put(text) for source, text in texts.items()}
+        except BaseException:
+            self.close()
+            raise
+        self._task = self._ray.remote(max_retries=0)(run_on_node)  # retried here, on another node
+        hosts = sorted({n.host for n in self._nodes.values()})
+        console.print(f"ray: {len(self._nodes)} node{'s' * (len(self._nodes) != 1)} on {len(hosts)} "
+                      f"machine{'s' * (len(hosts) != 1)} ({', '.join(hosts)}), "
+                      f"{sum(n.cpus for n in self._nodes.values())} CPUs, "
+                      f"{sum(n.gpus for n in self._nodes.values())} GPUs", highlight=False)
+
+    # --- the cluster ---------------------------------------------------------------------------------------
+
+    def _connect(self, text_bytes: int):
+        """Join the cluster at the settings' address, or start a private one on this machine (127.0.0.1
+        only, temporary files under the cache, the object store capped to what the run ships)."""
+        address = self.settings.address
+        private = address is None
+        loopback = private or address.rsplit(":", 1)[0].strip("[]") in ("localhost", "::1") or address.startswith(
+            "127.")
+        if loopback:
+            os.environ[LOOPBACK_SWITCH] = "0"
+        ray = require("ray", "ray", "--executor ray")
+        if loopback:
+            from ray._private import ray_constants
+
+            self._switch = (self._switch[0], ray_constants.ENABLE_RAY_CLUSTER)
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        quiet = {"log_to_driver": False, "logging_level": "error"}
+        if private:
+            store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
+            return ray
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--address {address}: cannot join a Ray cluster there ({first})") from None
+        return ray
+
+    def _refresh(self) -> None:
+        self._nodes = {n.id: n for n in alive_nodes(self._ray)}
+
+    def _check(self, cells: list[Cell], suite_path: Path) -> None:
+        """Every cell fits some node (else Ray would leave it pending for ever): bad input, before any runs."""
+        nodes = list(self._nodes.values())
+        for cell in cells:
+            need = self.demands[cell.cell_id]
+            if not any(need.fits(n) for n in nodes):
+                largest = (f"{max((n.cpus for n in nodes), default=0)} CPUs and "
+                           f"{max((n.gpus for n in nodes), default=0)} GPUs")
+                with located(suite_path, f"backends.{cell.backend}"):
+                    raise UserError(f"cell {cell.label} needs {need}; no node of the Ray cluster has that "
+                                    f"({len(nodes)} nodes, the largest {largest})")
+
+    def describe(self) -> dict:
+        return {"type": "ray", "address": self.settings.address or "private", "exclusive": self.settings.exclusive,
+                "ray": self._ray.__version__,
+                "nodes": [{"id": n.id, "host": n.host, "hostname": n.hostname, "cpus": n.cpus, "gpus": n.gpus}
+                          for n in self._nodes.values()]}
+
+    def close(self) -> None:
+        """Leave the cluster (a private one stops) and put Ray's loopback switch back."""
+        if self._ray is not None and self._ray.is_initialized():
+            self._ray.shutdown()
+        env, constant = self._switch
+        if env is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = env
+        if constant is not None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = constant
+
+    # --- jobs ----------------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> list[Job]:
+        return [f.job for f in self._flights]
+
+    def status_line(self) -> str:
+        started = [f for f in self._flights if f.node is not None]
+        several = len({n.host for n in self._nodes.values()}) < len(self._nodes)
+        shown = [f"{job_label(f.job)} @{f.node.host}" + (f"/{f.node.id[:6]}" if several else "") for f in started]
+        queued = len(self._flights) - len(started)
+        return ", ".join(shown) + (f"{'; ' if shown else ''}{queued} queued" if queued else "")
+
+    def submit(self, job: Job) -> None:
+        self._flights.append(_Flight(job, self.demands[job.cell_id]))
+        self._dispatch()
+
+    def wait_any(self) -> list[Finished]:
+        ray = self._ray
+        while True:
+            finished = self._dispatch()
+            refs = [f.ref for f in self._flights if f.ref is not None]
+            if finished or not refs:
+                return finished
+            ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+            if not ready:
+                self._refresh()
+                continue
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            changed = False
+            for ref in ready:
+                flight = next(f for f in self._flights if f.ref is ref)
+                outcome = self._next(flight)
+                if isinstance(outcome, Finished):
+                    finished.append(outcome)
+                changed = True
+            if finished or changed:
+                return finished
+
+    def cancel_all(self) -> None:
+        """Cancel what is queued, kill what runs (its worker process dies with it), and wait for both."""
+        refs = [f.ref for f in self._flights if f.ref is not None]
+        for ref in refs:
+            self._ray.cancel(ref, force=True)
+        deadline = time.time() + 30
+        for ref in refs:
+            while time.time() < deadline:
+                try:
+                    self._ray.get(next(ref), timeout=max(0.1, deadline - time.time()))
+                except StopIteration:
+                    break
+                except Exception:  # cancelled or killed: the task is over
+                    break
+        self._flights.clear()
+        self._busy.clear()
+
+    # --- placing -------------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> list[Finished]:
+        """Hand to Ray every waiting job that can go now; a job no live node can run any more ends failed."""
+        finished, refreshed = [], False
+        for flight in [f for f in self._flights if f.ref is None]:
+            pin = self._pins.get(flight.job.cell_id)
+            if flight.demand.exclusive or pin or flight.avoid:
+                if not refreshed:
+                    self._refresh()
+                    refreshed = True
+                candidates = self._candidates(flight, pin)
+                if isinstance(candidates, str):
+                    finished.append(self._fail(flight, candidates))
+                    continue
+                free = [n for n in candidates if not flight.demand.exclusive or n.host not in self._busy]
+                if not free:
+                    continue  # its machine is busy with another exclusive job: wait
+                self._launch(flight, min(free, key=self._load))
+            else:
+                self._launch(flight, None)
+        return finished
+
+    def _candidates(self, flight: _Flight, pin: str | None) -> list[Node] | str:
+        """The live nodes the job may run on, or why there is none."""
+        if pin is not None:
+            if pin not in self._nodes:
+                return (f"the node its earlier rounds ran on ({pin[:12]}) has left the cluster; a cell's rounds run "
+                        "on one node")
+            return [self._nodes[pin]]
+        fitting = [n for n in self._nodes.values() if flight.demand.fits(n)]
+        if not fitting:
+            return f"no live node of the Ray cluster has {flight.demand} any more"
+        return [n for n in fitting if n.id != flight.avoid] or fitting
+
+    def _load(self, node: Node) -> tuple[int, str]:
+        """Jobs placed on or running on a node, to spread the work."""
+        return sum((f.node or f.target) == node for f in self._flights if f.ref is not None), node.id
+
+    def _launch(self, flight: _Flight, node: Node | None) -> None:
+        need = flight.demand
+        options = {"num_cpus": node.cpus if need.exclusive else need.cpus, "num_gpus": need.gpus}
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.id, soft=False)
+            if need.exclusive:
+                self._busy[node.host] = flight
+        job = flight.job
+        sources = job_sources(job)
+        flight.target = node
+        flight.ref = self._task.options(**options).remote(job.to_json(), {s: self._texts[s] for s in sources},
+                                                          self._specs, self.timeout_s, code_fingerprint())
+
+    def _release(self, flight: _Flight) -> None:
+        host = next((h for h, f in self._busy.items() if f is flight), None)
+        if host is not None:
+            del self._busy[host]
+
+    # --- what a task reports -------------------------------------------------------------------------------
+
+    def _next(self, flight: _Flight) -> Finished | None:
+        """Read the task's next report: where it started (None), or how it ended (a Finished)."""
+        from ray.exceptions import RayError, RayTaskError
+
+        try:
+            report = self._ray.get(next(flight.ref))
+        except StopIteration:
+            return self._fail(flight, "the Ray task ended without a result")
+        except RayError as exc:
+            name = type(exc.cause).__name__ if isinstance(exc, RayTaskError) and exc.cause else type(exc).__name__
+            return self._fault(flight, exc, name)
+        if report["kind"] == "started":
+            node_id = report["where"]["ray_node_id"]
+            if node_id not in self._nodes:
+                self._refresh()
+            flight.node = self._nodes.get(node_id) or Node(node_id, report["where"]["hostname"],
+                                                           report["where"]["hostname"], 0, 0)
+            flight.where = {**report["where"], "host": flight.node.host}
+            return None
+        return self._ended(flight, report)
+
+    def _ended(self, flight: _Flight, report: dict) -> Finished:
+        job = flight.job
+        self._remove(flight)
+        log_path = self.run_dir / "logs" / f"{job.stem}.log"
+        atomic_write_text(log_path, report["log"])
+        if report["record"] is not None:
+            record = CellRecord.from_json(report["record"], self.run_dir / "cells" / f"{job.stem}.json")
+        elif report["error"] is not None:
+            record = record_without_worker(job, report["error"], FAILED, duration_s=report["duration_s"])
+        else:
+            reason, status = _how_it_ended(report["returncode"], report["timed_out"], self.timeout_s, log_path)
+            record = record_without_worker(job, reason, status, duration_s=report["duration_s"])
+        where = {**record.resolved.get("where", {}), **flight.where, **report["where"]}
+        if flight.retried_after:
+            where["retried_after"] = flight.retried_after
+        record.resolved["where"] = where
+        if job.round is not None and record.ok:  # the cell's later rounds run here too
+            self._pins.setdefault(job.cell_id, flight.node.id)
+        return Finished(job, record, report["artifacts"], log_path)
+
+    def _fault(self, flight: _Flight, exc: Exception, name: str) -> Finished | None:
+        """A Ray worker or node died under the job: once, run it again (elsewhere where it can); else, and
+        for every other Ray error, the job failed with the error's class."""
+        where = f"{name} on {flight.node.host}" if flight.node else name
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if name in RETRIED and flight.retried_after is None:
+            self._release(flight)
+            flight.retried_after, flight.avoid = where, flight.node.id if flight.node else None
+            flight.ref = flight.target = flight.node = None
+            flight.where = {}
+            self.console.print(f"[yellow]{job_label(flight.job)}: {where}: running it once more[/yellow]")
+            return None
+        again = f" (retried once after {flight.retried_after})" if flight.retried_after else ""
+        return self._fail(flight, f"{where}: {first[:300]}{again}")
+
+    def _fail(self, flight: _Flight, reason: str) -> Finished:
+        self._remove(flight)
+        record = record_without_worker(flight.job, reason, FAILED)
+        record.resolved["where"] = {**flight.where, **({"retried_after": flight.retried_after}
+                                                       if flight.retried_after else {})}
+        return Finished(flight.job, record)
+
+    def _remove(self, flight: _Flight) -> None:
+        self._release(flight)
+        self._flights.remove(flight)
+
+
+def alive_nodes(ray) -> list[Node]:
+    return [Node(n["NodeID"], (n.get("Labels") or {}).get(HOST_LABEL) or n["NodeManagerHostname"],
+                 n["NodeManagerHostname"], int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n["Alive"]]
+
+
+def ray_temp_dir() -> Path:
+    """A private cluster's temporary folder: under the harness cache (not the shared /tmp/ray), unless that
+    path is too long for the Unix sockets Ray makes in it; then a folder of this user's in the system's."""
+    path = cache_dir() / "ray"
+    if len(str(path).encode()) + SESSION_SOCKET_SUFFIX > SOCKET_PATH_MAX:
+        path = Path(tempfile.gettempdir()) / f"harness-ray-{os.getuid()}"
+    return path
+
+
+def job_sources(job: Job) -> list[str]:
+    """The corpus sources a job's worker reads: its dataset and the training texts of its n-grams."""
+    sources = [job.cell.dataset_spec.source] if job.cell.dataset_spec else []
+    for model in (job.model, job.reference_model):
+        if model is not None and model.recipe:
+            sources += [t["source"] for t in model.recipe["train"]]
+    return sorted(set(sources))
+
+
+def shipped_texts(cells: list[Cell], plan: Plan, base_dir: Path, corpora: Path | None) -> dict[str, bytes]:
+    """Every text the cells' workers read, as the driver reads it (each source once)."""
+    sources = set()
+    for cell in cells:
+        if cell.dataset_spec:
+            sources.add(cell.dataset_spec.source)
+        for name in [cell.model] + ([cell.reference.model] if cell.reference else []):
+            recipe = plan.models[name].recipe
+            sources |= {t["source"] for t in recipe["train"]} if recipe else set()
+    return {s: load_corpus(s, DatasetSpec(source=s), base_dir, corpora).text.encode() for s in sorted(sources)}
+
+
+# --- on the node ---------------------------------------------------------------------------------------------
+
+
+def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float, code: str):
+    """The Ray task of one job: report where it runs, then run the worker process here and report how it
+    ended (its record, log and artifacts)."""
+    import ray
+
+    where = {**machine(), "ray_node_id": ray.get_runtime_context().get_node_id()}
+    yield {"kind": "started", "where": where}
+    with tempfile.TemporaryDirectory(prefix="harness-cell-") as tmp:
+        yield run_here(Job.from_json(job_data), {s: ray.get(ref) for s, ref in texts.items()}, specs, timeout_s,
+                       code, Path(tmp), where["hostname"])
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of the harness's own source files: a node must run the code the driver runs."""
+    root = Path(__file__).resolve().parent.parent
+    lines = [f"{p.relative_to(root).as_posix()} {sha256_bytes(p.read_bytes())}" for p in sorted(root.rglob("*.py"))]
+    return sha256_bytes("\n".join(lines).encode())
+
+
+def run_here(job: Job, texts: dict[str, bytes], specs: dict, timeout_s: float, code: str, tmp: Path,
+             hostname: str) -> dict:
+    """The job's worker process in ``tmp``, with the texts shipped and the models found on this machine."""
+    report = {"kind": "ended", "record": None, "artifacts": {}, "log": "", "returncode": None, "timed_out": False,
+              "duration_s": None, "error": None, "where": {}}
+    if code_fingerprint() != code:
+        return {**report, "error": f"on {hostname}: the harness code differs from the driver's (sha256 "
+                f"{code_fingerprint()[:12]}… here, {code[:12]}… there): install the same harness on every node"}
+    files = {}
+    for i, (source, text) in enumerate(sorted(texts.items())):
+        files[source] = tmp / "texts" / f"{i}.txt"
+        files[source].parent.mkdir(exist_ok=True)
+        files[source].write_bytes(text)
+    try:
+        job = replace(job, model=relocate(job.model, specs, job, hostname),
+                      reference_model=relocate(job.reference_model, specs, job, hostname),
+                      outcome_path=tmp / "outcome.json", artifacts_dir=tmp / "artifacts", texts=files)
+    except UserError as exc:
+        return {**report, "error": str(exc)}
+    job_path, log_path = tmp / "job.json", tmp / "worker.log"
+    job.write(job_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Ray's, not the backend's setting
+    started = time.time()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker", str(job_path)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, env=env,
+                                start_new_session=True, preexec_fn=die_with(os.getpid()))
+    try:
+        returncode, timed_out = proc.wait(timeout=timeout_s), False
+    except subprocess.TimeoutExpired:
+        returncode, timed_out = None, True
+    finally:
+        if proc.poll() is None:  # timed out, or this task is being cancelled
+            os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+    ended = time.time()
+    outcome = read_outcome(job)
+    record, artifacts = (outcome[0].to_json(), outcome[1]) if outcome else (None, {})
+    return {**report, "record": record, "artifacts": artifacts, "log": log_path.read_text(errors="replace"),
+            "returncode": returncode, "timed_out": timed_out, "duration_s": ended - started,
+            "where": {"process_started_at": _iso(started), "process_ended_at": _iso(ended)}}
+
+
+def relocate(model: ResolvedModel | None, specs: dict, job: Job, hostname: str) -> ResolvedModel | None:
+    """The driver's model as found on this machine (its path here), refused when its sha256 differs."""
+    if model is None:
+        return None
+    spec, base_dir = ModelSpec.model_validate(specs[model.name]), job.base_dir
+    with located(f"on {hostname}", f"models.{model.name}"):
+        if model.kind == "ngram":
+            tokenizer_name = spec.ngram.tokenizer
+            tokenizer = (resolve(tokenizer_name, ModelSpec.model_validate(specs[tokenizer_name]), base_dir)
+                         if tokenizer_name else None)
+            here = resolve_ngram(model.name, spec, model.recipe["train"], base_dir, job.corpora, tokenizer)
+        else:
+            here = resolve(model.name, spec, base_dir)
+        if here.sha256 != model.sha256:
+            raise UserError(f"sha256 {here.sha256[:12]}… of {here.path}, not the driver's {model.sha256[:12]}…: "
+                            "every node must have the same model files")
+    return here
+
+
+def die_with(parent: int):
+    """A ``preexec_fn`` that has the kernel kill the child when ``parent`` (the Ray worker running the task)
+    dies, however it dies: a cancelled or killed task leaves no worker process behind (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "prctl"):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
+
+    return preexec
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds")
+
