@@ -64,8 +64,10 @@ def suite(rounds: int, in_process: bool) -> dict:
 
 
 def harness(src: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m harness`` from ``src`` (run there: -m puts the working directory first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "harness", *args], env=env, capture_output=True, text=True,
+                          cwd=src)
     if check and done.returncode not in (0, 1):
         raise RuntimeError(f"harness {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
     return done
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--before-rev", default=BEFORE_REV, help="the harness to judge 'before' with")
     parser.add_argument("--runs-only", action="store_true", help="make the runs, judge nothing")
     args = parser.parse_args()
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     same, slow = make_runs(args.out, args.rounds, args.runs, args.slow, args.in_process)
     if args.runs_only:
