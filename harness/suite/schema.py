@@ -27,8 +27,6 @@ BackendSettingsUnion = _tagged_union(BACKENDS.values())
 TaskSettingsUnion = _tagged_union(TASKS.values())
 
 
-BackendSettingsUnion = _tagged_union(BACKENDS.values())
-TaskSettingsUnion = _tagged_union(TASKS.values())
 
 
 class MatrixEntry(StrictModel):
