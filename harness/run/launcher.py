@@ -143,7 +143,7 @@ class ProcessLauncher(Launcher):
         if outcome is not None:
             record, artifacts = outcome
         else:
-            reason, status = _how_it_ended(returncode, timed_out, self.timeout_s, log_path)
+            reason, status = how_it_ended(returncode, timed_out, self.timeout_s, log_path)
             record, artifacts = record_without_worker(job, reason, status, duration_s=duration), {}
         job.outcome_path.unlink(missing_ok=True)
         shutil.rmtree(job.artifacts_dir, ignore_errors=True)
@@ -163,7 +163,7 @@ class ProcessLauncher(Launcher):
         self._proc.wait()
 
 
-def _how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: Path) -> tuple[str, str]:
+def how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: Path) -> tuple[str, str]:
     """(reason, status) of a worker that left no record."""
     if timed_out:
         return f"timed out after {timeout_s:g} s", TIMEOUT

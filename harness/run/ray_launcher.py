@@ -42,7 +42,7 @@ from harness.core.files import atomic_write_text
 from harness.results.environment import machine
 from harness.results.records import FAILED, CellRecord
 from harness.run.job import Job
-from harness.run.launcher import Finished, Launcher, _how_it_ended, job_label, read_outcome, record_without_worker
+from harness.run.launcher import Finished, Launcher, how_it_ended, job_label, read_outcome, record_without_worker
 from harness.run.plan import Plan, models_needed
 from harness.sources.cache import cache_dir
 from harness.sources.corpora import DatasetSpec, load_corpus
@@ -371,7 +371,7 @@ class RayLauncher(Launcher):
         elif report["error"] is not None:
             record = record_without_worker(job, report["error"], FAILED, duration_s=report["duration_s"])
         else:
-            reason, status = _how_it_ended(report["returncode"], report["timed_out"], self.timeout_s, log_path)
+            reason, status = how_it_ended(report["returncode"], report["timed_out"], self.timeout_s, log_path)
             record = record_without_worker(job, reason, status, duration_s=report["duration_s"])
         where = {**record.resolved.get("where", {}), **flight.where, **report["where"]}
         if flight.retried_after:
