@@ -364,3 +364,48 @@ def test_loaded_dtype_is_the_one_asked_for(llama_dir):
     assert backend._head.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="loaded the weights as float32, not the float16"):
         check_loaded_dtype(torch.zeros(2), "float16", transformers.__version__)
+
+
+def test_static_kv_cache_gives_the_dynamic_caches_tokens_and_logits(llama_dir):
+    """``cache_implementation: static`` changes where the KV cache lives, not what the model computes:
+    transformers' generate and the harness's logit steps give the dynamic cache's tokens and logits."""
+    from harness.core.decoding import Decoding
+
+    dynamic, static = _backend(llama_dir), _backend(llama_dir, cache_implementation="static")
+    prompt = dynamic.tokenizer.prompt("It is a truth")
+    native = [b.generate(prompt, Decoding(temperature=0), 10, ignore_eos=True) for b in (dynamic, static)]
+    assert native[0].tokens == native[1].tokens and len(native[1].times) == 10
+    np.testing.assert_allclose(native[1].steps[3]["model_p"], native[0].steps[3]["model_p"], rtol=1e-5)
+    steps = [b.logit_steps(prompt, 4) for b in (dynamic, static)]
+    want, got = (next(s) for s in steps)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for token in native[0].tokens[:3]:
+        want, got = (s.send(token) for s in steps)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    dynamic.close()
+    static.close()
+
+
+def test_compile_needs_the_static_cache_and_new_keys_keep_cell_ids():
+    with pytest.raises(ValueError, match="cache_implementation: static"):
+        HfSettings(type="hf", compile=True)
+    assert HfSettings(type="hf", compile=True, cache_implementation="static").compile
+    # left out of the serialized settings at their defaults: existing hf cells keep their ids
+    assert HfSettings(type="hf").model_dump() == HfSettings(type="hf", cache_implementation=None,
+                                                            compile=False).model_dump()
+    assert "compile" not in HfSettings(type="hf").model_dump()
+
+
+@pytest.mark.compile
+def test_compiled_decode_gives_the_uncompiled_tokens(llama_dir):
+    """``compile: true``: transformers compiles the decode step (the first generation pays for it) and the
+    compiled model chooses the same greedy tokens as the eager one."""
+    from harness.core.decoding import Decoding
+
+    eager, compiled = _backend(llama_dir), _backend(llama_dir, cache_implementation="static", compile=True)
+    prompt = eager.tokenizer.prompt("It is a truth")
+    want = eager.generate(prompt, Decoding(temperature=0), 10, ignore_eos=True, trace=False).tokens
+    for _ in range(2):  # the second call runs the graph compiled by the first
+        assert compiled.generate(prompt, Decoding(temperature=0), 10, ignore_eos=True, trace=False).tokens == want
+    eager.close()
+    compiled.close()

@@ -30,7 +30,7 @@ from harness.core.decoding import Decoding, Generation
 from harness.core.errors import Unavailable, require
 from harness.core.memory import CudaMemory
 from harness.core.roofline import ModelShape
-from harness.core.settings import StrictModel
+from harness.core.settings import StrictModel, new_key
 from harness.core.types import LoadInfo, Window
 
 #: torch dtype name -> the probe's GEMM dtype key
@@ -85,6 +85,19 @@ class HfSettings(BackendSettings):
     logit_rows: int = Field(256, ge=1, description="positions per output-head block (bounds logit memory)")
     n_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all this process may use")
     quantization: BnbQuantization | None = None
+    cache_implementation: Literal["dynamic", "static"] | None = new_key(
+        None, description="the KV cache generation runs on: static preallocates prompt + new tokens once "
+        "(fixed shapes, which compile needs); default: transformers' dynamic cache, grown every step")
+    compile: bool = new_key(False, description="torch.compile the decode step of transformers' generate "
+                            "(its CompileConfig, on every device); needs cache_implementation: static and a "
+                            "C++ compiler; the first generation of a cell compiles, for minutes on a CPU")
+
+    @model_validator(mode="after")
+    def _compile_needs_static_cache(self):
+        if self.compile and self.cache_implementation != "static":
+            raise ValueError("compile: true needs cache_implementation: static (transformers compiles generate's "
+                             "decode step only over the static cache's fixed shapes)")
+        return self
 
 
 def load_kwargs(settings: HfSettings) -> dict:
@@ -251,13 +264,17 @@ class HfBackend(Backend):
         """One forward pass over the prompt, then one per token on the KV cache; only the last
         position's logits are computed (``logits_to_keep``). The cache object is updated in place by each
         pass; transformers renamed its keyword (``past_key_values`` -> ``cache``, the old name goes in
-        5.40), so the model's own signature says which to use."""
+        5.40), so the model's own signature says which to use. ``cache_implementation: static`` preallocates
+        the prompt and every new token; ``compile`` applies to transformers' generate only."""
         torch = self._torch
-        from transformers import DynamicCache
+        from transformers import DynamicCache, StaticCache
 
         ids = torch.from_numpy(np.asarray(prompt_ids, dtype=np.int64)[None, :]).to(self._device)
         keyword = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
-        cache = DynamicCache()
+        if self.settings.cache_implementation == "static":
+            cache = StaticCache(config=self._model.config, max_cache_len=len(prompt_ids) + max_new_tokens)
+        else:
+            cache = DynamicCache()
         while True:
             with torch.inference_mode():
                 result = self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{keyword: cache})
@@ -279,6 +296,7 @@ class HfBackend(Backend):
                   "attention_mask": torch.ones_like(ids)}
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
+        kwargs.update(self._generate_cache_kwargs())
         if sampling:
             kwargs.update(temperature=d.temperature, top_k=d.top_k or 0, top_p=d.top_p or 1.0, min_p=d.min_p)
             torch.manual_seed(d.seed)
@@ -311,6 +329,20 @@ class HfBackend(Backend):
             out.tokens = out.tokens[:out.tokens.index(eos)]
         out.text = self.tokenizer.text(out.tokens)
         return out
+
+    def _generate_cache_kwargs(self) -> dict:
+        """``generate`` arguments for the cache settings. transformers compiles the decode step itself when
+        the cache is static and a CompileConfig allows the device (by default only accelerators)."""
+        s, kwargs = self.settings, {}
+        if s.cache_implementation is not None:
+            kwargs["cache_implementation"] = s.cache_implementation
+        if s.compile:
+            from transformers import CompileConfig
+
+            config = CompileConfig(mode="default" if self._device.type == "cpu" else "reduce-overhead")
+            config._compile_all_devices = True
+            kwargs["compile_config"] = config
+        return kwargs
 
     def device_memory(self) -> dict[str, float | None]:
         return self._cuda.peaks() if self._cuda is not None else {}
