@@ -7,7 +7,7 @@ from rich.console import Console
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
 from harness.cli import main
-from harness.report.console import family_tables, print_results
+from harness.report.console import console_value, family_tables, print_results
 from harness.results.store import read_run
 from harness.suite.cells import expand
 from harness.suite.parse import parse_suite
@@ -42,6 +42,11 @@ def test_the_summary_is_one_table_per_family_within_100_columns(tmp_path):
     assert {"token ppl", "bits/byte", "model MiB"} <= set(tables["perplexity"].columns)
     assert "decode tok/s" not in tables["perplexity"].columns
     assert {"prefill tok/s", "decode tok/s", "TTFT s", "peak RSS MiB"} <= set(tables["throughput"].columns)
+    for wide in tables.values():  # no value is broken over two lines (headers may be)
+        for value in wide.drop(columns=["model", "backend", "task"]).to_numpy().ravel():
+            assert not value or value in text, value
+    assert (console_value("mbu", 0.07187), console_value("scored_tok_s", 1_170_938),
+            console_value("ttft_s", 0.00013183)) == ("7.2%", "1.17M", "0.000132")
 
 
 def test_list_names_only_capabilities_a_task_needs(capsys):

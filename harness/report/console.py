@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -36,13 +37,29 @@ FAMILY_COLUMNS = {
                    "model_bytes", "peak_rss_mb", "peak_vram_mb"],
     "kld": ["kld_mean", "kld_p99", "same_top1", "ppl_ratio", "token_ppl", "model_bytes", "peak_rss_mb"],
     "decoding": ["entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean"],
-    "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "load_s", "peak_rss_mb",
+    "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "peak_rss_mb",
                    "peak_vram_mb"],
     "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens"],
 }
+#: shown as percentages in the console
+FRACTIONS = frozenset({"mbu", "mfu", "same_top1"})
 SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
          "same_top1": "same top-1", "ppl_ratio": "PPL ratio", "entropy_mean": "entropy", "max_prob_mean": "max p",
          "distinct_2": "distinct-2", "rep_4gram": "rep 4-gram", "len_mean": "tokens", "ref_nll_mean": "ref NLL"}
+
+
+def console_value(metric: str, value: float, stderr: float | None = None) -> str:
+    """A cell of the console's tables, as narrow as its precision allows: fractions in percent, millions
+    with a suffix, small values in three significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if metric in FRACTIONS:
+        return f"{value:.1%}"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if 0 < abs(value) < 0.01:
+        return f"{value:.3g}"
+    return fmt_value(value, stderr)
 
 
 def task_type(params: str) -> str:
@@ -68,7 +85,7 @@ def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             family[cell] = types[params]
         if isinstance(metric, str) and metric in FAMILY_COLUMNS.get(family[cell], HEADLINE):
             value = value / 2**20 if metric == "model_bytes" else value
-            cells[cell][metric] = fmt_value(value, stderr if metric == "token_ppl" else None)
+            cells[cell][metric] = console_value(metric, value, stderr if metric == "token_ppl" else None)
     tables = []
     for name in dict.fromkeys(family.values()):
         rows = [row for cell, row in cells.items() if family[cell] == name]
@@ -84,10 +101,11 @@ def print_results(run_dir: Path, console: Console) -> None:
     if frame.empty:
         return
     for family, wide in family_tables(frame):
-        table = Table(title=f"{frame['suite'].iloc[0]} — {family}", title_justify="left")
-        for col in wide.columns:
-            table.add_column(col, justify="right" if col in SHORT.values() else "left",
-                             overflow="fold")
+        table = Table(title=f"{frame['suite'].iloc[0]} — {family}", title_justify="left", box=box.SIMPLE_HEAD,
+                      collapse_padding=True, pad_edge=False)
+        for col in wide.columns:  # a header wider than its values gets a line per word
+            header = col if len(col) <= max(len(str(v)) for v in wide[col]) else "\n".join(col.split())
+            table.add_column(header, justify="right" if col in SHORT.values() else "left", overflow="fold")
         for row in wide.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         console.print(table)
