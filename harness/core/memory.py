@@ -1,4 +1,4 @@
-"""Peak memory of the cell's process: a sampler thread at >= 100 Hz plus the kernel's ru_maxrss."""
+"""Peak memory of the cell's process: a sampler thread at >= 100 Hz plus the kernel's high-water mark."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class PeakRSS:
     """Context manager: ``peak_mb`` is the highest resident set size seen while it was open.
 
-    The sampler catches peaks inside C calls (the GIL is released there); ru_maxrss is the kernel's
-    exact high-water mark for the whole process life, which bounds it from above.
+    The sampler catches peaks inside C calls (the GIL is released there); the kernel's high-water mark of
+    the process's memory (:func:`hwm_bytes`) bounds it from above.
     """
 
     def __init__(self, hz: float = SAMPLE_HZ):
@@ -58,7 +58,22 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
-        return max(self.sampled_peak, ru_maxrss_bytes()) / 2**20
+        return max(self.sampled_peak, hwm_bytes()) / 2**20
+
+
+def hwm_bytes() -> int:
+    """The kernel's exact high-water mark of this process's resident memory since it exec'd: VmHWM where
+    Linux has it. Not ru_maxrss: across fork and exec Linux keeps the parent's high-water mark in it (all
+    of it where the child was vforked, as subprocess does), so a cell started by a driver that once held
+    the probe's arrays would report them."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return ru_maxrss_bytes()
 
 
 def ru_maxrss_bytes() -> int:

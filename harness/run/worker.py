@@ -18,7 +18,7 @@ from harness.backends import BACKENDS
 from harness.backends.base import Backend
 from harness.core.errors import Unavailable, describe_os_error
 from harness.core.files import atomic_write_text
-from harness.core.memory import PeakRSS, rss_mb, ru_maxrss_bytes
+from harness.core.memory import PeakRSS, hwm_bytes, rss_mb, ru_maxrss_bytes
 from harness.core.metrics import Measurement
 from harness.results.environment import machine
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
@@ -77,7 +77,7 @@ def run_job(job: Job) -> dict:
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
-                                "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
+                                "hwm_mb": hwm_bytes() / 2**20, "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
                      "where": machine()},
         "fingerprints": {"model": backend.model.fingerprint(),
                          "dataset": corpus.fingerprint() if corpus else None},
