@@ -1,7 +1,8 @@
 """Benchmark: does ``harness compare`` cry wolf on a shared machine, and does it still catch a real slowdown?
 
 Runs an unchanged throughput suite (SmolLM2-135M on llama.cpp, 2 threads, and a word 4-gram; a 128-token
-prompt, 32 new tokens, 5 interleaved rounds) ``--runs`` times back to back, then ``--slow`` more times with
+prompt, 32 new tokens, 5 interleaved rounds) ``--past`` times (the history a nightly has when the judged
+runs start; never judged themselves), ``--runs`` times back to back, then ``--slow`` more times with
 a real slowdown (llama.cpp's ``n_batch`` cut to 8: the prompt is decoded 8 tokens at a time, so prefill and
 time to first token get slower; decode does not change), all into one results folder (the suite's history,
 as a nightly keeps it). Then every pair is judged by the harness before the noise-aware gates
@@ -23,7 +24,7 @@ issue's setting, suite ``gate-noise-1p``), where the per-repeat test is what cha
 ``n_batch`` cut rather than one thread instead of two because on an oversubscribed machine llama.cpp's
 two spinning threads can be slower than one.
 
-    python benchmarks/gate_noise.py --out /tmp/gate-noise [--runs 8] [--slow 4] [--rounds 5] [--in-process]
+    python benchmarks/gate_noise.py --out /tmp/gate-noise [--past 8] [--runs 8] [--slow 4] [--rounds 5] [--in-process]
 """
 
 from __future__ import annotations
@@ -73,21 +74,24 @@ def harness(src: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return done
 
 
-def make_runs(out: Path, rounds: int, same: int, slow: int, in_process: bool) -> tuple[list[Path], list[Path]]:
-    """The unchanged runs, then the slowed ones, back to back; finished runs are kept."""
+def make_runs(out: Path, rounds: int, past: int, same: int, slow: int,
+              in_process: bool) -> tuple[list[Path], list[Path]]:
+    """The past runs (history only), the unchanged runs, then the slowed ones, back to back; finished runs
+    are kept."""
     spec = suite(rounds, in_process)
     path = out / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     history = out / spec["name"]
-    plan = [(history / f"{i + 1:02d}-same", []) for i in range(same)]
-    plan += [(history / f"{same + i + 1:02d}-slow", SLOWDOWN) for i in range(slow)]
+    plan = [(history / f"{i + 1:02d}-past", []) for i in range(past)]
+    plan += [(history / f"{past + i + 1:02d}-same", []) for i in range(same)]
+    plan += [(history / f"{past + same + i + 1:02d}-slow", SLOWDOWN) for i in range(slow)]
     for run_dir, extra in plan:
         if (run_dir / "results.parquet").is_file():
             continue
         start = time.monotonic()
         harness(REPO, "run", str(path), "--out", str(run_dir), *extra)
         print(f"{run_dir.name}: {time.monotonic() - start:.0f} s", flush=True)
-    return [p for p, _ in plan[:same]], [p for p, _ in plan[same:]]
+    return [p for p, _ in plan[past:past + same]], [p for p, _ in plan[past + same:]]
 
 
 def step_size(same: list[Path], slow: list[Path]) -> str:
@@ -148,6 +152,8 @@ def judge(label: str, src: Path, same: list[Path], slow: list[Path], options: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the suite and its runs (reused)")
+    parser.add_argument("--past", type=int, default=8, help="unchanged runs before them, the nightly's history "
+                        "(never judged themselves)")
     parser.add_argument("--runs", type=int, default=8, help="unchanged runs")
     parser.add_argument("--slow", type=int, default=4, help="runs with the slowdown, after the unchanged ones")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per run")
@@ -158,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    same, slow = make_runs(args.out, args.rounds, args.runs, args.slow, args.in_process)
+    same, slow = make_runs(args.out, args.rounds, args.past, args.runs, args.slow, args.in_process)
     if args.runs_only:
         return
     print(step_size(same, slow))

@@ -224,6 +224,21 @@ def test_bnb_nf4_on_cpu_quantizes_and_scores(llama_dir):
     assert backend.load(context_tokens=64).details["n_params"] == fp32.load(context_tokens=64).details["n_params"]
 
 
+def test_nf4_mfu_is_measured_against_the_dtype_bitsandbytes_computes_in(llama_dir):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer at its first forward and computes it in
+    bf16 whatever the compute dtype: its MFU must be against the bf16 GEMM ceiling (against fp32 it read 105%)."""
+    pytest.importorskip("bitsandbytes")
+    quant = BnbQuantization(method="bnb", bits=4, quant_type="nf4")
+    backend = _backend(llama_dir, quantization=quant)
+    backend.score(chunked(backend.tokenizer.encode(TEXT)[:64], 64, None))  # a forward: bitsandbytes repacks
+    state = backend._model.model.layers[0].mlp.up_proj.weight.quant_state
+    bf16_kernel = getattr(state, "packing_format_for_cpu", False)
+    info = backend.load(context_tokens=64)
+    assert info.shape.compute_dtype == ("bf16" if bf16_kernel else "fp32")
+    assert info.details["matmul_dtype"] == ("bfloat16" if bf16_kernel else "float32")
+    assert _backend(llama_dir).load(context_tokens=64).shape.compute_dtype == "fp32"
+
+
 def test_quantization_settings_become_bitsandbytes_config():
     pytest.importorskip("bitsandbytes")
     nf4 = load_kwargs(HfSettings(type="hf", device="cuda", dtype="float16", quantization={

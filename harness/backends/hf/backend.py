@@ -38,15 +38,27 @@ COMPUTE_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def hf_shape(model, activation_dtype) -> ModelShape:
-    """The model's shape from its config; the KV cache and the matmuls run in the activations' dtype (the
-    output head's: bitsandbytes keeps it unquantized)."""
+    """The model's shape from its config; the KV cache runs in the activations' dtype (the output head's:
+    bitsandbytes keeps it unquantized), the matmuls in :func:`matmul_dtype`."""
     config = model.config.get_text_config()
     heads = config.num_attention_heads
     return ModelShape(n_params=int(model.num_parameters()), n_layers=config.num_hidden_layers, n_heads=heads,
                       n_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
                       head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
                       kv_dtype_bytes=activation_dtype.itemsize,
-                      compute_dtype=COMPUTE_DTYPES[str(activation_dtype).removeprefix("torch.")])
+                      compute_dtype=COMPUTE_DTYPES[str(matmul_dtype(model, activation_dtype)).removeprefix("torch.")])
+
+
+def matmul_dtype(model, activation_dtype):
+    """The dtype the model's matmuls run in, what its MFU is measured against: the activations', except that
+    bitsandbytes (0.49+) runs a 4-bit layer on a CPU with AVX512-BF16 through a fused bf16 kernel, whatever
+    its compute dtype (the layer marks it ``support_avx512bf16_for_cpu``)."""
+    import torch
+
+    on_cpu = model.get_output_embeddings().weight.device.type == "cpu"
+    if on_cpu and any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()):
+        return torch.bfloat16
+    return activation_dtype
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -210,6 +222,7 @@ class HfBackend(Backend):
             "n_params": int(self._model.num_parameters()),
             "dtype": s.dtype, "device": str(self._device), "attn_implementation": config._attn_implementation,
             "quantization": s.quantization.model_dump() if s.quantization else None,
+            "matmul_dtype": str(matmul_dtype(self._model, self._head.weight.dtype)).removeprefix("torch."),
             "batch_size": s.batch_size, "n_threads": torch.get_num_threads(), "add_bos": self.tokenizer.add_bos,
             "bytes_on_disk": sum(p.stat().st_size for p in Path(self._dir).rglob("*") if p.is_file()),
             **versions,
