@@ -113,3 +113,19 @@ def test_pareto_front_by_hand():
     cost = np.array([100.0, 120.0, 60.0, 70.0, 200.0])
     loss = np.array([0.01, 0.02, 0.05, 0.06, 0.001])
     assert views.pareto_front(cost, loss).tolist() == [True, False, True, False, True]
+
+
+def test_labels_of_points_at_the_same_place_do_not_overprint():
+    """Two backends at the same speed (llama.cpp and gpt4all run the same GGUF): the second label moves down."""
+    from matplotlib.figure import Figure
+
+    from harness.report.views import Panel, Series, _draw_panel
+
+    ax = Figure().subplots()
+    points = Series("", [1e8, 1.02e8, 5e8], [93.9, 93.2, 14.8], labels=["gguf-cpu", "gpt4all-cpu", "hf-fp32"],
+                    kind="points")
+    limit = Series("limit", [5e7, 1e9], [676.0, 33.8], kind="line", markers=False)
+    _draw_panel(ax, Panel("roofline", [limit, points], xscale="log", yscale="log"))
+    offsets = {a.get_text(): a.xyann[1] for a in ax.texts}
+    assert offsets["gguf-cpu"] != offsets["gpt4all-cpu"] and offsets["hf-fp32"] == 3
+    assert ax.lines[0].get_marker() in (None, "None", "")

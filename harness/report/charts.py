@@ -85,7 +85,8 @@ def panel_figure(panel: Panel) -> dict:
         if series.kind == "bar":
             trace["type"] = "bar"
         else:
-            trace.update(type="scatter", mode=("lines+markers" if series.kind == "line" else "markers")
+            mode = ("lines+markers" if series.markers else "lines") if series.kind == "line" else "markers"
+            trace.update(type="scatter", mode=mode
                          + ("+text" if series.labels else ""), marker={"color": color, "size": 8},
                          line={"color": color}, text=series.labels, textposition="top right",
                          textfont={"size": 10})

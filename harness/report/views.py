@@ -33,6 +33,7 @@ class Series:
     labels: list[str] | None = None  # each point's name, written beside it and shown on hover
     kind: Literal["bar", "line", "points"] = "bar"
     color: str | None = None
+    markers: bool = True  # a line's points marked (a limit line is drawn bare)
 
 
 @dataclass
@@ -96,6 +97,8 @@ def _draw_png(plot: Plot) -> bytes:
 
 
 def _draw_panel(ax, panel: Panel) -> None:
+    from matplotlib import ticker
+
     ax.set_xscale(panel.xscale)  # before drawing: setting a scale resets the ticks
     if panel.yscale == "symlog":
         ax.set_yscale("symlog", linthresh=1e-4)
@@ -115,17 +118,37 @@ def _draw_panel(ax, panel: Panel) -> None:
                    label=series.name or None)
             ax.set_xticks(np.arange(len(series.x)), series.x, rotation=30, ha="right", fontsize=8)
         elif series.kind == "line":
-            ax.plot(series.x, y, marker="o", color=series.color, label=series.name or None)
+            ax.plot(series.x, y, marker="o" if series.markers else None, color=series.color,
+                    label=series.name or None)
         else:
             ax.scatter(series.x, y, color=series.color, label=series.name or None)
-        for xi, yi, text in zip(series.x, y, series.labels or [], strict=False):
-            ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    _annotate(ax, panel)
+    if panel.yscale == "log":  # 20, 50, 100 rather than 2×10¹
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.grid(axis="y" if bars else "both", alpha=0.3)
     if any(s.name for s in panel.series):
         ax.legend(fontsize=7)
+
+
+def _annotate(ax, panel: Panel) -> None:
+    """Write each labelled point's name beside it; a label that would overprint one already written (two
+    backends at the same speed) moves down a line until it does not."""
+    ax.autoscale_view()
+    written: list[tuple[float, float, int]] = []  # display position of each label and its length
+    for series in panel.series:
+        if series.kind == "bar":
+            continue
+        for xi, yi, text in zip(series.x, series.y, series.labels or [], strict=False):
+            px, py = ax.transData.transform((xi, yi))
+            dy = 3
+            while any(abs(px - qx) < 4 * max(n, len(text)) and abs(py + dy - qy) < 9 for qx, qy, n in written):
+                dy -= 10
+            written.append((px, py + dy, len(text)))
+            ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, dy), textcoords="offset points")
 
 
 def _label(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -229,7 +252,7 @@ def roofline_view(ok: pd.DataFrame) -> list:
     labels = _label(wide, ["model", "backend", "task"])
     x = np.geomspace(wide["decode_bytes_per_token"].min() / 2, wide["decode_bytes_per_token"].max() * 2, 50)
     series = [Series(f"limit at {bandwidth:.1f} GB/s", x.tolist(), (bandwidth * 1e9 / x).tolist(), kind="line",
-                     color="tab:red")
+                     color="tab:red", markers=False)
               for bandwidth in sorted({round(b, 3) for b in wide["decode_gb_s"] / wide["mbu"]})]
     series.append(Series("", wide["decode_bytes_per_token"].tolist(), wide["decode_tok_s"].tolist(),
                          labels=[f"{label} ({mbu:.0%})" for label, mbu in zip(labels, wide["mbu"], strict=True)],
