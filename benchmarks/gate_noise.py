@@ -3,8 +3,9 @@
 Runs an unchanged throughput suite (SmolLM2-135M on llama.cpp, 2 threads, and a word 4-gram; a 128-token
 prompt, 32 new tokens, 5 interleaved rounds) ``--past`` times (the history a nightly has when the judged
 runs start; never judged themselves), ``--runs`` times back to back, then ``--slow`` more times with
-a real slowdown (llama.cpp's ``n_batch`` cut to 8: the prompt is decoded 8 tokens at a time, so prefill and
-time to first token get slower; decode does not change), all into one results folder (the suite's history,
+a real slowdown (``--slowdown threads``: llama.cpp on one core instead of two; ``n_batch``: its prompt
+decoded 8 tokens at a time, so prefill and time to first token get slower, decode does not), all into one
+results folder (the suite's history,
 as a nightly keeps it). Then every pair is judged by the harness before the noise-aware gates
 (``--before-rev``, its per-repeat statistics) and by this tree, without and with history:
 
@@ -20,11 +21,12 @@ uncalibrated and counted apart. Finished runs in ``--out`` are reused, so the ju
 
 With interleaved rounds each round already was a process before this change, so "before" and "after,
 no history" apply the same test there; ``--in-process`` runs each cell's repeats in one process (the
-issue's setting, suite ``gate-noise-1p``), where the per-repeat test is what changed. The slowdown is an
-``n_batch`` cut rather than one thread instead of two because on an oversubscribed machine llama.cpp's
-two spinning threads can be slower than one.
+issue's setting, suite ``gate-noise-1p``), where the per-repeat test is what changed. On an
+oversubscribed machine llama.cpp's two spinning threads can be slower than one: use ``--slowdown n_batch``
+there.
 
-    python benchmarks/gate_noise.py --out /tmp/gate-noise [--past 8] [--runs 8] [--slow 4] [--rounds 5] [--in-process]
+    python benchmarks/gate_noise.py --out /tmp/gate-noise [--past 8] [--runs 8] [--slow 4] [--rounds 5]
+        [--slowdown threads|n_batch] [--in-process]
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 #: the last commit before the noise-aware gates: per-repeat Mann-Whitney U / CI overlap, no history
 BEFORE_REV = "78b2aed"
-SLOWDOWN = ["--set", "backends.gguf-cpu.n_batch=8"]
+#: the injected slowdowns: llama.cpp on one core instead of two (the issue's first; on an oversubscribed
+#: machine two spinning threads can be slower than one, so it assumes a machine that is not), or its prompt
+#: decoded 8 tokens at a time (prefill and TTFT slower, decode unchanged)
+SLOWDOWNS = {"threads": ["--set", "backends.gguf-cpu.n_threads=1"], "n_batch": ["--set", "backends.gguf-cpu.n_batch=8"]}
 STEP_METRIC = ("gguf-cpu", "prefill_tok_s")
 FLAGS = ("regressed", "improved")
 
@@ -74,8 +79,8 @@ def harness(src: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return done
 
 
-def make_runs(out: Path, rounds: int, past: int, same: int, slow: int,
-              in_process: bool) -> tuple[list[Path], list[Path]]:
+def make_runs(out: Path, rounds: int, past: int, same: int, slow: int, in_process: bool,
+              slowdown: list[str]) -> tuple[list[Path], list[Path]]:
     """The past runs (history only), the unchanged runs, then the slowed ones, back to back; finished runs
     are kept."""
     spec = suite(rounds, in_process)
@@ -84,7 +89,7 @@ def make_runs(out: Path, rounds: int, past: int, same: int, slow: int,
     history = out / spec["name"]
     plan = [(history / f"{i + 1:02d}-past", []) for i in range(past)]
     plan += [(history / f"{past + i + 1:02d}-same", []) for i in range(same)]
-    plan += [(history / f"{past + same + i + 1:02d}-slow", SLOWDOWN) for i in range(slow)]
+    plan += [(history / f"{past + same + i + 1:02d}-slow", slowdown) for i in range(slow)]
     for run_dir, extra in plan:
         if (run_dir / "results.parquet").is_file():
             continue
@@ -157,6 +162,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="unchanged runs")
     parser.add_argument("--slow", type=int, default=4, help="runs with the slowdown, after the unchanged ones")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per run")
+    parser.add_argument("--slowdown", choices=sorted(SLOWDOWNS), default="threads", help="threads: llama.cpp on "
+                        "one core instead of two; n_batch: its prompt decoded 8 tokens at a time")
     parser.add_argument("--in-process", action="store_true", help="the repeats in one process per cell instead "
                         "of interleaved rounds (suite gate-noise-1p): the issue's setting")
     parser.add_argument("--before-rev", default=BEFORE_REV, help="the harness to judge 'before' with")
@@ -164,7 +171,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    same, slow = make_runs(args.out, args.rounds, args.past, args.runs, args.slow, args.in_process)
+    same, slow = make_runs(args.out, args.rounds, args.past, args.runs, args.slow, args.in_process,
+                           SLOWDOWNS[args.slowdown])
     if args.runs_only:
         return
     print(step_size(same, slow))

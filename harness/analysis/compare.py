@@ -144,14 +144,15 @@ def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: p
     if spread is None:
         out["gate"] = f"ratio ≥ {threshold:g} (not calibrated) and significant"
     else:
-        threshold = max(threshold, 1 + policy.k * spread.relative)
+        threshold = spread.widen(threshold, policy.k)
         out["sigma"] = spread.relative
         out["gate"] = (f"ratio ≥ {threshold:.3g} (≥ {policy.k:g}σ, σ {spread.relative * 100:.1f}% over "
                        f"{spread.runs} runs; gate {policy.threshold:g}) and significant")
     ratio = max(b, n) / min(b, n) if min(b, n) > 0 else math.inf
     sig, test, p = significance(base_processes, new_processes, alpha)
     if sig is None and spread is not None:  # one process: the history's spread is the only noise known
-        sig = bool(abs(n - b) > policy.k * spread.sigma)
+        sig = bool(abs(math.log(n / b)) > policy.k * spread.relative) if b > 0 and n > 0 else bool(
+            abs(n - b) > policy.k * spread.sigma)
         test += f"; |Δ| {'>' if sig else '≤'} {policy.k:g}σ of {spread.runs} runs"
     if ratio < threshold or sig is False:
         verdict = UNCHANGED

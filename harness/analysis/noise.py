@@ -3,9 +3,8 @@ thresholds (``--history``), and the A/A calibration of ``harness compare --calib
 
 A run measures the machine as it is while the run lasts. On a shared runner two nights differ by more
 than the repeats of one night do (a neighbour's job, another host, its thermal state), so the spread
-that decides whether a change is news is the night-to-night one: measured on a history of runs with the
-robust σ that ``harness history`` uses (:func:`harness.analysis.history.noise`: successive differences,
-so one step in the history barely moves it), it widens a timing's threshold to at least k·σ.
+that decides whether a change is news is the night-to-night one, measured on a history of runs
+(:func:`night_to_night`), and it widens a timing's threshold to at least k·σ.
 """
 
 from __future__ import annotations
@@ -31,13 +30,18 @@ from harness.results.store import RunTables, read_run
 class Spread:
     """The night-to-night noise of one figure of one cell."""
 
-    sigma: float  # robust standard deviation of one run's figure, in the metric's unit
+    relative: float  # standard deviation of the log of one run's figure (:func:`night_to_night`): a ratio's noise
     level: float  # the median of the same runs' figures
     runs: int
 
     @property
-    def relative(self) -> float:
-        return self.sigma / abs(self.level) if self.level else math.inf
+    def sigma(self) -> float:
+        """The same spread in the metric's unit, at its level."""
+        return self.relative * abs(self.level)
+
+    def widen(self, threshold: float, k: float) -> float:
+        """A timing's ratio threshold, at least k of this σ (of the log: a ratio)."""
+        return max(threshold, math.exp(k * self.relative))
 
 
 @dataclass
@@ -93,8 +97,25 @@ def history_before(runs: list[RunTables], new: RunTables, gates: Gates, source: 
             policy = gates.policy(key[4])
             values = row.iloc[-policy.runs:].dropna().to_numpy(dtype=np.float64)
             if policy.kind == NOISY and len(values) >= MIN_RUNS:
-                spreads[key] = Spread(noise(values), float(np.median(values)), len(values))
+                spreads[key] = Spread(night_to_night(values), float(np.median(values)), len(values))
     return History(source, before, spreads)
+
+
+def night_to_night(values: np.ndarray) -> float:
+    """σ of one run's figure from night to night, relative to its level: of the log of the figures (a timing's
+    noise is a ratio: the same whether the machine ran 1.3x slower or faster), from successive differences
+    (a slow drift or one step barely moves them). The larger of the robust σ ``harness history`` uses (the
+    median difference) and the root mean square of the differences with the largest left out. The median
+    alone misses a machine that flips between two speeds every few nights (a VM on another host, a process
+    on busier cores): most differences are ~0 and the flips, 30-80%, are outliers to it. Leaving the
+    largest out keeps one real step in the history from widening the gate."""
+    if np.any(values <= 0):
+        return noise(values) / abs(float(np.median(values))) if np.median(values) else math.inf
+    logs = np.log(values)
+    differences = np.sort(np.abs(np.diff(logs)))[:-1]
+    if len(differences) < 2:
+        return noise(logs)
+    return max(noise(logs), float(np.sqrt(np.mean(differences**2) / 2)))
 
 
 # --- A/A calibration ----------------------------------------------------------------------------------------
@@ -164,11 +185,11 @@ def calibrate(runs: list[RunTables], gates: Gates) -> Calibration:
         if not changes or policy.kind not in (NOISY, EXACT):
             continue
         present = values[~np.isnan(values)][-policy.runs:]
-        spread = Spread(noise(present), float(np.median(present)), len(present)) if len(present) >= MIN_RUNS else None
+        spread = (Spread(night_to_night(present), float(np.median(present)), len(present)) if len(present) >= MIN_RUNS
+                  else None)
         p95 = float(np.percentile(changes, 95))
         if policy.kind == NOISY:
-            widened = 1 + policy.k * spread.relative if spread else 1.0
-            suggested = _round_up(max(1 + p95, widened, 1.01))
+            suggested = _round_up(max(1 + p95, spread.widen(1.0, policy.k) if spread else 1.0, 1.01))
         else:
             suggested = _round_up(p95, 0.001) if p95 > policy.tolerance else None
         rows.append(MetricNoise(*key, kind=policy.kind, gate=policy.describe(), changes=changes,
