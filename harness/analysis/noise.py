@@ -221,10 +221,10 @@ def calibration_markdown(result: Calibration) -> str:
              "by the current gates without history.", ""]
     lines += [f"- `{base}` → `{new}`: {'; '.join(flags)}" for base, new, flags in result.flagged_pairs]
     lines += ([""] if result.flagged_pairs else []) + [
-        "apart: max / min − 1 of a pair's figures, median and 95th percentile over the pairs; σ: robust "
-        "night-to-night standard deviation over the runs, relative to their median; flagged: pairs the current "
+        "apart: max / min − 1 of a pair's figures, median and 95th percentile over the pairs; σ: the "
+        "night-to-night standard deviation of the runs' logs (a ratio's); flagged: pairs the current "
         "gate calls regressed or improved; suggested: a timing's threshold, the larger of 1 + the 95th percentile "
-        "and 1 + k·σ (what --history widens it to; k of the metric's gate), or the tolerance a deterministic "
+        "and e^(k·σ) (what --history widens it to; k of the metric's gate), or the tolerance a deterministic "
         "metric that moved needs.",
         ""]
     table = []
