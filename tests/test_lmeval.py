@@ -299,3 +299,29 @@ def test_model_args_name_a_backend_its_settings_and_a_model():
         split_model_args({"backend": "llamacp", "gguf": "x"})
     with pytest.raises(UserError, match="n_thread"):
         split_model_args({"backend": "llamacpp", "gguf": "x", "n_thread": 2})
+
+
+# --- compare ----------------------------------------------------------------------------------------------------
+
+def test_accuracy_moves_only_when_a_z_test_on_its_stderr_says_so():
+    from scipy.stats import norm
+
+    from harness.analysis.compare import judge
+    from harness.analysis.gates import ALPHA, Gates
+    from harness.core.stats import z_test_p
+
+    assert z_test_p(0.40, 0.03, 0.30, 0.04) == pytest.approx(2 * norm.sf(0.10 / 0.05))
+    assert z_test_p(0.5, 0.0, 0.5, 0.0) == 1.0
+    policy = Gates({}, {}, {}).policy("lmeval_acc")
+
+    def verdict(base, new):
+        row = {"value": base[0], "stderr": base[1]}
+        return judge(policy, True, pd.Series(row), pd.Series({"value": new[0], "stderr": new[1]}),
+                     np.array([]), np.array([]), ALPHA)
+
+    assert verdict((0.40, 0.022), (0.38, 0.022))["verdict"] == "unchanged"  # p = 0.52: noise
+    worse = verdict((0.40, 0.022), (0.28, 0.020))
+    assert worse["verdict"] == "regressed" and worse["p_value"] < ALPHA and "z-test" in worse["test"]
+    assert verdict((0.28, 0.020), (0.40, 0.022))["verdict"] == "improved"
+    assert verdict((0.40, None), (0.30, None))["verdict"] == "changed"  # no stderr: shown, never gating
+    assert Gates({}, {}, {}).policy("lmeval_word_perplexity").kind == "exact"
