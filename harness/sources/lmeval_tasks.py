@@ -100,6 +100,14 @@ ROLLING_BODY = {"output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_
                     ("bits_per_byte", "bits_per_byte"))]}
 
 
+def write_task(out_dir: Path, name: str, docs: list[dict], body: dict) -> None:
+    """One task: its documents as ``NAME.jsonl`` and its YAML as ``NAME.yaml``, in ``out_dir``."""
+    data = out_dir / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(_task_yaml(name, data, body), sort_keys=False),
+                                          encoding="utf-8")
+
+
 def write_local_tasks(out_dir: Path, text: str, n: int = 500, seed: int = 1234) -> Path:
     """Both tasks' YAMLs and data under ``out_dir`` (absolute data paths: lm-eval reads them from any
     folder); returns ``out_dir``, the ``include_path`` to hand lm-eval."""
@@ -109,8 +117,5 @@ def write_local_tasks(out_dir: Path, text: str, n: int = 500, seed: int = 1234) 
                                                                               ROLLING_BODY)):
         if not docs:
             raise ValueError(f"the text gives no {name} documents (too short, or no paragraphs)")
-        data = out_dir / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-        (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(_task_yaml(name, data, body), sort_keys=False),
-                                              encoding="utf-8")
+        write_task(out_dir, name, docs, body)
     return out_dir
