@@ -325,3 +325,32 @@ def test_accuracy_moves_only_when_a_z_test_on_its_stderr_says_so():
     assert verdict((0.28, 0.020), (0.40, 0.022))["verdict"] == "improved"
     assert verdict((0.40, None), (0.30, None))["verdict"] == "changed"  # no stderr: shown, never gating
     assert Gates({}, {}, {}).policy("lmeval_word_perplexity").kind == "exact"
+
+
+def test_the_quantization_table_shows_accuracy_beside_kld(tmp_path):
+    from runs import backend, perplexity_cell, write_run
+
+    from harness.core.metrics import Measurement
+    from harness.report import render as report
+    from harness.report import views
+    from harness.results import store
+
+    rng = np.random.default_rng(4)
+    records = []
+    for name, kld, acc in (("q4", 0.05, 0.41), ("q8", 0.01, 0.47)):
+        rec = perplexity_cell(rng, backend(name))
+        rec["measurements"].append(Measurement("kld_mean", kld).row())
+        records.append(rec)
+        cell = perplexity_cell(rng, backend(name))
+        cell["cell"]["task"] = f"acc.{CLOZE}"
+        cell["cell_id"] = cell["cell_id"][:12] + name.rjust(4, "0")
+        cell["measurements"] = [Measurement("lmeval_acc", acc, 200, stderr=0.035).row()]
+        records.append(cell)
+    sections = {s.title: s for s in report.build(store.read_run(write_run(tmp_path / "run", records)))}
+    table = next(b for b in sections["Quantization: quality against size and speed"].blocks
+                 if not isinstance(b, views.Plot) and hasattr(b, "columns"))
+    columns = table.columns.tolist()
+    accuracy = f"lmeval_acc (acc.{CLOZE})"
+    assert columns.index(accuracy) == columns.index("same_top1") + 1  # beside the quality columns
+    assert table[accuracy].tolist() == ["0.41", "0.47"] and table["kld_mean"].tolist()[1] == "0.01"
+    assert f"± (lmeval_acc acc.{CLOZE})" in columns
