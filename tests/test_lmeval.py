@@ -48,7 +48,7 @@ class RecordingUnigram(UnigramBackend):
 
 
 def lm_for(backend, **kwargs) -> HarnessLM:
-    return HarnessLM(backend=backend, **kwargs)
+    return HarnessLM(loaded=backend, **kwargs)
 
 
 def ask(lm: HarnessLM, *pairs) -> list[tuple[float, bool]]:
@@ -354,3 +354,16 @@ def test_the_quantization_table_shows_accuracy_beside_kld(tmp_path):
     assert columns.index(accuracy) == columns.index("same_top1") + 1  # beside the quality columns
     assert table[accuracy].tolist() == ["0.41", "0.47"] and table["kld_mean"].tolist()[1] == "0.01"
     assert f"± (lmeval_acc acc.{CLOZE})" in columns
+
+
+@pytest.mark.integration
+def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path, corpora_dir, smollm2_path, capsys):
+    include = write_local_tasks(tmp_path / "tasks", (corpora_dir / "janeausten" / "persuasion.txt").read_text(), n=3)
+    out = tmp_path / "out"
+    assert main(["lm-eval", "run", "--model", "harness", "--tasks", CLOZE, "--include_path", str(include),
+                 "--limit", "3", "--output_path", str(out), "--model_args",
+                 f"backend=llamacpp,gguf={smollm2_path},n_threads=2,max_length=256"]) == 0
+    assert "harness_cloze" in capsys.readouterr().out
+    (written,) = out.rglob("results_*.json")
+    result = json.loads(written.read_text())["results"][CLOZE]
+    assert 0 <= result["acc,none"] <= 1 and result["alias"] == CLOZE

@@ -42,7 +42,7 @@ def models(smollm2_model):
     backend = HfBackend(HfSettings(type="hf", dtype="float32", device="cpu", n_threads=2), smollm2_model)
     hf_dir = backend.prepare()["hf_dir"]
     backend.load(MAX_LENGTH)
-    ours = HarnessLM(backend=backend, max_length=MAX_LENGTH, batch_size=4)
+    ours = HarnessLM(loaded=backend, max_length=MAX_LENGTH, batch_size=4)
     theirs = HFLM(pretrained=hf_dir, dtype="float32", device="cpu", softmax_dtype="float64",
                   max_length=MAX_LENGTH, batch_size=4)
     yield ours, theirs

@@ -43,7 +43,7 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
             why = missing_capability(backend.type_name, backend.capabilities, output_type)
             if why:
                 raise Unavailable(f"{name}: {why}")
-        model = HarnessLM(backend=backend, max_length=settings.max_length, batch_size=settings.batch_size)
+        model = HarnessLM(loaded=backend, max_length=settings.max_length, batch_size=settings.batch_size)
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(model=model, tasks=[name], num_fewshot=settings.num_fewshot,
                                           limit=settings.limit, task_manager=manager, log_samples=False,

@@ -73,20 +73,20 @@ def in_batches(order: list[int], size: int, run: Callable[[list[int]], list]) ->
 class HarnessLM(TemplateLM):
     """A loaded harness backend seen by lm-eval as a model. From lm-eval, ``model_args`` name the backend
     type, its settings and the model source (:mod:`harness.lmeval.model_args`); from a suite, the task
-    hands over its loaded backend."""
+    hands over its ``loaded`` backend."""
 
-    def __init__(self, backend: Backend | None = None, max_length: int | None = None,
+    def __init__(self, loaded: Backend | None = None, max_length: int | None = None,
                  batch_size: int | str | None = None, add_bos_token: bool | None = None,
                  prefix_token_id: int | None = None, **model_args):
         super().__init__()
         self.max_length = int(max_length or DEFAULT_MAX_LENGTH)
-        if backend is None:
-            backend = load_backend(*split_model_args(model_args), self.max_length)
+        if loaded is None:  # model_args: backend=TYPE, its settings, the model source
+            loaded = load_backend(*split_model_args(model_args), self.max_length)
         elif model_args:
             raise TypeError(f"unexpected arguments with a loaded backend: {', '.join(sorted(model_args))}")
         #: not ``self.backend``: lm-eval's TemplateLM reads that as "causal" or "seq2seq"
-        self.harness_backend = backend
-        self.tok = backend.tokenizer
+        self.harness_backend = loaded
+        self.tok = loaded.tokenizer
         self.batch_size = int(batch_size) if str(batch_size or "auto").isdigit() else DEFAULT_BATCH
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
