@@ -36,7 +36,7 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
             include_paths = [scratch, *include_paths]
             local = {"local_tasks_version": VERSION, "local_docs": settings.local_docs, "seed": settings.seed}
         manager = TaskManager(include_path=include_paths or None)
-        if name not in manager.all_tasks and name not in LOCAL_TASKS:
+        if name not in {*manager.all_tasks, *manager.all_groups, *manager.all_tags, *LOCAL_TASKS}:
             raise ValueError(f"lm-eval knows no task {name!r} (include_path: {include_paths or 'none'})")
         output_types = sorted({t.OUTPUT_TYPE for t in manager.load([name])["tasks"].values()})
         for output_type in output_types:

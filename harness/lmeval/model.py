@@ -202,7 +202,7 @@ class HarnessLM(TemplateLM):
         if max_new >= self.max_length:
             raise ValueError(f"max_gen_toks {max_new} must be less than max_length {self.max_length}")
         decoding = Decoding(temperature=float(kwargs.get("temperature") or 0.0) if kwargs.get("do_sample") else 0.0,
-                            top_p=kwargs.get("top_p"), top_k=kwargs.get("top_k"))
+                            top_p=kwargs.get("top_p") or None, top_k=kwargs.get("top_k") or None)  # 0: off
         prompt = np.asarray(context[-(self.max_length - max_new):], dtype=np.int32)
         generation = self.harness_backend.generate(prompt, decoding, max_new, trace=False)
         return postprocess_generated_text(self.tok.text(generation.tokens), until, None)
