@@ -367,3 +367,13 @@ def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path,
     (written,) = out.rglob("results_*.json")
     result = json.loads(written.read_text())["results"][CLOZE]
     assert 0 <= result["acc,none"] <= 1 and result["alias"] == CLOZE
+
+
+def test_the_config_hash_does_not_move_with_the_local_tasks_scratch_folder():
+    from harness.lmeval.evaluate import config_hash
+
+    config = {"task": CLOZE, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-abc/harness_cloze.jsonl"}}}
+    moved = {**config, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-xyz/harness_cloze.jsonl"}}}
+    assert config_hash(config, "/tmp/harness-lmeval-abc") == config_hash(moved, "/tmp/harness-lmeval-xyz")
+    assert config_hash(config, "/tmp/harness-lmeval-abc") != config_hash({**config, "num_fewshot": 1},
+                                                                          "/tmp/harness-lmeval-abc")

@@ -49,19 +49,21 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
                                           limit=settings.limit, task_manager=manager, log_samples=False,
                                           bootstrap_iters=settings.bootstrap_iters)
         elapsed = time.perf_counter() - start
+        digest = config_hash(results.get("configs", {}).get(name, {}), scratch)
     measurements, unreported = measurements_from(results, name)
-    config = results.get("configs", {}).get(name, {})
     return TaskResult(measurements=measurements, resolved={
         "lm_eval": lm_eval.__version__, "lmeval_task": name, "output_types": output_types,
-        "task_version": results.get("versions", {}).get(name), "config_hash": config_hash(config),
+        "task_version": results.get("versions", {}).get(name), "config_hash": digest,
         "num_fewshot": results.get("n-shot", {}).get(name), "n_samples": results.get("n-samples", {}).get(name),
         "max_length": settings.max_length, "evaluate_s": elapsed, **local,
         **({"unreported_metrics": unreported} if unreported else {})})
 
 
-def config_hash(config: dict) -> str:
-    """sha256 (16 hex digits) of the task's config as lm-eval resolved it: the prompt, the metrics, the data."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+def config_hash(config: dict, scratch: str) -> str:
+    """sha256 (16 hex digits) of the task's config as lm-eval resolved it: the prompt, the metrics, the data.
+    The local tasks' scratch folder is left out (it is new every run; their data is the dataset's
+    fingerprint, ``local_docs`` and ``seed``)."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":")).replace(scratch, "<local>")
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
