@@ -1,4 +1,5 @@
-"""Command line: harness run | validate | compare | history | report | dashboard | probe | schema | list.
+"""Command line: harness run | validate | compare | history | report | dashboard | probe | schema | list | lm-eval |
+lmeval-tasks.
 
 Also ``python -m harness``.
 
@@ -227,6 +228,34 @@ def cmd_list(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_lm_eval(arguments: list[str]) -> int:
+    """lm-eval's own command line, with the ``harness`` model registered (``--model harness``)."""
+    from harness.core.errors import require
+
+    require("lm_eval", "lmeval", "harness lm-eval")
+    from lm_eval.__main__ import cli_evaluate
+
+    import harness.lmeval  # noqa: F401  (registers the model)
+
+    sys.argv = ["lm-eval", *arguments]
+    cli_evaluate()
+    return EXIT_OK
+
+
+def cmd_lmeval_tasks(args, console: Console) -> int:
+    from harness.sources.corpora import DatasetSpec, corpora_dir, load_corpus
+    from harness.sources.lmeval_tasks import LOCAL_TASKS, write_local_tasks
+
+    corpus = load_corpus("text", DatasetSpec(source=args.source), Path.cwd(), corpora_dir(args.corpora))
+    try:
+        out = write_local_tasks(args.out, corpus.text, args.docs, args.seed)
+    except ValueError as exc:
+        raise UserError(f"{args.source}: {exc}") from None
+    console.print(f"{out}: {', '.join(LOCAL_TASKS)} (lm-eval ... --include_path {out} --tasks {LOCAL_TASKS[0]})",
+                  highlight=False)
+    return EXIT_OK
+
+
 def _set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one suite setting (VALUE is YAML; null unsets), e.g. "
@@ -321,12 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the suite JSON Schema").set_defaults(func=cmd_schema)
     sub.add_parser("list", help="list backends, tasks, dataset sources and suites").set_defaults(func=cmd_list)
+    sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness's command line with the 'harness' model "
+                   "registered: harness lm-eval run --model harness --model_args backend=llamacpp,gguf=... "
+                   "--tasks ... (every argument goes to lm-eval)")
+    tasks = sub.add_parser("lmeval-tasks", help="write the local lm-eval tasks harness_cloze and harness_rolling, "
+                           "built from a text, for lm-eval's --include_path")
+    tasks.add_argument("source", help="the text: corpora:NAME, file:PATH, builtin:NAME or hf:DATASET/CONFIG")
+    tasks.add_argument("out", type=_path, help="folder for the task YAMLs and their data")
+    tasks.add_argument("--docs", type=int, default=500, help="documents per task (default 500)")
+    tasks.add_argument("--seed", type=int, default=1234, help="the cloze task's draws (default 1234)")
+    tasks.add_argument("--corpora", type=_path, help="corpora directory (default: $HARNESS_CORPORA)")
+    tasks.set_defaults(func=cmd_lmeval_tasks)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
+        args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
+    else:
+        args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100 columns
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()

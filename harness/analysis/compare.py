@@ -7,7 +7,8 @@ are listed in the row's note, so a reader sees why a number moved.
 
 Each metric is judged by its gate (:mod:`harness.analysis.gates`) in its direction (``higher_is_better``):
 timings must pass a ratio threshold and be significant (asv's rule) across independent processes;
-deterministic metrics must pass a tolerance.
+deterministic metrics must pass a tolerance; an accuracy over a sample of documents (lm-eval's, with its stderr) must
+differ significantly by a z-test on the two standard errors.
 
 The unit of replication of a timing is the process, not the repeat: repeats inside one process share its
 state (where the OS put its threads, what its neighbours were doing during that minute) and agree far more
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.analysis.gates import COUNT, EXACT, NOISY, Gates, Policy
+from harness.analysis.gates import COUNT, EXACT, NOISY, STDERR, Gates, Policy
 from harness.core import stats
 from harness.core.errors import UserError
 from harness.report import markdown
@@ -140,6 +141,8 @@ def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: p
     if policy.kind == EXACT:
         moved = abs(n - b) > max(policy.tolerance * abs(b), policy.abs_tolerance)
         return {**out, "verdict": (IMPROVED if better else REGRESSED) if moved else UNCHANGED, "test": "tolerance"}
+    if policy.kind == STDERR:
+        return {**out, **stderr_verdict(b, n, base.get("stderr"), new.get("stderr"), alpha, better)}
     threshold = policy.threshold
     if spread is None:
         out["gate"] = f"ratio ≥ {threshold:g} (not calibrated) and significant"
@@ -161,6 +164,16 @@ def judge(policy: Policy, higher_is_better: bool | None, base: pd.Series, new: p
     else:
         verdict = IMPROVED if better else REGRESSED
     return {**out, "verdict": verdict, "test": test, "p_value": p}
+
+
+def stderr_verdict(b: float, n: float, stderr_b, stderr_n, alpha: float, better: bool) -> dict:
+    """A metric estimated over a sample (an accuracy) moved only when a z-test on the two values' standard
+    errors says so at ``alpha``; without both stderrs a difference is shown (changed), never gated."""
+    if not (_finite(stderr_b) and _finite(stderr_n)):
+        return {"verdict": UNCHANGED if n == b else CHANGED, "test": "no stderr to test with"}
+    p = stats.z_test_p(b, float(stderr_b), n, float(stderr_n))
+    verdict = UNCHANGED if p >= alpha else IMPROVED if better else REGRESSED
+    return {"verdict": verdict, "test": f"z-test on stderr p={p:.2g}", "p_value": p}
 
 
 def _flat(params: dict, prefix: str = "") -> dict:

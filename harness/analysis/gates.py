@@ -1,6 +1,6 @@
 """When a metric counts as changed: the per-metric gates of ``harness compare`` and ``harness history``.
 
-Three kinds of metric, because they vary for different reasons:
+Four kinds of metric, because they vary for different reasons:
 
 - ``noisy`` (timings): the same tree measures differently every night. A change counts only if the ratio
   of the values passes ``threshold`` *and* the difference is significant across independent processes
@@ -12,6 +12,8 @@ Three kinds of metric, because they vary for different reasons:
 - ``exact`` (perplexity, KLD, sizes, memory): the same tree gives the same number up to float noise; a
   change counts when it passes ``tolerance`` (relative) and ``abs_tolerance`` (absolute).
 - ``count`` (tokens scored): no direction; a change says the cells did not read the same input.
+- ``stderr`` (an accuracy over a sample of documents, lm-eval's): a change counts when a z-test on the two
+  values' standard errors finds it significant at ``alpha`` (a few questions more or less right is noise).
 
 Defaults live in :data:`DEFAULTS`; a suite overrides them under ``gates:`` (``timings:`` there applies to
 every timing) and the command line overrides both.
@@ -27,7 +29,7 @@ from pydantic import Field, model_validator
 from harness.core.errors import UserError
 from harness.core.settings import StrictModel
 
-NOISY, EXACT, COUNT = "noisy", "exact", "count"
+NOISY, EXACT, COUNT, STDERR = "noisy", "exact", "count", "stderr"
 
 #: significance level of the Mann-Whitney U test (asv's default)
 ALPHA = 0.002
@@ -46,7 +48,7 @@ TIMINGS = "timings"
 class Policy:
     """The resolved gate of one metric."""
 
-    kind: Literal["noisy", "exact", "count"]
+    kind: Literal["noisy", "exact", "count", "stderr"]
     threshold: float = 1.0
     tolerance: float = 0.0
     abs_tolerance: float = 0.0
@@ -60,6 +62,8 @@ class Policy:
             parts = [f"{self.tolerance:.3g} relative"] + ([f"{self.abs_tolerance:.3g} absolute"]
                                                           if self.abs_tolerance else [])
             return "beyond " + " and ".join(parts)
+        if self.kind == STDERR:
+            return "significant by its stderr"
         return "informational"
 
 
@@ -92,6 +96,10 @@ DEFAULTS: dict[str, Policy] = {
     "peak_rss_mb": _exact(0.10),
     "peak_vram_mb": _exact(0.05),
     **{m: Policy(COUNT) for m in ("tokens_scored", "bytes_scored")},
+    **{m: Policy(STDERR) for m in ("lmeval_acc", "lmeval_acc_norm", "lmeval_acc_mutual_info", "lmeval_exact_match",
+                                   "lmeval_f1", "lmeval_mcc")},
+    **{m: _exact(0.001) for m in ("lmeval_perplexity", "lmeval_word_perplexity", "lmeval_byte_perplexity",
+                                  "lmeval_bits_per_byte")},
 }
 
 #: a metric the table does not know yet (a new task's): compared as deterministic, 1%
@@ -132,6 +140,8 @@ def check_gates(gates: dict[str, Gate]) -> None:
         kind = NOISY if metric == TIMINGS else kind_of(metric)
         if kind == COUNT:
             raise ValueError(f"{metric}: a count gates nothing")
+        if kind == STDERR:
+            raise ValueError(f"{metric}: gated by the significance of a change (--alpha), nothing to set")
         if kind == NOISY and (gate.tolerance is not None or gate.abs_tolerance is not None):
             raise ValueError(f"{metric}: a timing is gated by threshold (a ratio > 1), k and runs, not tolerance")
         if kind == EXACT and (gate.threshold, gate.k, gate.runs) != (None, None, None):

@@ -51,6 +51,18 @@ METRICS: dict[str, tuple[str, bool]] = {
     "max_prob_mean": ("probability", False),
     "ref_nll_mean": ("nats/token", False),
     "deterministic": ("flag", True),
+    # lm-evaluation-harness (harness.tasks.lmeval): lm-eval's own metric names, prefixed so that none is
+    # mistaken for the harness's (its bits_per_byte counts a document's bytes, ours a window scheme's)
+    "lmeval_acc": ("ratio", True),
+    "lmeval_acc_norm": ("ratio", True),
+    "lmeval_acc_mutual_info": ("ratio", True),
+    "lmeval_exact_match": ("ratio", True),
+    "lmeval_f1": ("ratio", True),
+    "lmeval_mcc": ("ratio", True),
+    "lmeval_perplexity": ("ppl", False),
+    "lmeval_word_perplexity": ("ppl", False),
+    "lmeval_byte_perplexity": ("ppl", False),
+    "lmeval_bits_per_byte": ("bits/byte", False),
     # every cell
     "load_s": ("s", False),
     "model_bytes": ("bytes", False),

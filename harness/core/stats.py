@@ -57,3 +57,14 @@ def median_ci(values: np.ndarray) -> tuple[float, float, float]:
 
     j = max(int(stats.binom.ppf((1 - CONFIDENCE) / 2, n, 0.5)), 1)
     return median, float(x[j - 1]), float(x[n - j])
+
+
+def z_test_p(a: float, stderr_a: float, b: float, stderr_b: float) -> float:
+    """Two-sided p-value that two independent estimates differ, from their standard errors: the z-test of
+    two proportions (an accuracy's stderr is sqrt(p(1-p)/(n-1))) or of two means. Equal values: 1."""
+    if a == b:
+        return 1.0
+    se = math.hypot(stderr_a, stderr_b)
+    if se == 0:
+        return 0.0
+    return math.erfc(abs(a - b) / se / math.sqrt(2))

@@ -319,6 +319,9 @@ def decoding_view(ok: pd.DataFrame) -> list:
 QUANT_COLUMNS = [("model_bytes", "speed"), ("token_ppl", "kld"), ("ppl_ratio", "kld"), ("kld_mean", "kld"),
                  ("kld_p99", "kld"), ("same_top1", "kld"), ("prefill_tok_s", "speed"), ("decode_tok_s", "speed"),
                  ("peak_rss_mb", "speed")]
+#: accuracies from lm-eval cells, shown beside the KLD: one column per metric and lm-eval cell ("lmeval_acc
+#: (acc.harness_cloze)"), its ± stderr in a column of its own
+ACCURACY = ("lmeval_acc", "lmeval_acc_norm")
 
 
 def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -356,15 +359,21 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
         row["bits_per_weight"] = 8 * row["model_bytes"] / n_params if n_params else np.nan
         types = [p.get("resolved", {}).get("backend", {}).get("tensor_types") for p in params]
         row["weight_types"] = weight_types_label(next((t for t in types if t), None))
+        for measured in group[group["metric"].isin(ACCURACY)].itertuples(index=False):
+            row[f"{measured.metric} ({measured.task})"] = measured.value
+            row[f"± ({measured.metric} {measured.task})"] = measured.stderr
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    accuracy = [c for c in table.columns if c.startswith(ACCURACY) or c.startswith("± (")]
     table["pareto_size"] = pareto_front(table["model_bytes"].to_numpy(), table["kld_mean"].to_numpy())
     if table["decode_tok_s"].notna().all():
         table["pareto_speed"] = pareto_front(-table["decode_tok_s"].to_numpy(), table["kld_mean"].to_numpy())
-    return table[["model", "backend", "weight_types", "bits_per_weight"] + [c for c, _ in QUANT_COLUMNS]
-                 + [c for c in ("pareto_size", "pareto_speed") if c in table]]
+    quality_end = [c for c, _ in QUANT_COLUMNS].index("same_top1") + 1
+    columns = [c for c, _ in QUANT_COLUMNS]
+    return table[["model", "backend", "weight_types", "bits_per_weight"] + columns[:quality_end] + accuracy
+                 + columns[quality_end:] + [c for c in ("pareto_size", "pareto_speed") if c in table]]
 
 
 #: the quality axes of the quantization plots: (metric, axis label, y scale, lower is better)

@@ -181,7 +181,7 @@ class Runner:
     def _capability_skip(self, cell: Cell, round_: int | None) -> Finished | None:
         """A skipped record, without starting a process, for a backend that lacks what the task needs."""
         can, why = BACKENDS[cell.backend_spec.type].capabilities_for(cell.model_spec.model_dump(mode="json"))
-        missing = TASKS[cell.task_spec.type].requires - can
+        missing = TASKS[cell.task_spec.type].requirements(cell.task_spec) - can
         if not missing:
             return None
         reason = f"backend lacks capability {', '.join(sorted(missing))}" + (f" ({why})" if why else "")

@@ -49,7 +49,7 @@ def run_job(job: Job) -> dict:
         rss_before = rss_mb()
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
-        task.loaded, task.machine = info, job.probes
+        task.loaded, task.machine, task.base_dir = info, job.probes, job.base_dir
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.metrics import Measurement
@@ -64,6 +65,8 @@ class Task(ABC):
         self.loaded: LoadInfo | None = None
         #: the run's machine probes by CPU thread count (:mod:`harness.results.probe`); None: switched off
         self.machine: dict[str, dict] | None = None
+        #: the suite file's folder, for paths a task's settings name (set by the worker)
+        self.base_dir: Path | None = None
 
     @abstractmethod
     def context_tokens(self) -> int:
@@ -72,6 +75,12 @@ class Task(ABC):
     @abstractmethod
     def run(self, backend: Backend, corpus: Corpus | None) -> TaskResult:
         """Do the work on a loaded backend."""
+
+    @classmethod
+    def requirements(cls, settings: TaskSettings) -> frozenset[str]:
+        """Capabilities a cell with these settings needs: :attr:`requires`, unless what the task asks of a
+        backend depends on its settings."""
+        return cls.requires
 
     @classmethod
     def rounds(cls, settings: TaskSettings) -> int | None:
