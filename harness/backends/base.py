@@ -11,7 +11,7 @@ import numpy as np
 
 from harness.core.capabilities import BATCH, BEAM, LOGITS
 from harness.core.decoding import HARNESS, NATIVE, Decoding, Generation
-from harness.core.errors import Unavailable
+from harness.core.errors import Unavailable, ensure_available
 from harness.core.sampling import HarnessSampler
 from harness.core.settings import StrictModel
 from harness.core.tokenizer import Tokenizer
@@ -51,6 +51,12 @@ class Backend(ABC):
     def dependencies_for(cls, settings: dict) -> tuple[tuple[str, str], ...]:
         """The packages these suite settings need (a quantization option may need one more)."""
         return cls.dependencies
+
+    @classmethod
+    def ensure_dependencies(cls, settings: BackendSettings) -> None:
+        """Bad input (naming the extra to install) when a package these settings need is missing."""
+        for module, extra in cls.dependencies_for(settings.model_dump()):
+            ensure_available(module, extra, f"backend {cls.type_name}")
 
     @classmethod
     def cpu_threads(cls, settings: BackendSettings) -> int | None:

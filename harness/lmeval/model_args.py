@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from harness.backends import BACKENDS
 from harness.backends.base import Backend, BackendSettings
-from harness.core.errors import UserError, ensure_available
+from harness.core.errors import UserError
 from harness.sources.models import ModelSpec, resolve
 
 #: model_args keys that describe the model source (the rest are the backend's settings)
@@ -59,8 +59,7 @@ def load_backend(settings: BackendSettings, spec: ModelSpec, max_length: int, ba
     if spec.kind not in backend_cls.model_kinds:
         raise UserError(f"model_args: backend {settings.type} loads {', '.join(sorted(backend_cls.model_kinds))} "
                         f"models, not {spec.kind}")
-    for module, extra in backend_cls.dependencies_for(settings.model_dump()):
-        ensure_available(module, extra, f"backend {settings.type}")
+    backend_cls.ensure_dependencies(settings)
     model = resolve("lm-eval", spec, base_dir or Path.cwd())
     backend = backend_cls(settings, model)
     backend.prepare()

@@ -370,8 +370,8 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     table["pareto_size"] = pareto_front(table["model_bytes"].to_numpy(), table["kld_mean"].to_numpy())
     if table["decode_tok_s"].notna().all():
         table["pareto_speed"] = pareto_front(-table["decode_tok_s"].to_numpy(), table["kld_mean"].to_numpy())
-    quality_end = [c for c, _ in QUANT_COLUMNS].index("same_top1") + 1
     columns = [c for c, _ in QUANT_COLUMNS]
+    quality_end = columns.index("same_top1") + 1
     return table[["model", "backend", "weight_types", "bits_per_weight"] + columns[:quality_end] + accuracy
                  + columns[quality_end:] + [c for c in ("pareto_size", "pareto_speed") if c in table]]
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.backends import BACKENDS
-from harness.core.errors import UserError, ensure_available, located
+from harness.core.errors import UserError, located
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
@@ -52,8 +52,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     for name in sorted({c.backend for c in cells}):
         backend_cls = BACKENDS[suite.backends[name].type]
         with located(suite_path, f"backends.{name}.type"):
-            for module, extra in backend_cls.dependencies_for(suite.backends[name].model_dump()):
-                ensure_available(module, extra, f"backend {backend_cls.type_name}")
+            backend_cls.ensure_dependencies(suite.backends[name])
     train_texts: dict[str, dict] = {}
     trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
