@@ -83,6 +83,12 @@ class Task(ABC):
         return cls.requires
 
     @classmethod
+    def check_inputs(cls, settings: TaskSettings, base_dir: Path) -> None:
+        """What ``validate`` can check of the inputs a task's settings name besides its dataset (folders,
+        names an outside library must know), without running anything; raises UserError. ``base_dir``: the
+        suite file's folder."""
+
+    @classmethod
     def rounds(cls, settings: TaskSettings) -> int | None:
         """How many interleaved rounds a cell with these settings runs as (:mod:`harness.run.rounds`), one
         measured repeat per fresh process; None: the cell runs once, as one process."""
