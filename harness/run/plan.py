@@ -70,8 +70,9 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                         corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
                     train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
-    for name in sorted({c.task if c.task in suite.tasks else c.task.rpartition(".")[0] for c in cells}):
-        spec = suite.tasks[name]
+    for name, spec in suite.tasks.items():  # a cell's task is the suite's task name, or it plus a variant's suffix
+        if not any(c.task == name or c.task.startswith(name + ".") for c in cells):
+            continue
         with located(suite_path, f"tasks.{name}"):
             TASKS[spec.type].check_inputs(spec, base_dir)
     loaded = {}
