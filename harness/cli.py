@@ -27,8 +27,8 @@ from harness import __version__
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, describe_os_error
 from harness.core.paths import expand_user
-from harness.core.terminal import console_text, printable
 from harness.core.process import Interrupted, interrupt
+from harness.core.terminal import console_text, printable
 from harness.tasks import TASKS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
@@ -95,8 +95,8 @@ def cmd_run(args, console: Console) -> int:
     if args.dry_run:
         for cell in cells:
             settings = {k: v for k, v in cell.params["task"].items() if v is not None and k != "type"}
-            console.print(f"{cell.cell_id}  {console_text(cell.label)}  {console_text(json.dumps(settings))}", highlight=False,
-                          soft_wrap=True)
+            console.print(f"{cell.cell_id}  {console_text(cell.label)}  {console_text(json.dumps(settings))}",
+                          highlight=False, soft_wrap=True)
         console.print(f"{len(cells)} cells would run")
         return EXIT_OK
     options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,

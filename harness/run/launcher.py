@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.core.files import Damaged
-from harness.core.terminal import console_text
 from harness.core.process import child_command, starting_child
+from harness.core.terminal import console_text
 from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
 

@@ -204,6 +204,6 @@ class Runner:
             store.write_tables(run_dir, run_dir.name, self.info["cells"])
         if record.status != OK:
             log = f" (log: {finished.log_path})" if finished.log_path else ""
-            self.console.print(f"[red]{console_text(job.cell.label)}: {record.status}: {console_text(record.reason)}[/red]"
-                               f"{console_text(log)}")
+            line = console_text(f"{job.cell.label}: {record.status}: {record.reason}")
+            self.console.print(f"[red]{line}[/red]{console_text(log)}")
         self.progress.advance(self.bar)

@@ -18,8 +18,8 @@ from yaml.constructor import ConstructorError
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError
-from harness.core.registry import did_you_mean
 from harness.core.paths import expand_user
+from harness.core.registry import did_you_mean
 from harness.suite.schema import Suite
 from harness.tasks import TASKS
 
