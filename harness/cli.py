@@ -437,6 +437,7 @@ def _internal_error(exc: Exception, argv: list[str]) -> int:
         where = f"the traceback is in {path}"
     except (OSError, UserError) as write_error:
         where = f"the traceback could not be saved ({write_error}):\n{text.rstrip()}"
-    print(f"harness: internal error (a bug in the harness: please report it), {type(exc).__name__}: "
-          f"{str(exc).splitlines()[0] if str(exc).strip() else ''}; {where}", file=sys.stderr)
+    first_line = printable(str(exc).splitlines()[0]) if str(exc).strip() else ""
+    print(f"harness: internal error (a bug in the harness: please report it), {type(exc).__name__}: {first_line}; "
+          f"{where}", file=sys.stderr)
     return EXIT_INTERNAL_ERROR

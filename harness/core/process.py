@@ -75,8 +75,10 @@ def die_with_parent(parent_pid: int) -> None:
 def drop_current_directory() -> None:
     """What ``python -P`` does (3.11+), for every Python version: ``python -m`` puts the current directory first
     on ``sys.path``, so a ``./torch.py`` (or a ``./evilmod.py`` a suite names) would be imported in place of an
-    installed package. Called first by each ``-m`` entry point."""
-    if sys.path and sys.path[0] in ("", os.getcwd()) and not getattr(sys.flags, "safe_path", False):
+    installed package. Called first by each ``-m`` entry point (again by one run through another: a folder
+    that ``PYTHONPATH`` names on purpose stays)."""
+    chosen = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    if sys.path and sys.path[0] in ("", os.getcwd()) and os.path.abspath(sys.path[0]) not in chosen:
         del sys.path[0]
 
 
