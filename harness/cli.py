@@ -4,19 +4,21 @@ lmeval-tasks.
 Also ``python -m harness``.
 
 Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed,
-4 an environment error (disk full, permission denied, read-only file system), 130 interrupted (Ctrl-C,
-SIGTERM, SIGHUP).
+4 an environment error (disk full, permission denied, read-only file system), 70 an internal error (a harness
+bug: the traceback goes to a file, one line says where), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -24,16 +26,30 @@ from rich.console import Console
 from harness import __version__
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, describe_os_error
+from harness.core.paths import expand_user
 from harness.core.process import Interrupted, interrupt
+from harness.core.terminal import console_text, printable
 from harness.tasks import TASKS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in the harness, never a regression
 EXIT_INTERRUPTED = 130
+
+
+class _Console(Console):
+    """Rich's console, but a reader that goes away (``harness list | head -1``) is an environment error, exit 4,
+    not rich's exit 1, which CI reads as a regression."""
+
+    def on_broken_pipe(self) -> None:
+        try:
+            super().on_broken_pipe()  # stdout onto /dev/null, so that nothing fails again at exit
+        except SystemExit:
+            raise BrokenPipeError(errno.EPIPE, "broken pipe", "stdout") from None
 
 
 def _path(text: str) -> Path:
     """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
-    return Path(text).expanduser()
+    return expand_user(text)
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -79,8 +95,8 @@ def cmd_run(args, console: Console) -> int:
     if args.dry_run:
         for cell in cells:
             settings = {k: v for k, v in cell.params["task"].items() if v is not None and k != "type"}
-            console.print(f"{cell.cell_id}  {cell.label}  {json.dumps(settings)}", highlight=False,
-                          soft_wrap=True)
+            console.print(f"{cell.cell_id}  {console_text(cell.label)}  {console_text(json.dumps(settings))}",
+                          highlight=False, soft_wrap=True)
         console.print(f"{len(cells)} cells would run")
         return EXIT_OK
     options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,
@@ -95,9 +111,9 @@ def cmd_run(args, console: Console) -> int:
 
 
 def _gates(args, run_info: dict):
-    from harness.analysis.gates import Gates, parse_overrides
+    from harness.analysis.gates import Gates, parse_overrides, recorded_gates
 
-    return Gates(suite=run_info.get("gates", {}), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
+    return Gates(suite=recorded_gates(run_info), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
                  tolerance=parse_overrides(args.tolerance, "--tolerance", 0.0), alpha=args.alpha)
 
 
@@ -195,7 +211,10 @@ def cmd_probe(args, console: Console) -> int:
     from harness.backends.llamacpp.backend import available_cpus
     from harness.results.probe import probe, probe_line
 
-    threads = args.threads or available_cpus()
+    cpus = available_cpus()
+    threads = cpus if args.threads is None else args.threads
+    if not 1 <= threads <= cpus:  # more threads than CPUs measures nothing (and 100,000 crash the probe)
+        raise UserError(f"--threads {args.threads}: expected 1 to {cpus} (the CPUs this process may use)")
     with console.status(f"probing the machine's memory bandwidth and GEMM rate ({threads} threads)"):
         result = probe(threads, rerun=True)
     if args.json:
@@ -246,6 +265,8 @@ def cmd_lmeval_tasks(args, console: Console) -> int:
     from harness.sources.corpora import DatasetSpec, corpora_dir, load_corpus
     from harness.sources.lmeval_tasks import LOCAL_TASKS, write_local_tasks
 
+    if args.docs < 1:
+        raise UserError(f"--docs {args.docs}: expected a number of documents ≥ 1")
     corpus = load_corpus("text", DatasetSpec(source=args.source), Path.cwd(), corpora_dir(args.corpora))
     try:
         out = write_local_tasks(args.out, corpus.text, args.docs, args.seed)
@@ -366,29 +387,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
-        args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
-    else:
-        args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100 columns
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
     previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
     try:
+        if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
+            args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
+        else:
+            args = build_parser().parse_args(argv)  # inside: a path type may raise UserError (~nosuchuser)
+        if sys.stdout is None:  # started with stdout closed (`harness list >&-`)
+            raise OSError(errno.EBADF, "cannot write the output", "stdout")
+        console = _Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100
         return args.func(args, console)
     except UserError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {printable(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
         if exc.errno is None:
-            raise
-        print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
+            return _internal_error(exc, argv)
+        print(f"harness: error: {printable(describe_os_error(exc))}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as exc:
         how = f" by {exc}" if isinstance(exc, Interrupted) else ""
         print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _internal_error(exc, argv)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _internal_error(exc: Exception, argv: list[str]) -> int:
+    """A harness bug: not exit 1 (CI reads 1 as a regression) but 70, with the traceback in a file (the run
+    folder's when the exception says which, else the cache's) and one line saying where."""
+    import traceback
+
+    from harness.core.files import atomic_write_text
+    from harness.sources.cache import cache_dir
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    run_dir = getattr(exc, "run_dir", None)
+    try:
+        folder = Path(run_dir) / "logs" if run_dir is not None else cache_dir() / "crashes"
+        path = folder / f"harness-crash-{stamp}-{os.getpid()}.txt"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, f"harness {__version__}: harness {' '.join(argv)}\n{text}")
+        where = f"the traceback is in {path}"
+    except (OSError, UserError) as write_error:
+        where = f"the traceback could not be saved ({write_error}):\n{text.rstrip()}"
+    first_line = printable(str(exc).splitlines()[0]) if str(exc).strip() else ""
+    print(f"harness: internal error (a bug in the harness: please report it), {type(exc).__name__}: {first_line}; "
+          f"{where}", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR

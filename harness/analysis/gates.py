@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from harness.core.errors import UserError
 from harness.core.settings import StrictModel
@@ -124,6 +124,21 @@ class Gate(StrictModel):
             raise ValueError("expected threshold, k or runs (timings) or tolerance / abs_tolerance "
                              "(deterministic metrics)")
         return self
+
+
+def recorded_gates(info: dict) -> dict[str, dict]:
+    """The ``gates`` a run's ``run.json`` recorded, checked as a suite's are: a value edited by hand (or
+    written by something else) is one line of bad input, not a comparison that crashes."""
+    gates = {}
+    for metric, gate in (info.get("gates") or {}).items():
+        try:
+            gates[metric] = Gate.model_validate(gate).model_dump(exclude_none=True)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in ("gates", metric, *error["loc"]))
+            raise UserError(f"run.json of run {info.get('run_id')}: {where}: {error['msg']}, "
+                            f"got {error.get('input')!r:.40}") from None
+    return gates
 
 
 def kind_of(metric: str) -> str:

@@ -110,11 +110,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from ``path``; :class:`Damaged` naming the file when it does not parse (a truncated
-    copy), UserError when it cannot be read at all."""
+    copy), UserError when it is missing; OSError (an environment error) when it cannot be read."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.strerror or type(exc).__name__})") from None
+    # permission denied, an I/O error: the environment's (exit 4), not a file to set aside
     except UnicodeDecodeError as exc:
         raise Damaged(path, f"cannot read {what} ({exc.reason} at byte {exc.start})") from None
     try:

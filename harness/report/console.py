@@ -11,6 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.core.terminal import console_text
+
 #: metrics shown in the console, in this order, when a run has them
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
@@ -101,14 +103,14 @@ def print_results(run_dir: Path, console: Console) -> None:
     if frame.empty:
         return
     for family, wide in family_tables(frame):
-        table = Table(title=f"{frame['suite'].iloc[0]} — {family}", title_justify="left", box=box.SIMPLE_HEAD,
-                      collapse_padding=True, pad_edge=False)
+        table = Table(title=f"{console_text(frame['suite'].iloc[0])} — {family}", title_justify="left",
+                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
         for col in wide.columns:  # a header wider than its values gets a line per word
             header = col if len(col) <= max(len(str(v)) for v in wide[col]) else "\n".join(col.split())
             table.add_column(header, justify="right" if col in SHORT.values() else "left", overflow="fold")
         for row in wide.itertuples(index=False):
-            table.add_row(*(str(v) for v in row))
+            table.add_row(*(console_text(v) for v in row))
         console.print(table)
     for cell in frame[frame["status"] != "ok"].drop_duplicates("cell_id").itertuples():
-        console.print(f"{cell.model}/{cell.backend}/{cell.task}: {cell.status}: {cell.reason}", highlight=False,
-                      style="red")
+        console.print(console_text(f"{cell.model}/{cell.backend}/{cell.task}: {cell.status}: {cell.reason}"),
+                      highlight=False, style="red")

@@ -13,6 +13,13 @@ from harness.results.schema import SCHEMA, migrate
 
 OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
 
+#: the JSON type of each record field the readers index into (a copied or hand-edited record may hold anything)
+_JSON_TYPES = {"cell_id": str, "cell": dict, "params": dict, "status": str, "measurements": list, "samples": dict,
+               "resolved": dict}
+_JSON_NAMES = {str: "string", dict: "object", list: "array"}
+#: the names in a record's ``cell`` that the result tables read
+CELL_KEYS = frozenset({"suite", "model", "backend", "task", "dataset"})
+
 
 @dataclass
 class CellRecord:
@@ -51,6 +58,15 @@ class CellRecord:
     def from_json(cls, data: dict, path: Path) -> CellRecord:
         data = migrate(data, path)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name, kind in _JSON_TYPES.items():
+            if name in known and not isinstance(known[name], kind):
+                raise Damaged(path, f"not a cell record ({name}: expected a JSON {_JSON_NAMES[kind]}, "
+                              f"got {type(known[name]).__name__})")
+        if not all(isinstance(m, dict) for m in known.get("measurements", [])):
+            raise Damaged(path, "not a cell record (measurements: expected an array of objects)")
+        missing = CELL_KEYS - set(known.get("cell", CELL_KEYS))
+        if missing:
+            raise Damaged(path, f"not a cell record (cell: missing {', '.join(sorted(missing))})")
         try:
             return cls(**known)
         except TypeError as exc:  # a required field missing

@@ -71,9 +71,25 @@ def write_run_json(run_dir: Path, info: dict) -> None:
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, sort_keys=True, default=str))
 
 
+#: the JSON type of each ``run.json`` key its readers index into (a copied or hand-edited file may hold anything)
+RUN_JSON_TYPES = {"run_id": str, "suite": str, "environment": dict, "models": dict, "datasets": dict, "cells": list,
+                  "gates": dict, "overrides": list, "started_at": str, "ended_at": str}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "an array"}
+
+
 def read_run_json(path: Path) -> dict:
-    """``run.json`` migrated to the current schema, or UserError naming the file."""
-    return migrate(read_json_object(path, "the run's metadata"), path)
+    """``run.json`` migrated to the current schema, or UserError naming the file (and the key whose value
+    is not what the readers expect)."""
+    info = migrate(read_json_object(path, "the run's metadata"), path)
+    for key, kind in RUN_JSON_TYPES.items():
+        value = info.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise UserError(f"{path}: {key}: expected {_JSON_NAMES[kind]}, got {type(value).__name__} {value!r:.40}")
+    if not all(isinstance(c, str) for c in info.get("cells") or []):
+        raise UserError(f"{path}: cells: expected an array of cell ids (strings)")
+    if not all(isinstance(g, dict) for g in (info.get("gates") or {}).values()):
+        raise UserError(f"{path}: gates: expected an object of metric -> {{tolerance, threshold, ...}}")
+    return info
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.core.files import Damaged
 from harness.core.process import child_command, starting_child
+from harness.core.terminal import console_text
 from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
 
@@ -70,7 +71,8 @@ class Launcher(ABC):
 
 
 def job_label(job: Job) -> str:
-    return job.cell.label + (f" (round {job.round + 1})" if job.round is not None else "")
+    """A job as the console shows it (names escaped: they come from a suite)."""
+    return console_text(job.cell.label) + (f" (round {job.round + 1})" if job.round is not None else "")
 
 
 def record_without_worker(job: Job, reason: str, status: str = FAILED, duration_s: float | None = None) -> CellRecord:

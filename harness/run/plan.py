@@ -70,6 +70,11 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                         corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
                     train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
+    for name, spec in suite.tasks.items():  # a cell's task is the suite's task name, or it plus a variant's suffix
+        if not any(c.task == name or c.task.startswith(name + ".") for c in cells):
+            continue
+        with located(suite_path, f"tasks.{name}"):
+            TASKS[spec.type].check_inputs(spec, base_dir)
     loaded = {}
     for name in sorted({c.dataset for c in cells if c.dataset}):
         spec = suite.datasets[name]

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.backends import BACKENDS
 from harness.backends.llamacpp.backend import available_cpus
 from harness.core.files import atomic_write_text
+from harness.core.terminal import console_text
 from harness.results import store
 from harness.results.environment import environment
 from harness.results.probe import probe, probe_line
@@ -69,8 +70,12 @@ class Runner:
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
-        with RunDirLock(plan.run_dir):
-            return self._run(plan)
+        try:
+            with RunDirLock(plan.run_dir):
+                return self._run(plan)
+        except Exception as exc:
+            exc.run_dir = plan.run_dir  # where the command line puts the traceback of a harness bug
+            raise
 
     def _run(self, plan: Plan) -> RunSummary:
         run_dir = plan.run_dir
@@ -199,5 +204,6 @@ class Runner:
             store.write_tables(run_dir, run_dir.name, self.info["cells"])
         if record.status != OK:
             log = f" (log: {finished.log_path})" if finished.log_path else ""
-            self.console.print(f"[red]{job.cell.label}: {record.status}: {record.reason}[/red]{log}")
+            line = console_text(f"{job.cell.label}: {record.status}: {record.reason}")
+            self.console.print(f"[red]{line}[/red]{console_text(log)}")
         self.progress.advance(self.bar)

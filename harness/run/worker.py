@@ -124,4 +124,7 @@ def failure_reason(exc: Exception) -> str:
 
 
 if __name__ == "__main__":
+    from harness.core.process import drop_current_directory
+
+    drop_current_directory()
     sys.exit(main(sys.argv[1:]))

@@ -82,6 +82,12 @@ class Task(ABC):
         backend depends on its settings."""
         return cls.requires
 
+    @classmethod  # noqa: B027 (most tasks name no inputs but their dataset)
+    def check_inputs(cls, settings: TaskSettings, base_dir: Path) -> None:
+        """What ``validate`` can check of the inputs a task's settings name besides its dataset (folders,
+        names an outside library must know), without running anything; raises UserError. ``base_dir``: the
+        suite file's folder."""
+
     @classmethod
     def rounds(cls, settings: TaskSettings) -> int | None:
         """How many interleaved rounds a cell with these settings runs as (:mod:`harness.run.rounds`), one

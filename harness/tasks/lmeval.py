@@ -22,7 +22,8 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.backends.base import Backend
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
-from harness.core.errors import require
+from harness.core.errors import UserError, require
+from harness.core.registry import did_you_mean
 from harness.sources.corpora import Corpus
 from harness.sources.lmeval_tasks import CLOZE, LOCAL_TASKS, ROLLING
 from harness.tasks.base import Task, TaskResult, TaskSettings
@@ -88,6 +89,17 @@ class LmEvalSettings(TaskSettings):
         return [] if paths is None else [paths] if isinstance(paths, str) else list(paths)
 
 
+def include_folder(path: str, base_dir: Path) -> Path:
+    """An ``include_path`` entry: an existing folder inside the suite file's folder ``base_dir``."""
+    folder = (base_dir / path).resolve()
+    if not folder.is_relative_to(base_dir.resolve()) or folder == Path(folder.anchor):
+        raise UserError(f"include_path: {path!r} is outside the suite's folder {base_dir}: lm-eval task YAMLs "
+                        "must sit beside the suite")
+    if not folder.is_dir():
+        raise UserError(f"include_path: {path!r}: no such folder ({folder})")
+    return folder
+
+
 @register_task("lm-eval")
 class LmEvalTask(Task):
     settings_class = LmEvalSettings
@@ -101,6 +113,24 @@ class LmEvalTask(Task):
         the cell, once lm-eval has read their output type."""
         return frozenset().union(*(LOCAL_NEEDS.get(name, frozenset()) for name in settings.tasks))
 
+    @classmethod
+    def check_inputs(cls, settings: LmEvalSettings, base_dir: Path) -> None:
+        """Include paths are folders inside the suite's folder (a suite must not make lm-eval read task YAMLs,
+        which name datasets and code, from anywhere on the machine), and lm-eval knows every task."""
+        includes = [include_folder(path, base_dir) for path in settings.include_paths]
+        wanted = [name for name in settings.tasks if name not in LOCAL_TASKS]
+        if not wanted:
+            return
+        require("lm_eval", "lmeval", "task type lm-eval")
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager(include_path=[str(p) for p in includes] or None)
+        known = {*manager.all_tasks, *manager.all_groups, *manager.all_tags}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise UserError(f"tasks: lm-eval knows no task {unknown[0]!r} (include_path: "
+                            f"{', '.join(map(str, includes)) or 'none'}){did_you_mean(unknown[0], sorted(known))}")
+
     def context_tokens(self) -> int:
         return self.settings.max_length
 
@@ -111,5 +141,5 @@ class LmEvalTask(Task):
         if len(self.settings.tasks) != 1:  # a cell holds one lm-eval task; more means the suite was not expanded
             raise ValueError("an lm-eval cell runs one task")
         base = self.base_dir or Path.cwd()
-        includes = [str((base / p).resolve()) for p in self.settings.include_paths]
+        includes = [str(include_folder(p, base)) for p in self.settings.include_paths]
         return evaluate_cell(backend, self.settings, corpus, includes)
