@@ -9,7 +9,7 @@ import threading
 
 import psutil
 
-#: DESIGN's minimum; every wake-up takes a core from the work being measured (2 cores here)
+#: the minimum docs/metrics.md promises; every wake-up takes a core from the work being measured (2 cores here)
 SAMPLE_HZ = 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

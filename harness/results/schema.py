@@ -1,7 +1,7 @@
 """Versions of the files in a run directory (``run.json`` and ``cells/*.json``), asv-style: every file says
 which version wrote it, readers migrate older versions on the fly and refuse newer ones.
 
-Version history (also in README, "Results"):
+Version history (also in docs/results.md, "Versions"):
 
 - 0: files written before versioning (harness 0.1.0 up to 2026-12): no ``schema`` key. A cell record
   holds cell_id, cell, params, status, reason, measurements, samples, resolved, fingerprints,

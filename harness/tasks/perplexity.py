@@ -1,6 +1,6 @@
 """Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
 
-Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
+Definitions (docs/metrics.md): tokenize the whole text once, cut it into windows by one of three schemes
 (:mod:`harness.tasks.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
 tokens); word_ppl = exp(Σ nll / words), only when every token is scored (rolling). Words are counted as
