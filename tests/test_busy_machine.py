@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from suites import write_suite
 
 from harness.cli import main
 from harness.core import contention
@@ -21,6 +20,7 @@ from harness.results.records import OK, CellRecord
 from harness.run import rounds
 from harness.suite.cells import expand
 from harness.suite.parse import parse_suite
+from suites import write_suite
 
 PID = 4242
 

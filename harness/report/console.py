@@ -108,7 +108,7 @@ def busy_summary(frame: pd.DataFrame) -> str | None:
             if (reason := busy_reason(c.params))]
     if not busy:
         return None
-    return (f"Machine busy during {len(busy)} cell{'s' if len(busy) > 1 else ''}: their timings are flagged "
+    return (f"Machine busy during {len(busy)} cell{'s' if len(busy) > 1 else ''}: the timings are flagged "
             f"'{MACHINE}: busy' and compare will not judge them: " + "; ".join(busy))
 
 

@@ -286,7 +286,7 @@ def _change_cells(line: Line, up: str) -> str:
     unit = METRICS.get(line.metric, ("",))[0]
     out = [f"<span class='last' title='{html.escape(unit)}'>{fmt_value(last)}</span>"]
     if len(line.values) > 1:
-        prev, busy = line.values[-2], "; ".join(b for b in line.busy[-2:] if b)
+        prev, busy = line.values[-2], "; ".join(dict.fromkeys(b for b in line.busy[-2:] if b))
         verdict, why = ("busy", f" not comparable (machine busy: {busy})") if busy else (line.verdict(prev, last), "")
         out.append(f"<span class='{verdict}' title='since {html.escape(line.nights[-2].run_id + why)}'>"
                    f"{_pct(prev, last)}</span>")

@@ -58,6 +58,10 @@ def run_job(job: Job) -> dict:
         task.loaded, task.machine, task.base_dir = info, job.probes, job.base_dir
         result = task.run(backend, corpus)
         measured = contention.deltas(before, contention.read(), threads)
+    if canary_s is not None:
+        measured["canary_s"] = canary_s
+    if job.wait:
+        measured["wait"] = job.wait
     device = backend.device_memory()
     backend.close()
     overflow = {}
@@ -86,9 +90,7 @@ def run_job(job: Job) -> dict:
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
                                 "hwm_mb": hwm_bytes() / 2**20, "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
                      "where": machine(),
-                     "contention": contention.judge({**measured, **({"canary_s": canary_s} if canary_s is not None else {}),
-                                                     **({"wait": job.wait} if job.wait else {})},
-                                                    contention.BusySettings(**job.busy),
+                     "contention": contention.judge(measured, contention.BusySettings(**job.busy),
                                                     contention.wait_reason(job.wait))},
         "fingerprints": {"model": backend.model.fingerprint(),
                          "dataset": corpus.fingerprint() if corpus else None},
