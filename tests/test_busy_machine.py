@@ -184,9 +184,10 @@ def busy_loop(cores: set[int]) -> subprocess.Popen:
 
 
 def test_busy_loop_neighbours_flag_the_ngram_timing_cell(tmp_path, capsys):
-    """Real neighbours, one per cell thread, pinned to the cell's cores: the cell is flagged busy, the console
-    says so under its tables. The cell runs on one core (this test's affinity, inherited), so the check holds on
-    a machine of any size, idle or loaded: it asserts the flag, never a speed."""
+    """Real neighbours, one per cell thread, pinned to the cell's cores: the wait for quiet says what it waits
+    for and runs out, the cell is flagged busy, the console says so under its tables. The cell runs on one
+    core (this test's affinity, inherited), so the check holds on a machine of any size, idle or loaded: it
+    asserts the flag, never a speed."""
     suite = {"name": "neighbours", "models": {"ng": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
              "backends": {"ngram": {"type": "ngram"}},
              "tasks": {"speed": {"type": "throughput", "prompt_tokens": 64, "new_tokens": 64, "repeats": 30}},
@@ -198,7 +199,8 @@ def test_busy_loop_neighbours_flag_the_ngram_timing_cell(tmp_path, capsys):
     try:
         os.sched_setaffinity(0, cell_cores)  # the cell's worker inherits it
         neighbours = [busy_loop(cell_cores)]  # the n-gram computes with one thread
-        assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+        assert main(["run", str(path), "--out", str(tmp_path / "run"), "--wait-quiet", "0.5",
+                     "--set", "busy.quiet_window_s=0.2"]) == 0
     finally:
         for process in neighbours:
             process.kill()
@@ -207,6 +209,18 @@ def test_busy_loop_neighbours_flag_the_ngram_timing_cell(tmp_path, capsys):
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     found = json.loads(table["params"].iloc[0])["resolved"]["contention"]
     assert found["verdict"] == "busy" and found["cores"] == 1, found
-    assert busy_reason(table["params"].iloc[0])
+    assert found["wait"]["quiet"] is False
+    assert "the machine was not quiet within --wait-quiet 0.5 s" in busy_reason(table["params"].iloc[0])
     out = capsys.readouterr().out
+    assert "waiting for a quiet machine (other processes used" in out
     assert "Machine busy during 1 cell" in out and "ng/ngram/speed" in out
+
+
+def test_wait_quiet_must_be_a_number_of_seconds(tmp_path, capsys):
+    suite = {"name": "w", "models": {"ng": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
+             "backends": {"ngram": {"type": "ngram"}}, "tasks": {"speed": {"type": "throughput"}},
+             "matrix": [{"model": "ng", "backend": "ngram", "task": "speed"}]}
+    assert main(["run", str(write_suite(tmp_path, suite)), "--wait-quiet", "-1"]) == 2
+    assert "--wait-quiet -1: expected a number of seconds ≥ 0" in capsys.readouterr().err
+    assert main(["validate", str(write_suite(tmp_path, suite)), "--set", "busy.other_cores=2"]) == 2
+    assert "busy.other_cores" in capsys.readouterr().err
