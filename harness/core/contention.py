@@ -126,23 +126,18 @@ def read(pid: int | None = None, cores: list[int] | None = None, proc: Path = Pa
         tids = []
         sample.missing["run_queue_wait"] = sample.missing["involuntary_switches"] = _why(exc, tasks)
     switches = 0
-    for tid in tids:  # a thread that ends between the listing and the read is simply not counted
+    for tid in tids:
         try:
             run_ns, wait_ns = (int(x) for x in (tasks / tid / "schedstat").read_text().split()[:2])
-            sample.threads[tid] = (run_ns, wait_ns)
-        except FileNotFoundError as exc:
-            if not (tasks / tid).exists():
-                continue
-            sample.missing["run_queue_wait"] = _why(exc, tasks / tid / "schedstat")
-        except (OSError, ValueError) as exc:
-            sample.missing["run_queue_wait"] = _why(exc, tasks / tid / "schedstat") if isinstance(
-                exc, OSError) else f"{tasks / tid / 'schedstat'}: unexpected format"
-        try:
             status = (tasks / tid / "status").read_text()
-            switches += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):  # the thread ended since the listing, or a kernel without schedstat
             continue
-    sample.involuntary = switches if tids else None
+        sample.threads[tid] = (run_ns, wait_ns)
+        switches += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+    if tids and not sample.threads:
+        sample.missing["run_queue_wait"] = sample.missing["involuntary_switches"] = (
+            f"{tasks}/*/schedstat: none readable")
+    sample.involuntary = switches if sample.threads else None
     sample.pressure_us = attempt("cpu_pressure", proc / "pressure" / "cpu",
                                  lambda t: int(t.split("total=")[1].split()[0]))
     try:
