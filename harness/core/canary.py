@@ -10,6 +10,7 @@ threads run in parallel, and it uses no BLAS whose own threads would change its 
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import threading
 import time
@@ -49,3 +50,9 @@ def slow_rounds(times: list[float | None], median: float, slowdown: float) -> li
 def median(times: list[float | None]) -> float | None:
     known = [t for t in times if t is not None]
     return statistics.median(known) if known else None
+
+
+def of_run(params: str) -> float | None:
+    """The run's median canary time at an interleaved cell's thread count, from the cell's results ``params``
+    (JSON); None for a cell that ran no rounds. Across nights it is the machine's own speed."""
+    return ((json.loads(params).get("resolved") or {}).get("contention") or {}).get("canary_median_s")

@@ -30,6 +30,7 @@ import pandas as pd
 
 from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
+from harness.core import canary
 from harness.core.errors import UserError
 from harness.core.metrics import METRICS
 from harness.report import charts
@@ -157,7 +158,9 @@ class Line:
     family: str
     gates: Gates
     #: per night: why the machine was busy during the figure ("" when quiet), which then is never judged
-    busy: list[str] = field(default_factory=list)
+    busy: list[str]
+    #: per night: the machine canary's median time (:mod:`harness.core.canary`), for interleaved cells
+    canary: list[float | None]
 
     @property
     def metric(self) -> str:
@@ -216,6 +219,9 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         long[KEY + ["run_id"]].itertuples(index=False, name=None), long["ci_low"], long["ci_high"], strict=True)}
     family = {cell: task_type(params) for cell, params in zip(
         long[KEY[:4]].itertuples(index=False, name=None), long["params"], strict=True)}
+    canaries = {params: canary.of_run(params) for params in long["params"].unique()}
+    machine = {key: canaries[params] for key, params in zip(
+        long[KEY[:4] + ["run_id"]].itertuples(index=False, name=None), long["params"], strict=True)}
     lines = []
     for trend in history([n.run for n in nights], gates):
         have = [i for i, v in enumerate(trend.values) if v is not None]
@@ -223,7 +229,8 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         bounds = [ci.get(key + (nights[i].run_id,), (None, None)) for i in have]
         lines.append(Line(suite, trend, [nights[i] for i in have], [trend.values[i] for i in have],
                           charts.numbers(lo for lo, _ in bounds), charts.numbers(hi for _, hi in bounds),
-                          family[key[:4]], gates, [trend.busy[i] for i in have]))
+                          family[key[:4]], gates, [trend.busy[i] for i in have],
+                          [machine.get(key[:4] + (nights[i].run_id,)) for i in have]))
     return lines
 
 
@@ -363,13 +370,13 @@ def _series_traces(line: Line, color: str, name: str) -> list[dict]:
     for i, night in enumerate(line.nights):
         lo, hi = line.low[i], line.high[i]
         notes = [] if i == 0 else env_changes(line.nights[i - 1].env, night.env)
-        busy = line.busy[i] if i < len(line.busy) else ""
+        busy, machine = line.busy[i], line.canary[i]
         custom.append([night.run_id, night.commit[:12] or "?",
                        (f"<b>machine busy</b>: {html.escape(busy)}<br>" if busy else "")
+                       + (f"machine canary {machine * 1e3:.3g} ms<br>" if machine else "")
                        + (f"CI [{fmt_value(lo)}, {fmt_value(hi)}]<br>" if lo is not None and hi is not None else ""),
                        "".join(f"<br>changed: {html.escape(n)}" for n in notes), "../" + night.page])
-    symbols = ["x" if i < len(line.busy) and line.busy[i] else "diamond" if c[3] else "circle"
-               for i, c in enumerate(custom)]
+    symbols = ["x" if busy else "diamond" if c[3] else "circle" for busy, c in zip(line.busy, custom, strict=True)]
     traces = [charts.band(x, line.low, line.high, color, name)] if any(v is not None for v in line.low) else []
     traces.append({
         "type": "scatter", "mode": "lines+markers", "x": x, "y": charts.numbers(line.values), "name": name,
