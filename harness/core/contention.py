@@ -130,10 +130,10 @@ def read(pid: int | None = None, cores: list[int] | None = None, proc: Path = Pa
         try:
             run_ns, wait_ns = (int(x) for x in (tasks / tid / "schedstat").read_text().split()[:2])
             status = (tasks / tid / "status").read_text()
-        except (OSError, ValueError):  # the thread ended since the listing, or a kernel without schedstat
+            switches += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended since the listing, or no schedstat
             continue
         sample.threads[tid] = (run_ns, wait_ns)
-        switches += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
     if tids and not sample.threads:
         sample.missing["run_queue_wait"] = sample.missing["involuntary_switches"] = (
             f"{tasks}/*/schedstat: none readable")
@@ -147,16 +147,10 @@ def read(pid: int | None = None, cores: list[int] | None = None, proc: Path = Pa
     else:
         sample.throttled_us = attempt("throttled", cgroup / "cpu.stat",
                                       lambda t: int(t.split("throttled_usec")[1].split()[0]))
-    clocks = []
-    for core in cores:
-        path = sys_root / "devices" / "system" / "cpu" / f"cpu{core}" / "cpufreq" / "scaling_cur_freq"
-        try:
-            clocks.append(int(path.read_text()) / 1000)
-        except (OSError, ValueError) as exc:
-            sample.missing["cpu_mhz"] = _why(exc, path) if isinstance(exc, OSError) else f"{path}: unexpected format"
-            break
-    else:
-        sample.mhz = sum(clocks) / len(clocks) if clocks else None
+    cpus = sys_root / "devices" / "system" / "cpu"
+    clocks = [attempt("cpu_mhz", cpus / f"cpu{core}" / "cpufreq" / "scaling_cur_freq", lambda t: int(t) / 1000)
+              for core in cores]
+    sample.mhz = sum(clocks) / len(clocks) if clocks and None not in clocks else None
     return sample
 
 
