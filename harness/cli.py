@@ -4,7 +4,8 @@ lmeval-tasks.
 Also ``python -m harness``.
 
 Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed,
-4 an environment error (disk full, permission denied, read-only file system), 70 an internal error (a harness
+4 an environment error (disk full, permission denied, read-only file system), 5 ``compare --require-quiet``
+found timings not comparable because the machine was busy (and no regression), 70 an internal error (a harness
 bug: the traceback goes to a file, one line says where), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
@@ -31,7 +32,7 @@ from harness.core.process import Interrupted, interrupt
 from harness.core.terminal import console_text, printable
 from harness.tasks import TASKS
 
-EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT, EXIT_NOT_QUIET = 0, 1, 2, 3, 4, 5
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in the harness, never a regression
 EXIT_INTERRUPTED = 130
 
@@ -91,6 +92,8 @@ def cmd_run(args, console: Console) -> int:
 
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UserError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
+    if args.wait_quiet is not None and not (math.isfinite(args.wait_quiet) and args.wait_quiet >= 0):
+        raise UserError(f"--wait-quiet {args.wait_quiet:g}: expected a number of seconds ≥ 0")
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
@@ -101,7 +104,7 @@ def cmd_run(args, console: Console) -> int:
         return EXIT_OK
     options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,
                          resume=args.resume, corpora=args.corpora, timeout_s=args.timeout,
-                         executor=_executor(args, suite))
+                         executor=_executor(args, suite), wait_quiet_s=args.wait_quiet)
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
@@ -146,8 +149,11 @@ def cmd_compare(args, console: Console) -> int:
     else:  # the new run's figures, for a tool that keeps its own history
         _emit(json.dumps(export.EXPORTS[args.format](new), indent=2), args.out)
     if args.out is not None:
-        print(f"{args.out}: {result.regressions} regressions", file=sys.stderr)
-    return EXIT_REGRESSION if result.regressions else EXIT_OK
+        print(f"{args.out}: {result.regressions} regressions, {result.not_comparable} rows not comparable "
+              "(machine busy)", file=sys.stderr)
+    if result.regressions:
+        return EXIT_REGRESSION
+    return EXIT_NOT_QUIET if args.require_quiet and result.not_comparable else EXIT_OK
 
 
 def _calibrate(args) -> int:
@@ -309,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpora", type=_path, help="corpora directory for corpora: datasets "
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
+    run.add_argument("--wait-quiet", type=float, metavar="SECONDS",
+                     help="before each timing cell and interleaved round, wait up to SECONDS for the machine to "
+                     "be quiet; a cell that never got a quiet machine is flagged busy (default: the suite's "
+                     "busy.wait_quiet_s, 0)")
     _set_option(run)
     _executor_options(run)
     run.set_defaults(func=cmd_run)
@@ -336,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
                          help="the last two export NEW's figures for those tools (the exit code still compares)")
     compare.add_argument("--all", action="store_true", help="markdown: list unchanged rows too")
+    compare.add_argument("--require-quiet", action="store_true",
+                         help="exit 5 when a timing is not comparable because the machine was busy on either side "
+                         "(a runner that is always busy must not pass in silence); a regression still exits 1")
     _gate_options(compare)
     compare.set_defaults(func=cmd_compare)
 

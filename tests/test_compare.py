@@ -319,3 +319,46 @@ def test_real_runs_of_a_tiny_suite(tmp_path, capsys):
     ppl = next(r for r in doc["rows"] if r["metric"] == "token_ppl")
     assert ppl["verdict"] == "regressed" and ppl["new"] > ppl["base"]
     assert "model.ngram.order: 4 → 2" in ppl["note"]
+
+
+def busy(record: dict, reason: str = "other processes used 1.7 of 2 cores") -> dict:
+    """A record whose timed section the worker judged busy."""
+    record["resolved"]["contention"] = {"verdict": "busy", "reasons": [reason], "cores": 2, "other_cores": 1.7}
+    return record
+
+
+def test_a_busy_machine_on_either_side_is_not_comparable_and_does_not_gate(tmp_path, capsys):
+    """The issue's nightly: tonight a neighbour made llama.cpp 3x slower. The 7 rounds agree, so the figures
+    alone say regressed; the verdict is not comparable, the exit code 0 unless --require-quiet (5), and a
+    metric that is not a timing (perplexity) is still judged."""
+    rng = np.random.default_rng(21)
+    a = write_run(tmp_path / "a", [throughput_cell(rng, decode=90, prefill=230, cv=0.01, repeats=7, interleaved=True),
+                                   perplexity_cell(np.random.default_rng(PPL_SEED))])
+    b = write_run(tmp_path / "b", [busy(throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7,
+                                                        interleaved=True)),
+                                   perplexity_cell(np.random.default_rng(PPL_SEED), nll=3.38 * 1.02)])
+    result = compare.compare(read_run(a), read_run(b), Gates({}, {}, {}))
+    decode = next(r for r in result.rows if r.metric == "decode_tok_s")
+    assert (decode.verdict, decode.ignoring_busy) == ("not comparable (machine busy)", "regressed")
+    assert decode.busy == "machine busy: NEW: other processes used 1.7 of 2 cores"
+    assert not any(r.verdict in ("regressed", "improved") for r in result.rows if r.task == "speed")
+    assert {r.metric for r in result.rows if r.verdict == "regressed"} == {"token_ppl", "bits_per_byte", "nll_mean"}
+    assert next(r for r in result.rows if r.metric == "model_bytes" and r.task == "speed").verdict == "unchanged"
+
+    c = write_run(tmp_path / "c", [throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7, interleaved=True)])
+    d = write_run(tmp_path / "d", [busy(throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7,
+                                                        interleaved=True))])
+    assert main(["compare", str(a), str(c), "--no-history"]) == 1  # the same slowdown on a quiet machine gates
+    capsys.readouterr()
+    assert main(["compare", str(a), str(d), "--no-history"]) == 0
+    out = capsys.readouterr().out
+    assert "No regression." in out and "timing rows not comparable: the machine was busy" in out
+    assert "| not comparable (machine busy) | smollm2/gguf-cpu/speed | decode_tok_s" in out
+    assert main(["compare", str(d), str(a), "--no-history", "--format", "json", "--require-quiet"]) == 5
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == 0 and doc["not_comparable"] == doc["counts"]["not comparable (machine busy)"] > 0
+    row = next(r for r in doc["rows"] if r["metric"] == "decode_tok_s")
+    assert row["busy"].startswith("machine busy: BASE:") and row["ignoring_busy"] == "improved"
+    assert main(["compare", str(a), str(b), "--no-history", "--require-quiet"]) == 1  # a regression still wins
+    capsys.readouterr()
+    assert compare.settings_diff(read_run(a).results.iloc[0]["params"], read_run(d).results.iloc[0]["params"]) == []

@@ -185,3 +185,28 @@ def test_a_rebuild_keeps_the_pages_of_unchanged_runs(tmp_path):
     kept = {p.stem for p in (out / "runs").iterdir() if p.read_text().endswith("<!-- kept -->")}
     assert kept == {n.name for n in nights[:-1]}
     assert sorted(p.stem for p in (out / "runs").iterdir()) == [n.name for n in nights] + ["20261114-020000"]
+
+
+def test_a_busy_night_is_marked_in_the_hover_and_never_judged(tmp_path):
+    """The last nights ran on a busy machine, 3x slower: their points are crosses whose hover says why (and
+    the machine canary's time), the overview calls the change not comparable (never regressed)."""
+    from runs import SUITE, backend, throughput_cell
+
+    for night in range(6):
+        rng = np.random.default_rng(500 + night)
+        slow = 3.0 if night >= 4 else 1.0
+        record = throughput_cell(rng, backend("gguf-cpu"), decode=90 / slow, prefill=230 / slow, cv=0.02)
+        record["resolved"]["contention"] = {"verdict": "quiet", "canary_median_s": 0.02 * slow}
+        if night >= 4:
+            record["resolved"]["contention"].update(verdict="busy", reasons=["other processes used 1.8 of 2 cores"])
+        write_run(tmp_path / SUITE / f"202611{10 + night:02d}-020000", [record],
+                  started_at=f"2026-11-{10 + night:02d}T02:00:00+00:00")
+    assert main(["dashboard", str(tmp_path / SUITE), "--out", str(tmp_path / "site")]) == 0
+    trace = next(t for t in _figures(tmp_path / "site" / "metrics" / "decode_tok_s.html").values()
+                 for t in t["data"] if t.get("mode") == "lines+markers")
+    assert trace["marker"]["symbol"] == ["circle"] * 4 + ["x"] * 2
+    assert "machine busy</b>: other processes used 1.8 of 2 cores" in trace["customdata"][-1][2]
+    assert "machine canary 60 ms" in trace["customdata"][-1][2] and "canary 20 ms" in trace["customdata"][0][2]
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "not comparable (machine busy: other processes used 1.8 of 2 cores)" in index
+    assert "class='regressed' title=" not in index and "class='regressed step'" not in index

@@ -606,7 +606,8 @@ def test_the_readme_documents_every_exit_code_of_the_cli():
     table = readme.split("Exit codes:\n\n", 1)[1].split("\n\n", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
     assert documented == {cli.EXIT_OK, cli.EXIT_REGRESSION, cli.EXIT_BAD_INPUT, cli.EXIT_CELLS_FAILED,
-                          cli.EXIT_ENVIRONMENT, cli.EXIT_INTERNAL_ERROR, cli.EXIT_INTERRUPTED} == {0, 1, 2, 3, 4, 70, 130}
+                          cli.EXIT_ENVIRONMENT, cli.EXIT_NOT_QUIET, cli.EXIT_INTERNAL_ERROR,
+                          cli.EXIT_INTERRUPTED} == {0, 1, 2, 3, 4, 5, 70, 130}
 
 
 def test_exit_codes_0_to_4(finished, tmp_path, capsys):

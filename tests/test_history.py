@@ -112,3 +112,37 @@ def test_history_bad_input(tmp_path, capsys):
     assert "needs at least two runs" in capsys.readouterr().err
     assert main(["history", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_busy_nights_are_shown_but_left_out_of_change_points_and_the_spread(tmp_path, capsys):
+    """Two nights in a row on a busy machine (llama.cpp 3x slower) would be a step at the end of the series;
+    flagged busy they are shown, marked, and neither make a change point nor widen the history's σ."""
+    from runs import SUITE
+
+    from harness.analysis import noise
+    from harness.analysis.gates import Gates
+    from harness.results.store import read_run
+
+    paths = []
+    for night in range(8):
+        rng = np.random.default_rng(300 + night)
+        slow = 3.0 if night >= 6 else 1.0
+        record = throughput_cell(rng, backend("gguf-cpu"), decode=90 / slow, prefill=230 / slow, cv=0.02)
+        if night >= 6:
+            record["resolved"]["contention"] = {"verdict": "busy", "reasons": ["other processes used 1.8 of 2 cores"]}
+        paths.append(write_run(tmp_path / SUITE / f"202611{10 + night:02d}-020000", [record],
+                               started_at=f"2026-11-{10 + night:02d}T02:00:00+00:00"))
+    assert main(["history", str(tmp_path / SUITE), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    decode = next(t for t in doc["trends"] if t["metric"] == "decode_tok_s")
+    assert decode["change_points"] == [] and decode["values"][-1] == pytest.approx(30, rel=0.1)
+    assert decode["busy"] == [""] * 6 + ["other processes used 1.8 of 2 cores"] * 2
+    model_bytes = next(t for t in doc["trends"] if t["metric"] == "model_bytes")
+    assert model_bytes["busy"] == [""] * 8  # not a timing: never busy
+    assert main(["history", str(tmp_path / SUITE)]) == 0
+    assert " (busy)" in capsys.readouterr().out.split("### decode_tok_s")[1]
+
+    runs = [read_run(p) for p in paths]
+    gates = Gates({}, {}, {})
+    quiet_only = noise.history_before(runs[:6] + runs[7:], runs[7], gates, "h")
+    assert noise.history_before(runs, runs[7], gates, "h").spreads == quiet_only.spreads

@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.analysis import compare
 from harness.analysis.gates import DEFAULTS, EXACT, MIN_RUNS, NOISY, Gates, kind_of
-from harness.analysis.history import noise, run_dirs, series
+from harness.analysis.history import noise, quiet_series, run_dirs
 from harness.core.errors import UserError
 from harness.report import markdown
 from harness.report.console import fmt_value
@@ -93,7 +93,7 @@ def history_before(runs: list[RunTables], new: RunTables, gates: Gates, source: 
     before = before[-max(gates.policy(m).runs for m in DEFAULTS if kind_of(m) == NOISY):]
     spreads = {}
     if before:
-        for key, row in series(before).iterrows():
+        for key, row in quiet_series(before, gates).iterrows():  # a busy night's timing is not the noise
             policy = gates.policy(key[4])
             values = row.iloc[-policy.runs:].dropna().to_numpy(dtype=np.float64)
             if policy.kind == NOISY and len(values) >= MIN_RUNS:
@@ -178,7 +178,7 @@ def calibrate(runs: list[RunTables], gates: Gates) -> Calibration:
                 cells["/".join(k[:3])].append(k[4])
             flagged_pairs.append((base.run_id, new.run_id, [f"{c} {', '.join(m)}" for c, m in cells.items()]))
     rows = []
-    for key, row in series(runs).iterrows():
+    for key, row in quiet_series(runs, gates).iterrows():
         values = row.to_numpy(dtype=np.float64)
         changes = [_apart(a, b) for a, b in pairwise(values) if not (math.isnan(a) or math.isnan(b))]
         policy = gates.policy(key[4])

@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.core.contention import busy_reason
 from harness.core.terminal import console_text
 
 #: metrics shown in the console, in this order, when a run has them
@@ -43,6 +44,8 @@ FAMILY_COLUMNS = {
                    "peak_vram_mb"],
     "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens"],
 }
+#: the column of a cell whose timings were measured on a busy machine (:mod:`harness.core.contention`)
+MACHINE = "machine"
 #: shown as percentages in the console
 FRACTIONS = frozenset({"mbu", "mfu", "same_top1"})
 SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
@@ -85,16 +88,29 @@ def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         if cell not in cells:
             cells[cell] = {"model": model, "backend": backend, "task": task}
             family[cell] = types[params]
+            if busy_reason(params):
+                cells[cell][MACHINE] = "busy"
         if isinstance(metric, str) and metric in FAMILY_COLUMNS.get(family[cell], HEADLINE):
             value = value / 2**20 if metric == "model_bytes" else value
             cells[cell][metric] = console_value(metric, value, stderr if metric == "token_ppl" else None)
     tables = []
     for name in dict.fromkeys(family.values()):
         rows = [row for cell, row in cells.items() if family[cell] == name]
-        columns = [m for m in FAMILY_COLUMNS.get(name, list(HEADLINE)) if any(m in row for row in rows)]
+        columns = [m for m in [*FAMILY_COLUMNS.get(name, list(HEADLINE)), MACHINE] if any(m in row for row in rows)]
         table = pd.DataFrame(rows, columns=["model", "backend", "task", *columns]).fillna("")
         tables.append((name, table.rename(columns=SHORT)))
     return tables
+
+
+def busy_summary(frame: pd.DataFrame) -> str | None:
+    """The run-level line under the tables naming the cells whose timings were measured on a busy machine."""
+    ok = frame[frame["status"] == "ok"].drop_duplicates("cell_id")
+    busy = [f"{c.model}/{c.backend}/{c.task} ({reason})" for c in ok.itertuples()
+            if (reason := busy_reason(c.params))]
+    if not busy:
+        return None
+    return (f"Machine busy during {len(busy)} cell{'s' if len(busy) > 1 else ''}: the timings are flagged "
+            f"'{MACHINE}: busy' and compare will not judge them: " + "; ".join(busy))
 
 
 def print_results(run_dir: Path, console: Console) -> None:
@@ -111,6 +127,9 @@ def print_results(run_dir: Path, console: Console) -> None:
         for row in wide.itertuples(index=False):
             table.add_row(*(console_text(v) for v in row))
         console.print(table)
+    busy = busy_summary(frame)
+    if busy:
+        console.print(console_text(busy), highlight=False, style="yellow", soft_wrap=True)
     for cell in frame[frame["status"] != "ok"].drop_duplicates("cell_id").itertuples():
         console.print(console_text(f"{cell.model}/{cell.backend}/{cell.task}: {cell.status}: {cell.reason}"),
                       highlight=False, style="red")

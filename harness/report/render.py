@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.core.files import atomic_write, atomic_write_text
 from harness.report import markdown
-from harness.report.console import family_tables
+from harness.report.console import busy_summary, family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
@@ -42,8 +42,9 @@ def build(run: RunTables) -> list[Section]:
     sections = [Section(f"{run.suite} — {run.run_id}", header)]
     if frame.empty:
         return sections + [Section("Results", ["The run has no cells."])]
+    busy = busy_summary(frame)
     sections.append(Section("Results", [block for family, table in family_tables(frame)
-                                        for block in (f"**{family}**", table)]))
+                                        for block in (f"**{family}**", table)] + ([busy] if busy else [])))
     not_ok = frame[frame["status"] != OK].drop_duplicates("cell_id")
     if len(not_ok):
         sections.append(Section("Cells that did not run", [not_ok[CELL + ["status", "reason"]]]))

@@ -30,6 +30,7 @@ import pandas as pd
 
 from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
+from harness.core import canary
 from harness.core.errors import UserError
 from harness.core.metrics import METRICS
 from harness.report import charts
@@ -86,7 +87,7 @@ td.metric{white-space:nowrap}
 td.metric svg{display:block}
 .last{font-weight:600;margin-right:.3em}
 .improved{color:#1a7f37;font-weight:600}.regressed{color:#cf222e;font-weight:600}
-.changed{color:#9a6700;font-weight:600}.same{color:#57606a}
+.changed{color:#9a6700;font-weight:600}.same{color:#57606a}.busy{color:#57606a;font-style:italic}
 td.env-changed{background:#fff8c5}
 .chart{height:460px}
 .legend{color:#57606a;font-size:13px}
@@ -156,6 +157,10 @@ class Line:
     high: list[float | None]
     family: str
     gates: Gates
+    #: per night: why the machine was busy during the figure ("" when quiet), which then is never judged
+    busy: list[str]
+    #: per night: the machine canary's median time (:mod:`harness.core.canary`), for interleaved cells
+    canary: list[float | None]
 
     @property
     def metric(self) -> str:
@@ -214,6 +219,9 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         long[KEY + ["run_id"]].itertuples(index=False, name=None), long["ci_low"], long["ci_high"], strict=True)}
     family = {cell: task_type(params) for cell, params in zip(
         long[KEY[:4]].itertuples(index=False, name=None), long["params"], strict=True)}
+    canaries = {params: canary.of_run(params) for params in long["params"].unique()}
+    machine = {key: canaries[params] for key, params in zip(
+        long[KEY[:4] + ["run_id"]].itertuples(index=False, name=None), long["params"], strict=True)}
     lines = []
     for trend in history([n.run for n in nights], gates):
         have = [i for i, v in enumerate(trend.values) if v is not None]
@@ -221,7 +229,8 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         bounds = [ci.get(key + (nights[i].run_id,), (None, None)) for i in have]
         lines.append(Line(suite, trend, [nights[i] for i in have], [trend.values[i] for i in have],
                           charts.numbers(lo for lo, _ in bounds), charts.numbers(hi for _, hi in bounds),
-                          family[key[:4]], gates))
+                          family[key[:4]], gates, [trend.busy[i] for i in have],
+                          [machine.get(key[:4] + (nights[i].run_id,)) for i in have]))
     return lines
 
 
@@ -284,8 +293,9 @@ def _change_cells(line: Line, up: str) -> str:
     unit = METRICS.get(line.metric, ("",))[0]
     out = [f"<span class='last' title='{html.escape(unit)}'>{fmt_value(last)}</span>"]
     if len(line.values) > 1:
-        prev = line.values[-2]
-        out.append(f"<span class='{line.verdict(prev, last)}' title='since {line.nights[-2].run_id}'>"
+        prev, busy = line.values[-2], "; ".join(dict.fromkeys(b for b in line.busy[-2:] if b))
+        verdict, why = ("busy", f" not comparable (machine busy: {busy})") if busy else (line.verdict(prev, last), "")
+        out.append(f"<span class='{verdict}' title='since {html.escape(line.nights[-2].run_id + why)}'>"
                    f"{_pct(prev, last)}</span>")
     if line.trend.change_points:
         cp = line.trend.change_points[-1]
@@ -344,7 +354,8 @@ def overview(site: Site) -> str:
     legend = ("<p class='legend'>Each cell: the series (dashed: change points), the last value, its change since "
               "the previous night and since the last change point, "
               + ", ".join(f"<span class='{v}'>{v}</span>" for v in ("improved", "regressed", "changed"))
-              + " by the metric's direction and gate, <span class='same'>grey</span> within it.</p>")
+              + " by the metric's direction and gate, <span class='same'>grey</span> within it, <span class='busy'>"
+              "italic</span> not comparable (the machine was busy: hover for why).</p>")
     return _page(site, "Nightly dashboard", legend + "\n".join(parts), plots=False)
 
 
@@ -359,10 +370,13 @@ def _series_traces(line: Line, color: str, name: str) -> list[dict]:
     for i, night in enumerate(line.nights):
         lo, hi = line.low[i], line.high[i]
         notes = [] if i == 0 else env_changes(line.nights[i - 1].env, night.env)
+        busy, machine = line.busy[i], line.canary[i]
         custom.append([night.run_id, night.commit[:12] or "?",
-                       f"CI [{fmt_value(lo)}, {fmt_value(hi)}]<br>" if lo is not None and hi is not None else "",
+                       (f"<b>machine busy</b>: {html.escape(busy)}<br>" if busy else "")
+                       + (f"machine canary {machine * 1e3:.3g} ms<br>" if machine else "")
+                       + (f"CI [{fmt_value(lo)}, {fmt_value(hi)}]<br>" if lo is not None and hi is not None else ""),
                        "".join(f"<br>changed: {html.escape(n)}" for n in notes), "../" + night.page])
-    symbols = ["diamond" if c[3] else "circle" for c in custom]
+    symbols = ["x" if busy else "diamond" if c[3] else "circle" for busy, c in zip(line.busy, custom, strict=True)]
     traces = [charts.band(x, line.low, line.high, color, name)] if any(v is not None for v in line.low) else []
     traces.append({
         "type": "scatter", "mode": "lines+markers", "x": x, "y": charts.numbers(line.values), "name": name,
@@ -399,7 +413,8 @@ def metric_page(site: Site, metric: str) -> str:
     direction = {True: "higher is better", False: "lower is better"}.get(higher, "no direction")
     parts = [f"<p>{html.escape(unit)}; {direction}; a change counts when {html.escape(policy.describe())}. "
              "Drag to zoom (double-click resets), hover a point for its run, click it for the run's report. "
-             "Band: the CI; ringed: a change point; diamond: the machine or a library changed before that run."
+             "Band: the CI; ringed: a change point; diamond: the machine or a library changed before that run; "
+             "cross: measured on a busy machine (never judged, left out of the change points)."
              "</p>"]
     groups: dict[str, list[Line]] = {}
     for line in lines:

@@ -35,6 +35,10 @@ class Job:
     #: corpus texts shipped with the job, by source (a worker on another machine: see
     #: :func:`harness.sources.corpora.use_texts`); empty: the worker reads the sources itself
     texts: dict[str, Path] = field(default_factory=dict)
+    #: the suite's ``busy:`` thresholds (:class:`harness.core.contention.BusySettings`), for the verdict
+    busy: dict = field(default_factory=dict)
+    #: what the wait for a quiet machine before this job found (``--wait-quiet``); None: no wait
+    wait: dict | None = None
 
     @property
     def cell_id(self) -> str:
@@ -51,7 +55,7 @@ class Job:
                 "reference_model": _model_json(self.reference_model) if self.reference_model else None,
                 "outcome_path": str(self.outcome_path), "artifacts_dir": str(self.artifacts_dir),
                 "started_at": self.started_at, "probes": self.probes,
-                "texts": {k: str(v) for k, v in self.texts.items()}}
+                "texts": {k: str(v) for k, v in self.texts.items()}, "busy": self.busy, "wait": self.wait}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
@@ -60,7 +64,8 @@ class Job:
                    reference_model=_model(data["reference_model"]) if data["reference_model"] else None,
                    outcome_path=Path(data["outcome_path"]), artifacts_dir=Path(data["artifacts_dir"]),
                    started_at=data["started_at"], probes=data.get("probes"),
-                   texts={k: Path(v) for k, v in data.get("texts", {}).items()})
+                   texts={k: Path(v) for k, v in data.get("texts", {}).items()}, busy=data.get("busy", {}),
+                   wait=data.get("wait"))
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=1))

@@ -32,6 +32,8 @@ class RunOptions:
     results_root: Path = Path("results")
     #: the command line's executor (None: the suite's)
     executor: ExecutorSettings | None = None
+    #: ``--wait-quiet`` seconds (None: the suite's ``busy.wait_quiet_s``)
+    wait_quiet_s: float | None = None
 
 
 @dataclass

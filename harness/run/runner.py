@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.backends import BACKENDS
 from harness.backends.llamacpp.backend import available_cpus
+from harness.core import contention
 from harness.core.files import atomic_write_text
 from harness.core.terminal import console_text
 from harness.results import store
@@ -67,6 +68,7 @@ class Runner:
         self.corpora = corpora_dir(options.corpora)
         self.timeout_s = options.timeout_s or suite.timeout_s
         self.executor = options.executor or suite.executor
+        self.wait_quiet_s = suite.busy.wait_quiet_s if options.wait_quiet_s is None else options.wait_quiet_s
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
@@ -105,9 +107,11 @@ class Runner:
                 raise
             finally:
                 launcher.close()
+        per_cell = {cell.cell_id: [read_record(cell_record_path(run_dir, cell.cell_id, r))
+                                   for r in range(rounds.rounds_of(cell))] for cell in todo}
+        medians = rounds.canary_medians([r for records in per_cell.values() for r in records])
         for cell in todo:
-            record = rounds.merge(cell, [read_record(cell_record_path(run_dir, cell.cell_id, r))
-                                         for r in range(rounds.rounds_of(cell))])
+            record = rounds.merge(cell, per_cell[cell.cell_id], medians, self.suite.busy)
             write_cell_record(run_dir, record)
             self.summary.count(record.status)
         store.write_tables(run_dir, run_dir.name, self.info["cells"])
@@ -129,7 +133,8 @@ class Runner:
                 "environment": environment(), "started_at": previous.get("started_at", now()), "ended_at": None,
                 "models": {k: v.fingerprint() for k, v in plan.models.items()}, "datasets": plan.datasets,
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
-                "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()}}
+                "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()},
+                "busy": {**self.suite.busy.model_dump(), "wait_quiet_s": self.wait_quiet_s}}
 
     def _probe(self) -> dict[str, dict] | None:
         """The machine's ceilings for each CPU thread count the throughput cells use (cached a day), or None
@@ -160,7 +165,7 @@ class Runner:
                 if skipped is not None:
                     self._land(Finished(skipped.job, skipped.record))
                     continue
-                launcher.submit(self._job(cell, round_))
+                launcher.submit(self._job(cell, round_, self._wait_for_quiet(cell, round_)))
             self.progress.update(self.bar, description=launcher.status_line())
             if launcher.running:
                 for finished in launcher.wait_any():
@@ -174,14 +179,35 @@ class Runner:
         path = cell_record_path(self.plan.run_dir, cell.cell_id, round_)
         return path.exists() and read_record(path).ok
 
-    def _job(self, cell: Cell, round_: int | None) -> Job:
+    def _wait_for_quiet(self, cell: Cell, round_: int | None) -> dict | None:
+        """``--wait-quiet``: before a timing cell (or round) on this machine, wait until the machine has been
+        quiet for a short window, up to the limit; what the wait found goes to the cell's verdict."""
+        if not self.wait_quiet_s or not TASKS[cell.task_spec.type].timing or self.executor.type != "local":
+            return None
+        what = cell.label + ("" if round_ is None else f" round {round_}")
+        said = []
+
+        def say(message: str) -> None:
+            if not said:
+                self.console.print(f"{what}: {message}", highlight=False, soft_wrap=True)
+            said.append(message)
+            self.progress.update(self.bar, description=message)
+
+        wait = contention.wait_until_quiet(self.wait_quiet_s, self.suite.busy, say)
+        if said or not wait["quiet"]:
+            outcome = ("quiet" if wait["quiet"] else f"still busy ({wait['reason']}), flagged busy")
+            self.console.print(f"{what}: after {wait['waited_s']:.0f} s of waiting the machine is {outcome}",
+                               highlight=False, soft_wrap=True)
+        return wait
+
+    def _job(self, cell: Cell, round_: int | None, wait: dict | None = None) -> Job:
         models = self.plan.models
         stem = cell.cell_id if round_ is None else f"{cell.cell_id}.round{round_}"
         cells_dir = self.plan.run_dir / "cells"
         return Job(cell=cell, round=round_, base_dir=self.base_dir, corpora=self.corpora, model=models[cell.model],
                    reference_model=models[cell.reference.model] if cell.reference else None,
                    outcome_path=cells_dir / f"{stem}.outcome.json", artifacts_dir=cells_dir / f"{stem}.artifacts",
-                   started_at=now(), probes=self.probes)
+                   started_at=now(), probes=self.probes, busy=self.suite.busy.model_dump(), wait=wait)
 
     def _capability_skip(self, cell: Cell, round_: int | None) -> Finished | None:
         """A skipped record, without starting a process, for a backend that lacks what the task needs."""
