@@ -13,6 +13,8 @@ Layout of a run directory::
 from __future__ import annotations
 
 import json
+import numbers
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,23 @@ def _rows(record: CellRecord, run_id: str) -> list[dict]:
         return [{**base, "metric": None, "value": float("nan"), "unit": None, "higher_is_better": None,
                  "n": None, "ci_low": None, "ci_high": None, "stderr": None}]
     return [{**base, **m} for m in record.measurements]
+
+
+#: the columns of results.parquet that hold numbers (a table edited or written by another tool may hold text)
+NUMBERS = ("value", "n", "ci_low", "ci_high", "stderr")
+
+
+def check_numbers(frame: pd.DataFrame, columns, path: Path) -> None:
+    """UserError naming the file and column where a column of numbers holds anything else (``"12.5"``, a
+    bool): read silently, it would compare or plot as text."""
+    for column in columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            continue
+        wrong = [v for v in series.dropna() if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+        if wrong:
+            raise UserError(f"{path}: column '{column}' holds {type(wrong[0]).__name__} values ({wrong[0]!r}), "
+                            "expected numbers")
 
 
 def results_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
@@ -118,6 +137,8 @@ def read_run(run_dir: Path) -> RunTables:
     missing = set(COLUMNS) - set(tables["results.parquet"].columns)
     if missing:
         raise UserError(f"{run_dir / 'results.parquet'}: missing columns {', '.join(sorted(missing))}")
+    for name, columns in (("results.parquet", NUMBERS), ("samples.parquet", ("index", "value"))):
+        check_numbers(tables[name], columns, run_dir / name)
     run = RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])
     for problem in record_problems(run):
         warn(problem)
@@ -135,5 +156,5 @@ def record_problems(run: RunTables) -> list[str]:
     if absent:
         problems.append(f"{run.path / 'results.parquet'}: lacks {len(absent)} cell(s) whose records are in cells/ "
                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): the tables are older than "
-                        f"the records; `harness run SUITE --resume --out {run.path}` rebuilds them")
+                        f"the records; `harness run SUITE --resume --out {shlex.quote(str(run.path))}` rebuilds them")
     return problems
