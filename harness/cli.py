@@ -26,7 +26,7 @@ from harness import __version__
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, describe_os_error
 from harness.core.files import check_output
-from harness.core.memory import out_of_memory_line
+from harness.core.memory import out_of_memory_cause, out_of_memory_line
 from harness.core.process import Interrupted, interrupt
 from harness.tasks import TASKS
 
@@ -422,8 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except MemoryError:  # a memory or address-space limit (ulimit -v): the environment's, where Python sees it
-        print(f"harness: error: {out_of_memory_line()}", file=sys.stderr)
+    except (MemoryError, ImportError, RuntimeError) as exc:  # out of memory is the environment's, where Python sees it
+        cause = out_of_memory_cause(exc)
+        if cause is None:
+            raise
+        print(f"harness: error: {out_of_memory_line(cause)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as exc:
         how = f" by {exc}" if isinstance(exc, Interrupted) else ""

@@ -112,3 +112,12 @@ def test_history_bad_input(tmp_path, capsys):
     assert "needs at least two runs" in capsys.readouterr().err
     assert main(["history", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("last", ["0", "-1", "two"])
+def test_last_must_be_a_whole_number_of_runs(last, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any run is read
+        main(["history", str(tmp_path), "--last", last])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness history: error: argument --last: {last!r}: expected a whole number ≥ 1")

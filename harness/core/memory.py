@@ -151,12 +151,24 @@ def out_of_memory_reason(kills_before: int | None) -> str | None:
     return "killed: out of memory" + (f" (limit {limit / 2**20:.0f} MiB)" if limit else " (the kernel's OOM killer)")
 
 
-def out_of_memory_line() -> str:
-    """What a MemoryError says in one line, with the address-space limit (``ulimit -v``) where one is set:
-    the usual cause, and not the machine's memory."""
+def out_of_memory_cause(exc: BaseException) -> str | None:
+    """What ran out when ``exc`` is the process running out of memory (an address-space limit, ``ulimit -v``,
+    shows as any of these, depending on what asked for it), else None."""
+    if isinstance(exc, MemoryError):
+        return "MemoryError"
+    if isinstance(exc, ImportError) and "failed to map segment" in str(exc):  # the loader's words
+        return f"cannot map the library of {exc.name}"
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return "cannot start a thread"
+    return None
+
+
+def out_of_memory_line(cause: str = "MemoryError") -> str:
+    """What running out of memory says in one line, with the address-space limit (``ulimit -v``) where one is
+    set: the usual cause, and not the machine's memory."""
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     limit = "" if soft == resource.RLIM_INFINITY else f"; the address-space limit (ulimit -v) is {soft / 2**20:.0f} MiB"
-    return f"out of memory (MemoryError{limit})"
+    return f"out of memory ({cause}{limit})"
 
 
 def rss_mb() -> float:

@@ -11,6 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.results import store
+
 #: metrics shown in the console, in this order, when a run has them
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
             "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
@@ -97,7 +99,7 @@ def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def print_results(run_dir: Path, console: Console) -> None:
     """One table per task family, then where the run is and how to turn it into a report."""
-    frame = pd.read_parquet(run_dir / "results.parquet")
+    frame = store.read_parquet(run_dir / "results.parquet")
     if frame.empty:
         return
     for family, wide in family_tables(frame):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.core.errors import UserError, warn
 from harness.core.files import atomic_write_text, atomic_writes, read_json_object
@@ -72,6 +74,19 @@ def samples_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
     rows = [(run_id, r.cell_id, name, i, float(v))
             for r in records for name, values in r.samples.items() for i, v in enumerate(values)]
     return pd.DataFrame(rows, columns=["run_id", "cell_id", "sample", "index", "value"])
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A table of a run, read without Arrow's dataset scanner: the tables are small, and under an address-space
+    limit (``ulimit -v``) that leaves no room for a thread's stack the scanner waits for ever on a thread that
+    never started. Where Arrow still fails to start one, that is the environment's, as a MemoryError."""
+    try:
+        with pq.ParquetFile(path) as table:
+            return table.read(use_threads=False).to_pandas(use_threads=False)
+    except pa.ArrowException as exc:
+        if "launch worker thread" not in str(exc):
+            raise
+        raise MemoryError(str(exc)) from None
 
 
 def write_tables(run_dir: Path, run_id: str, order: list[str] | None = None) -> pd.DataFrame:
@@ -130,7 +145,7 @@ def read_run(run_dir: Path) -> RunTables:
             tables[name] = read_run_json(path)
             continue
         try:
-            tables[name] = pd.read_parquet(path)
+            tables[name] = read_parquet(path)
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                             ) from None
