@@ -422,7 +422,7 @@ def test_the_atomic_writer_never_replaces_what_is_not_a_regular_file(kind, tmp_p
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("planted", ["logs", "cells", "results.csv", "artifacts"])
+@pytest.mark.parametrize("planted", ["logs", "cells", "artifacts", "results.csv", ".harness.lock"])
 def test_a_link_planted_in_a_copied_run_folder_is_not_followed_on_resume(planted, finished, run_copy, tmp_path,
                                                                           capsys):
     suite, _ = finished
@@ -435,9 +435,10 @@ def test_a_link_planted_in_a_copied_run_folder_is_not_followed_on_resume(planted
         shutil.rmtree(link)
     else:
         link.unlink(missing_ok=True)
-    link.symlink_to(victim if planted == "results.csv" else elsewhere)
+    a_file = "." in planted
+    link.symlink_to(victim if a_file else elsewhere)
     assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 2
-    expected = "a regular file" if planted == "results.csv" else "a folder"
+    expected = "a regular file" if a_file else "a folder"
     assert one_error(capsys) == f"harness: error: {link}: is a symbolic link; expected {expected} or a new path"
     assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.csv"] and victim.read_text() == "keep me"
 

@@ -122,6 +122,7 @@ class ProcessLauncher(Launcher):
         job.write(job_path)
         log_path = self.log_path(job)
         check_output(log_path)  # opened, not replaced: a FIFO would block, a link write elsewhere
+        check_output(job.artifacts_dir, folder=True)
         self._oom_kills = oom_kills()
         with starting_child(), open(log_path, "wb") as log:
             # the worker dies with this process; its session lets a timeout kill whatever it started

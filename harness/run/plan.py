@@ -162,7 +162,7 @@ def ensure_writable(run_dir: Path) -> None:
             output_folder(folder)
         check_output(run_dir / "artifacts", folder=True)  # made by the first cell that keeps a file
         probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # a new file: never through a link
         probe.unlink()
     except (NotADirectoryError, FileExistsError) as exc:
         raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None
