@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -27,6 +28,8 @@ from rich.console import Console
 from harness import __version__
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, describe_os_error
+from harness.core.files import check_output
+from harness.core.memory import out_of_memory_cause, out_of_memory_line
 from harness.core.paths import expand_user
 from harness.core.process import Interrupted, interrupt
 from harness.core.terminal import console_text, printable
@@ -51,6 +54,27 @@ class _Console(Console):
 def _path(text: str) -> Path:
     """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
     return expand_user(text)
+
+
+def _probability(text: str) -> float:
+    """``--alpha``: a finite number strictly between 0 and 1 (``nan`` compares false with everything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number ≥ 1")
+    return value
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -94,6 +118,8 @@ def cmd_run(args, console: Console) -> int:
         raise UserError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
     if args.wait_quiet is not None and not (math.isfinite(args.wait_quiet) and args.wait_quiet >= 0):
         raise UserError(f"--wait-quiet {args.wait_quiet:g}: expected a number of seconds ≥ 0")
+    if args.out is not None:
+        check_output(args.out, folder=True)
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
@@ -108,8 +134,9 @@ def cmd_run(args, console: Console) -> int:
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
-                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False, soft_wrap=True)
-    console.print(f"report:  harness report {summary.run_dir}", highlight=False, soft_wrap=True)
+                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"report:  harness report {shlex.quote(str(summary.run_dir))}", highlight=False, soft_wrap=True,
+                  markup=False)
     return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
 
 
@@ -121,6 +148,7 @@ def _gates(args, run_info: dict):
 
 
 def _emit(text: str, out: Path | None) -> None:
+    """``text`` to stdout, or to the file ``out`` (checked before the work: :func:`check_output`)."""
     from harness.core.files import atomic_write_text
 
     if out is None:
@@ -133,6 +161,8 @@ def cmd_compare(args, console: Console) -> int:
     from harness.analysis import compare, export, noise
     from harness.results.store import read_run
 
+    if args.out is not None:
+        check_output(args.out)
     if args.calibrate is not None:
         return _calibrate(args)
     if args.base is None or args.new is None:
@@ -171,6 +201,8 @@ def _calibrate(args) -> int:
 def cmd_history(args, console: Console) -> int:
     from harness.analysis import history
 
+    if args.out is not None:
+        check_output(args.out)
     runs = history.load_runs(args.dirs)
     trends = history.history(runs, _gates(args, runs[-1].info))
     text = history.to_json(runs, trends) if args.format == "json" else history.to_markdown(runs, trends, args.last)
@@ -183,6 +215,8 @@ def cmd_report(args, console: Console) -> int:
     from harness.report.render import write_report
     from harness.results.store import read_run
 
+    if args.out is not None:
+        check_output(args.out, folder=args.format == "html")
     if args.format != "html":
         _emit(json.dumps(export.EXPORTS[args.format](read_run(args.run_dir)), indent=2), args.out)
         return EXIT_OK
@@ -194,6 +228,7 @@ def cmd_report(args, console: Console) -> int:
 def cmd_dashboard(args, console: Console) -> int:
     from harness.report.site import write_site
 
+    check_output(args.out, folder=True)
     site = write_site(args.dirs, args.out, lambda info: _gates(args, info))
     console.print(f"dashboard: {args.out / 'index.html'} ({len(site.nights)} runs, "
                   f"{len({line.metric for line in site.lines})} metrics)", highlight=False, soft_wrap=True)
@@ -208,7 +243,8 @@ def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
                         "all; repeatable; overrides the suite's gates")
     parser.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]REL",
                         help="deterministic metrics: the relative change allowed; repeatable")
-    parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
+    parser.add_argument("--alpha", type=_probability, default=ALPHA,
+                        help=f"significance level, between 0 and 1 (default {ALPHA})")
     if out:
         parser.add_argument("--out", type=_path, help="write to this file instead of stdout")
 
@@ -273,6 +309,7 @@ def cmd_lmeval_tasks(args, console: Console) -> int:
 
     if args.docs < 1:
         raise UserError(f"--docs {args.docs}: expected a number of documents ≥ 1")
+    check_output(args.out, folder=True)
     corpus = load_corpus("text", DatasetSpec(source=args.source), Path.cwd(), corpora_dir(args.corpora))
     try:
         out = write_local_tasks(args.out, corpus.text, args.docs, args.seed)
@@ -355,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="trend of every metric over many runs, and where it stepped")
     hist.add_argument("dirs", type=_path, nargs="+", help="run directories, or folders of them (results/SUITE)")
     hist.add_argument("--format", default="markdown", choices=["markdown", "json"])
-    hist.add_argument("--last", type=int, default=10, help="runs shown as columns (all are analysed)")
+    hist.add_argument("--last", type=_positive_int, default=10, help="runs shown as columns (all are analysed)")
     _gate_options(hist)
     hist.set_defaults(func=cmd_history)
 
@@ -419,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno is None:
             return _internal_error(exc, argv)
         print(f"harness: error: {printable(describe_os_error(exc))}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except (MemoryError, ImportError, RuntimeError) as exc:  # out of memory is the environment's, where Python sees it
+        cause = out_of_memory_cause(exc)
+        if cause is None:
+            return _internal_error(exc, argv)
+        print(f"harness: error: {out_of_memory_line(cause)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt as exc:
         how = f" by {exc}" if isinstance(exc, Interrupted) else ""

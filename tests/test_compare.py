@@ -232,9 +232,41 @@ def test_bad_input_is_exit_2(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "empty")]) == 2
     assert "run.json: not found" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--threshold", "0.9"]) == 2
-    assert "--threshold 0.9: expected a number > 1" in capsys.readouterr().err
+    assert "--threshold 0.9: expected a finite number > 1" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--tolerance", "nope=0.1"]) == 2
     assert "unknown metric 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--threshold nan", "--threshold inf", "--threshold decode_tok_s=nan",
+                                    "--tolerance nan", "--tolerance inf"])
+def test_gate_overrides_must_be_finite(option, tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    flag, value = option.split()
+    assert main(["compare", str(a), str(a), f"{flag}={value}"]) == 2
+    bound = "> 1" if flag == "--threshold" else "≥ 0"
+    assert capsys.readouterr().err.strip() == f"harness: error: {flag} {value}: expected a finite number {bound}"
+
+
+@pytest.mark.parametrize("alpha", ["2", "1", "0", "-0.1", "nan", "inf", "abc"])
+def test_alpha_must_be_a_number_between_0_and_1(alpha, tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", str(a), str(a), "--alpha", alpha])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness compare: error: argument --alpha: {alpha!r}: expected a number between 0 and 1")
+
+
+def test_a_results_table_with_text_where_numbers_belong_is_refused_naming_the_column(tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    b = night(tmp_path / "b", 2)
+    table = pd.read_parquet(b / "results.parquet")
+    table["value"] = table["value"].map(lambda v: f"{v:.3f}")  # "12.500": reads, compares and sorts as text
+    table.to_parquet(b / "results.parquet", index=False)
+    for argv in (["compare", str(a), str(b)], ["report", str(b), "--format", "pytest-benchmark"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == (f"harness: error: {b / 'results.parquet'}: column 'value' holds "
+                                                   f"str values ('{table['value'][0]}'), expected numbers")
 
 
 @pytest.mark.parametrize("gates, expected", [

@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -285,14 +286,16 @@ def fill(path: Path, leave: int = 0) -> None:
     os.truncate(filler, max(0, filler.stat().st_size - leave))
 
 
-def test_output_paths_that_cannot_be_written_are_one_line_exit_4(finished, tmp_path, capsys):
+def test_output_paths_that_cannot_be_written_are_one_line_exit_4_naming_the_target(finished, tmp_path, capsys):
     _, run = finished
-    assert main(["compare", str(run), str(run), "--out", str(tmp_path)]) == 4
-    assert one_error(capsys) == f"harness: error: {tmp_path}: is a directory (EISDIR)"
-    a_file = tmp_path / "report.txt"
-    a_file.write_text("not a folder")
-    assert main(["report", str(run), "--out", str(a_file)]) == 4
-    assert one_error(capsys) == f"harness: error: {a_file}: not a directory (ENOTDIR)"
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        assert main(["compare", str(run), str(run), "--out", str(ro / "cmp.md")]) == 4
+        assert one_error(capsys) == f"harness: error: {ro / 'cmp.md'}: read-only file system (EROFS)"  # not its .tmp
+        assert main(["report", str(run), "--out", str(ro / "report")]) == 4
+        assert one_error(capsys) == f"harness: error: {ro / 'report'}: read-only file system (EROFS)"
+    long_name = tmp_path / ("x" * 300 + ".md")
+    assert main(["history", str(run), "--out", str(long_name)]) == 4
+    assert one_error(capsys) == f"harness: error: {long_name}: file name too long (ENAMETOOLONG)"
 
 
 def test_a_read_only_cache_or_results_folder_is_one_line_exit_4(tmp_path, monkeypatch, capsys):
@@ -343,6 +346,175 @@ def test_a_file_size_limit_is_one_line_exit_4_and_the_tables_stay_whole(finished
     parquet, csv = pd.read_parquet(out / "results.parquet"), pd.read_csv(out / "results.csv")
     assert len(parquet.cell_id.unique()) == 1 and parquet.shape == csv.shape
     assert not list(out.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------ --out is a regular file, a folder or new
+
+def special_file(path: Path, kind: str) -> str:
+    """Make a file of ``kind`` at ``path`` (a temp folder: never anything under /dev); what the refusal calls it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return "a FIFO (named pipe)"
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a character device needs root (CI runs the tests as root)")
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the numbers of /dev/null: harmless if opened
+        return "a character device"
+    if kind == "socket":
+        os.mknod(path, stat.S_IFSOCK | 0o600)
+        return "a socket"
+    if kind == "link to a file":
+        (path.parent / "target.md").write_text("keep me")
+        path.symlink_to(path.parent / "target.md")
+        return "a symbolic link"
+    if kind == "link to a folder":
+        (path.parent / "target").mkdir()
+        path.symlink_to(path.parent / "target")
+        return "a symbolic link"
+    if kind == "folder":
+        path.mkdir()
+        return "a folder"
+    path.write_text("keep me")
+    return "a regular file"
+
+
+FILE_OUTPUTS = {"compare": ["compare", "{run}", "{run}"], "history": ["history", "{run}"],
+                "report export": ["report", "{run}", "--format", "pytest-benchmark"]}
+FOLDER_OUTPUTS = {"run": ["run", "{suite}"], "report": ["report", "{run}"], "dashboard": ["dashboard", "{run}"],
+                  "lmeval-tasks": ["lmeval-tasks", "builtin:stdlib-docs"]}
+NOT_FILES = ["fifo", "device", "socket", "link to a file", "folder"]
+NOT_FOLDERS = ["fifo", "device", "socket", "link to a folder", "regular file"]
+
+
+@pytest.mark.parametrize(("command", "kind"), [*((c, k) for c in FILE_OUTPUTS for k in NOT_FILES),
+                                               *((c, k) for c in FOLDER_OUTPUTS for k in NOT_FOLDERS)])
+def test_out_that_is_not_a_regular_file_or_folder_is_refused_and_left_as_it_was(command, kind, finished, tmp_path,
+                                                                                 capsys):
+    suite, run = finished
+    out = tmp_path / "out"
+    what = special_file(out, kind)
+    before, listing = os.lstat(out), sorted(tmp_path.rglob("*"))
+    folder = command in FOLDER_OUTPUTS
+    argv = [a.format(run=run, suite=suite) for a in (FOLDER_OUTPUTS if folder else FILE_OUTPUTS)[command]]
+    argv += [str(out)] if command == "lmeval-tasks" else ["--out", str(out)]
+    assert main(argv) == 2
+    expected = "a folder" if folder else "a regular file"
+    assert one_error(capsys) == f"harness: error: {out}: is {what}; expected {expected} or a new path"
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
+    assert sorted(tmp_path.rglob("*")) == listing  # nothing written beside it, nor through a link
+    if kind == "link to a file":
+        assert (tmp_path / "target.md").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket", "link to a file", "folder"])
+def test_the_atomic_writer_never_replaces_what_is_not_a_regular_file(kind, tmp_path):
+    from harness.core.errors import UserError
+    from harness.core.files import atomic_write_text
+
+    target = tmp_path / "out"
+    what = special_file(target, kind)
+    before = os.lstat(target)
+    with pytest.raises(UserError, match=re.escape(f"{target}: is {what}; expected a regular file or a new path")):
+        atomic_write_text(target, "new")
+    assert os.lstat(target).st_ino == before.st_ino and stat.S_IFMT(os.lstat(target).st_mode) == stat.S_IFMT(
+        before.st_mode)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("planted", ["logs", "cells", "artifacts", "results.csv", ".harness.lock"])
+def test_a_link_planted_in_a_copied_run_folder_is_not_followed_on_resume(planted, finished, run_copy, tmp_path,
+                                                                          capsys):
+    suite, _ = finished
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "victim.csv"
+    victim.write_text("keep me")
+    link = run_copy / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    a_file = "." in planted
+    link.symlink_to(victim if a_file else elsewhere)
+    assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 2
+    expected = "a regular file" if a_file else "a folder"
+    assert one_error(capsys) == f"harness: error: {link}: is a symbolic link; expected {expected} or a new path"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.csv"] and victim.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ out of memory
+
+def test_an_address_space_limit_is_one_line_exit_4(finished, tmp_path):
+    """``ulimit -v`` just above what the harness has mapped once imported: reading the tables must fail as the
+    environment's error (Arrow's scanner used to wait for ever on a thread it could not start, or traceback)."""
+    _, run = finished
+    code = ("import resource, sys\n"
+            "from harness.cli import main\n"
+            "import harness.analysis.compare, harness.results.store\n"
+            "size = int(next(ln for ln in open('/proc/self/status') if ln.startswith('VmSize')).split()[1]) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size, size))\n"
+            f"sys.exit(main(['compare', {str(run)!r}, {str(run)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert re.fullmatch(r"harness: error: out of memory \((MemoryError|cannot start a thread); the address-space "
+                        r"limit \(ulimit -v\) is \d+ MiB\)", proc.stderr.strip()), proc.stderr
+
+
+def test_a_cell_that_raises_memory_error_says_out_of_memory():
+    from harness.run.worker import failure_reason
+
+    code = ("import resource; from harness.run.worker import failure_reason\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2**40, resource.RLIM_INFINITY))\n"
+            "print(failure_reason(MemoryError()))")
+    limited = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert limited.stdout.strip() == "out of memory (MemoryError; the address-space limit (ulimit -v) is 1048576 MiB)"
+    assert failure_reason(RuntimeError("can't start new thread")).startswith("out of memory (cannot start a thread")
+
+
+def memory_cgroup(tmp_name: str, limit: int) -> Path:
+    """A memory cgroup of ``limit`` bytes (no swap) under this process's, or skip where none can be made."""
+    from harness.core.memory import _memory_cgroup
+
+    found = _memory_cgroup()
+    if os.geteuid() != 0 or found is None:
+        pytest.skip("making a memory cgroup needs root and a cgroup file system (CI runs the tests as root)")
+    child = found[0] / tmp_name
+    try:
+        child.mkdir()
+        for name, value in (("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit),
+                            ("memory.max", limit), ("memory.swap.max", 0)):
+            if (child / name).exists():
+                (child / name).write_text(str(value))
+    except OSError as exc:
+        if child.exists():
+            child.rmdir()
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    return child
+
+
+def test_a_worker_killed_by_its_memory_limit_is_reported_out_of_memory(tmp_path):
+    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the launcher does."""
+    limit = 100 * 2**20
+    cgroup = memory_cgroup(f"harness-test-{os.getpid()}", limit)
+    code = ("import signal, subprocess, sys\n"
+            "from pathlib import Path\n"
+            "from harness.core.memory import oom_kills, out_of_memory_reason\n"
+            "from harness.run.launcher import how_it_ended\n"
+            "before = oom_kills()\n"
+            "hog = 'x = bytearray(400 * 2**20); x[::4096] = bytes(len(x[::4096]))'\n"
+            "code = subprocess.run([sys.executable, '-c', hog]).returncode\n"
+            "oom = out_of_memory_reason(before) if code == -signal.SIGKILL else None\n"
+            "print(how_it_ended(code, False, 60, Path('no.log'), oom)[0])\n"
+            "print(how_it_ended(-signal.SIGKILL, False, 60, Path('no.log'), out_of_memory_reason(oom_kills()))[0])\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                              preexec_fn=lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid())))
+    finally:
+        cgroup.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    # the kill the limit made says so; a SIGKILL without an OOM kill counted is not blamed on memory
+    assert proc.stdout.splitlines() == ["killed: out of memory (limit 100 MiB)", "crashed: killed by SIGKILL"]
 
 
 # ------------------------------------------------------------------ files follow the umask, writes are durable
@@ -624,5 +796,5 @@ def test_exit_codes_0_to_4(finished, tmp_path, capsys):
     short = {"type": "perplexity", "dataset": "docs", "n_ctx": 128, "max_tokens": 100}  # less than one window
     failing = ngram_suite(tmp_path, orders=(2,), tasks={"ppl": short})
     assert main(["run", str(failing), "--out", str(tmp_path / "failing")]) == 3
-    assert main(["compare", str(run), str(run), "--out", str(tmp_path)]) == 4
+    assert main(["compare", str(run), str(run), "--out", str(tmp_path / ("x" * 300))]) == 4  # ENAMETOOLONG
     assert "fewer than one chunked window" in pd.read_parquet(tmp_path / "failing" / "results.parquet").reason[0]

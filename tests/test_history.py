@@ -146,3 +146,12 @@ def test_busy_nights_are_shown_but_left_out_of_change_points_and_the_spread(tmp_
     gates = Gates({}, {}, {})
     quiet_only = noise.history_before(runs[:6] + runs[7:], runs[7], gates, "h")
     assert noise.history_before(runs, runs[7], gates, "h").spreads == quiet_only.spreads
+
+
+@pytest.mark.parametrize("last", ["0", "-1", "two"])
+def test_last_must_be_a_whole_number_of_runs(last, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any run is read
+        main(["history", str(tmp_path), "--last", last])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness history: error: argument --last: {last!r}: expected a whole number ≥ 1")

@@ -21,6 +21,7 @@ every timing) and the command line overrides both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -195,8 +196,8 @@ def parse_overrides(values: list[str], option: str, minimum: float) -> dict[str 
             value = float(number)
         except ValueError:
             raise UserError(f"{option} {text}: expected [METRIC=]NUMBER") from None
-        if value < minimum or (option == "--threshold" and value == minimum):
-            raise UserError(f"{option} {text}: expected a number {'>' if option == '--threshold' else '≥'} "
+        if not math.isfinite(value) or value < minimum or (option == "--threshold" and value == minimum):
+            raise UserError(f"{option} {text}: expected a finite number {'>' if option == '--threshold' else '≥'} "
                             f"{minimum:g}")
         if metric and metric not in DEFAULTS:
             raise UserError(f"{option} {text}: unknown metric {metric!r}")

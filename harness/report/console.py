@@ -13,6 +13,7 @@ from rich.table import Table
 
 from harness.core.contention import busy_reason
 from harness.core.terminal import console_text
+from harness.results import store
 
 #: metrics shown in the console, in this order, when a run has them
 HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
@@ -115,7 +116,7 @@ def busy_summary(frame: pd.DataFrame) -> str | None:
 
 def print_results(run_dir: Path, console: Console) -> None:
     """One table per task family, then where the run is and how to turn it into a report."""
-    frame = pd.read_parquet(run_dir / "results.parquet")
+    frame = store.read_parquet(run_dir / "results.parquet")
     if frame.empty:
         return
     for family, wide in family_tables(frame):

@@ -7,16 +7,14 @@ section per view (:mod:`harness.report.views`) that applies to the run.
 from __future__ import annotations
 
 import base64
-import errno
 import html
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from harness.core.files import atomic_write, atomic_write_text
+from harness.core.files import atomic_write, atomic_write_text, check_output
 from harness.report import markdown
 from harness.report.console import busy_summary, family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
@@ -141,10 +139,11 @@ FILES_DIR = "report_files"
 def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.md (+ its PNGs under report_files/) and report.html into ``out_dir`` (the run dir)."""
     run = read_run(run_dir)
+    if out_dir is not None:  # the run directory itself may be reached through a link (results/latest)
+        check_output(out_dir, folder=True)
     out_dir = Path(out_dir or run_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     sections = build(run)
+    check_output(out_dir / FILES_DIR, folder=True)
     for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):
         block.name = re.sub(r"[^A-Za-z0-9_.-]", "_", block.name)
         atomic_write(out_dir / FILES_DIR / f"{block.name}.png", lambda p, png=block.png: p.write_bytes(png))

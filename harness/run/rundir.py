@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 from harness.core.errors import UserError, warn
-from harness.core.files import Damaged, set_aside
+from harness.core.files import Damaged, check_output, set_aside
 from harness.results import store
 from harness.results.records import damaged_records, read_cell_records
 from harness.run.job import now
@@ -33,7 +33,8 @@ class RunDirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunDirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by the cells' processes
+        check_output(self.path)  # a link planted in a copied run folder would have the lock truncate its target
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # not inherited by the cells' processes
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

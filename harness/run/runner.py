@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.backends import BACKENDS
 from harness.backends.llamacpp.backend import available_cpus
 from harness.core import contention
-from harness.core.files import atomic_write_text
+from harness.core.files import atomic_write_text, check_output
 from harness.core.terminal import console_text
 from harness.results import store
 from harness.results.environment import environment
@@ -38,7 +38,7 @@ from harness.results.records import (
 from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
-from harness.run.plan import Plan, RunOptions, prepare
+from harness.run.plan import Plan, RunOptions, ensure_writable, prepare
 from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
@@ -72,16 +72,20 @@ class Runner:
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
+        # a cluster that cannot run a cell is bad input: refused before the run directory is made
+        launcher = self._launcher(plan.run_dir, plan)
         try:
+            ensure_writable(plan.run_dir)
             with RunDirLock(plan.run_dir):
-                return self._run(plan)
+                return self._run(plan, launcher)
         except Exception as exc:
             exc.run_dir = plan.run_dir  # where the command line puts the traceback of a harness bug
             raise
+        finally:
+            launcher.close()
 
-    def _run(self, plan: Plan) -> RunSummary:
+    def _run(self, plan: Plan, launcher: Launcher) -> RunSummary:
         run_dir = plan.run_dir
-        launcher = self._launcher(run_dir, plan)  # a cluster that cannot run a cell is bad input: before any run
         self.info = {**self._run_info(plan, take_over(run_dir, self.suite.name)), "executor": launcher.describe()}
         self.probes = self._probe()
         if self.probes is not None:
@@ -223,7 +227,9 @@ class Runner:
         """Write a finished job's artifacts and record; refresh the tables when a whole cell ended."""
         job, record, run_dir = finished.job, finished.record, self.plan.run_dir
         for name, text in finished.artifacts.items():
-            atomic_write_text(artifact_path(run_dir, job.cell_id, name), text)
+            path = artifact_path(run_dir, job.cell_id, name)
+            check_output(path.parent, folder=True)  # not a link planted in a copied run folder
+            atomic_write_text(path, text)
         write_cell_record(run_dir, record)
         if job.round is None:
             self.summary.count(record.status)

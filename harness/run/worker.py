@@ -21,7 +21,7 @@ from harness.core import contention
 from harness.core.canary import canary
 from harness.core.errors import Unavailable, describe_os_error
 from harness.core.files import atomic_write_text
-from harness.core.memory import PeakRSS, hwm_bytes, rss_mb, ru_maxrss_bytes
+from harness.core.memory import PeakRSS, hwm_bytes, out_of_memory_cause, out_of_memory_line, rss_mb, ru_maxrss_bytes
 from harness.core.metrics import Measurement
 from harness.results.environment import machine
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
@@ -132,6 +132,9 @@ def failure_reason(exc: Exception) -> str:
     else its type and the first line of its message."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return describe_os_error(exc)
+    cause = out_of_memory_cause(exc)
+    if cause is not None:
+        return out_of_memory_line(cause)
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first_line}"
 
