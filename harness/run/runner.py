@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.backends import BACKENDS
 from harness.backends.llamacpp.backend import available_cpus
+from harness.core.errors import warn
 from harness.core.files import atomic_write_text
 from harness.results import store
 from harness.results.environment import environment
@@ -37,6 +38,7 @@ from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
 from harness.run.plan import Plan, RunOptions, prepare
+from harness.run.resume import changed_inputs
 from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
@@ -75,13 +77,20 @@ class Runner:
     def _run(self, plan: Plan) -> RunSummary:
         run_dir = plan.run_dir
         launcher = self._launcher(run_dir, plan)  # a cluster that cannot run a cell is bad input: before any run
-        self.info = {**self._run_info(plan, take_over(run_dir, self.suite.name)), "executor": launcher.describe()}
+        previous = take_over(run_dir, self.suite.name, self.options.resume)
+        self.info = {**self._run_info(plan, previous), "executor": launcher.describe()}
         self.probes = self._probe()
         if self.probes is not None:
             self.info["environment"]["probe"] = self.probes
         store.write_run_json(run_dir, self.info)
         self.plan, self.summary = plan, RunSummary(run_dir)
-        done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} if self.options.resume else set()
+        self.stale: set[str] = set()  # finished cells whose inputs changed since: they run again
+        done = set()
+        if self.options.resume:
+            for change in changed_inputs(run_dir, self.cells, plan):
+                warn(change.line())
+                self.stale |= change.cells
+            done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} - self.stale
         plain = [c for c in self.cells if not rounds.interleaved(c)]
         mixed = [c for c in self.cells if rounds.interleaved(c)]
         todo = [c for c in mixed if c.cell_id not in done]
@@ -167,7 +176,7 @@ class Runner:
         if round_ is None:
             return cell.cell_id in done
         path = cell_record_path(self.plan.run_dir, cell.cell_id, round_)
-        return path.exists() and read_record(path).ok
+        return cell.cell_id not in self.stale and path.exists() and read_record(path).ok
 
     def _job(self, cell: Cell, round_: int | None) -> Job:
         models = self.plan.models

@@ -80,6 +80,7 @@ def run_job(job: Job) -> dict:
                                 "hwm_mb": hwm_bytes() / 2**20, "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
                      "where": machine()},
         "fingerprints": {"model": backend.model.fingerprint(),
+                         "reference": job.reference_model.fingerprint() if job.reference_model else None,
                          "dataset": corpus.fingerprint() if corpus else None},
     }
 
