@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located
+from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
@@ -129,6 +130,7 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
             corpus = local.get(name) or load_corpus(name, suite.datasets[name], base_dir, corpora)
         datasets[name] = corpus.fingerprint()
     run_dir = choose_run_dir(suite, options)
+    check_foreign(run_dir)
     ensure_writable(run_dir)
     return Plan(run_dir, models, datasets)
 
