@@ -12,6 +12,14 @@ def text(value) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;")
 
 
+def code(value) -> str:
+    """A name as a code span (markup in it stays text there): fenced by more backticks than it holds in a row."""
+    value = str(value)
+    fence = "`" * (max(map(len, re.findall(r"`+", value)), default=0) + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
+
+
 def cell(value) -> str:
     """A value as the text of one table cell: :func:`text`, ``|`` escaped, line breaks as ``<br>``."""
     return re.sub(r"\r\n|\r|\n", "<br>", text(value).replace("|", "\\|"))
