@@ -306,6 +306,9 @@ def test_resume_runs_again_the_cells_whose_dataset_file_changed(tmp_path, capsys
     assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
     stdout, err = capsys.readouterr()
     assert "(0 cells ran, 2 reused, 0 failed, 0 skipped)" in stdout and err == ""
+    # a resume of some cells keeps in run.json what the others read
+    assert main(["run", str(path), "--out", str(out), "--resume", "--only", "w2/ngram/ppl"]) == 0
+    assert set(json.loads((out / "run.json").read_text())["datasets"]) == {"docs", "builtin"}
 
 
 def test_out_into_a_folder_that_is_no_run_directory_is_refused(finished, tmp_path, capsys):

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.results.records import read_record, record_files
-from harness.run.plan import Plan
-from harness.suite.cells import Cell
+from harness.run.plan import Plan, models_needed
+from harness.suite.cells import Cell, expand
+from harness.suite.schema import Suite
 
 
 @dataclass
@@ -59,3 +60,16 @@ def changed_inputs(run_dir: Path, cells: list[Cell], plan: Plan) -> list[Change]
             if isinstance(before, str) and before != now:
                 changes.setdefault(what, Change(what, before, now)).cells.add(cell.cell_id)
     return list(changes.values())
+
+
+def described_inputs(previous: dict, plan: Plan, suite: Suite) -> dict[str, dict]:
+    """``run.json``'s ``models`` and ``datasets``: today's, plus the previous ``run.json``'s entries for the
+    inputs of suite cells this run resolved none of (cells left out by ``--only`` keep what they read)."""
+    cells = expand(suite)
+    used = {"models": models_needed(suite, cells), "datasets": {c.dataset for c in cells if c.dataset}}
+    today = {"models": {k: v.fingerprint() for k, v in plan.models.items()}, "datasets": plan.datasets}
+    out = {}
+    for key, names in used.items():
+        before = previous.get(key) if isinstance(previous.get(key), dict) else {}
+        out[key] = {**{k: v for k, v in before.items() if k in names}, **today[key]}
+    return out

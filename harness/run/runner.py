@@ -38,7 +38,7 @@ from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
 from harness.run.plan import Plan, RunOptions, prepare
-from harness.run.resume import changed_inputs
+from harness.run.resume import changed_inputs, described_inputs
 from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
@@ -131,7 +131,7 @@ class Runner:
         return {**previous, "run_id": plan.run_dir.name, "suite": self.suite.name,
                 "suite_file": str(self.options.suite_path), "overrides": self.options.overrides,
                 "environment": environment(), "started_at": previous.get("started_at", now()), "ended_at": None,
-                "models": {k: v.fingerprint() for k, v in plan.models.items()}, "datasets": plan.datasets,
+                **described_inputs(previous, plan, self.suite),
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
                 "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()}}
 
