@@ -311,6 +311,28 @@ def test_resume_runs_again_the_cells_whose_dataset_file_changed(tmp_path, capsys
     assert set(json.loads((out / "run.json").read_text())["datasets"]) == {"docs", "builtin"}
 
 
+def test_resume_runs_again_the_cells_whose_model_changed(tmp_path, capsys):
+    """Another model under the same name (here an n-gram trained on an edited file; a GGUF swapped for
+    another quant is the same sha256 check): its cells run again, the message names the model."""
+    train = tmp_path / "train.txt"
+    train.write_text(stdlib_docs("train")[:30_000])
+    suite = ngram_suite(tmp_path, name="models", orders=(2,))
+    text = suite.read_text().replace("builtin:stdlib-docs#train", f"file:{train}")
+    suite.write_text(text)
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    old = json.loads((out / "run.json").read_text())["models"]["w2"]
+    capsys.readouterr()
+    train.write_text(stdlib_docs("train")[30_000:60_000])
+    assert main(["run", str(suite), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    new = json.loads((out / "run.json").read_text())["models"]["w2"]
+    assert "(1 cells ran, 0 reused, 0 failed, 0 skipped)" in stdout
+    assert err.strip().splitlines() == [
+        f"harness: warning: resume: model 'w2' ({old['source']}) changed since its cells ran (sha256 "
+        f"{old['sha256'][:12]}… now {new['sha256'][:12]}…): 1 cell(s) run again"]
+
+
 def test_out_into_a_folder_that_is_no_run_directory_is_refused(finished, tmp_path, capsys):
     suite, _ = finished
     mine = tmp_path / "mine"
