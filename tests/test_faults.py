@@ -26,6 +26,7 @@ import pytest
 from conftest import REPO
 
 from harness.cli import main
+from harness.sources.corpora import stdlib_docs
 from suites import smollm2_suite, write_suite
 
 TABLES = ("results.parquet", "results.csv", "samples.parquet")
@@ -246,6 +247,136 @@ def test_a_run_directory_of_another_suite_is_refused(finished, run_copy, tmp_pat
     after = snapshot(run_copy)
     assert {k: v for k, v in after.items() if k != ".harness.lock"} == {
         k: v for k, v in before.items() if k not in (".harness.lock", "run.json")}
+
+
+@pytest.mark.parametrize("damage", ["unregistered metric", "schema as a string", "cell as a string"])
+def test_a_record_that_is_not_the_harnesss_is_set_aside_on_resume(damage, finished, run_copy, capsys):
+    """A copied shard's record with a metric no task reports (a name that would become a file name), or
+    with fields of the wrong type, is set aside like a truncated one; the resume goes on."""
+    suite, _ = finished
+    victim = sorted((run_copy / "cells").glob("*.json"))[0]
+    record = json.loads(victim.read_text())
+    if damage == "unregistered metric":
+        record["measurements"][0]["metric"] = "../../../SHARD_ESCAPE"
+        problem = "not a cell record (measurements.0.metric: '../../../SHARD_ESCAPE' is not a metric of " \
+                  "harness.core.metrics)"
+    elif damage == "schema as a string":
+        record["schema"] = "1"
+        problem = "schema: expected a version number, got '1'"
+    else:
+        record["cell"] = "x"
+        problem = "not a cell record (cell: expected a JSON object, got 'x')"
+    victim.write_text(json.dumps(record))
+    assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "(1 cells ran, 1 reused, 0 failed, 0 skipped)" in out
+    [aside] = (run_copy / "cells").glob(f"{victim.name}.damaged-*")
+    assert err.strip().splitlines() == [
+        f"harness: warning: {victim}: {problem}; set aside as {aside.name}: the cell counts as not run"]
+    table = pd.read_parquet(run_copy / "results.parquet")
+    assert set(table.status) == {"ok"} and "../../../SHARD_ESCAPE" not in set(table.metric)
+
+
+def test_resume_runs_again_the_cells_whose_dataset_file_changed(tmp_path, capsys):
+    """A resume finishes the run with today's inputs: the cells that read the edited file run again (one
+    line names it), the others are kept, and run.json and every record hold the file's new sha256."""
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text(stdlib_docs("test")[:20_000])
+    suite = {"name": "inputs", "backends": {"ngram": {"type": "ngram"}},
+             "models": {"w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
+             "datasets": {"docs": {"source": f"file:{corpus}"}, "builtin": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 128},
+                       "ppl-builtin": {"type": "perplexity", "dataset": "builtin", "window": "rolling", "n_ctx": 128}},
+             "matrix": [{"model": "w2", "backend": "ngram", "task": ["ppl", "ppl-builtin"]}]}
+    path, out = write_suite(tmp_path, suite), tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    old = json.loads((out / "run.json").read_text())["datasets"]["docs"]["sha256"]
+    capsys.readouterr()
+    corpus.write_text(stdlib_docs("test")[20_000:40_000])
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "(1 cells ran, 1 reused, 0 failed, 0 skipped)" in stdout
+    new = json.loads((out / "run.json").read_text())["datasets"]["docs"]["sha256"]
+    assert new != old and err.strip().splitlines() == [
+        f"harness: warning: resume: dataset 'docs' (file:{corpus}) changed since its cells ran (sha256 {old[:12]}… "
+        f"now {new[:12]}…): 1 cell(s) run again"]
+    fingerprints = {r["cell"]["task"]: r["fingerprints"]["dataset"]["sha256"]
+                    for r in map(json.loads, map(Path.read_text, (out / "cells").glob("*.json")))}
+    assert fingerprints["ppl"] == new
+    # nothing changed since: everything is kept, nothing said
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "(0 cells ran, 2 reused, 0 failed, 0 skipped)" in stdout and err == ""
+    # a resume of some cells keeps in run.json what the others read
+    assert main(["run", str(path), "--out", str(out), "--resume", "--only", "w2/ngram/ppl"]) == 0
+    assert set(json.loads((out / "run.json").read_text())["datasets"]) == {"docs", "builtin"}
+
+
+def test_resume_runs_again_the_cells_whose_model_changed(tmp_path, capsys):
+    """Another model under the same name (here an n-gram trained on an edited file; a GGUF swapped for
+    another quant is the same sha256 check): its cells run again, the message names the model."""
+    train = tmp_path / "train.txt"
+    train.write_text(stdlib_docs("train")[:30_000])
+    suite = ngram_suite(tmp_path, name="models", orders=(2,))
+    text = suite.read_text().replace("builtin:stdlib-docs#train", f"file:{train}")
+    suite.write_text(text)
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    old = json.loads((out / "run.json").read_text())["models"]["w2"]
+    capsys.readouterr()
+    train.write_text(stdlib_docs("train")[30_000:60_000])
+    assert main(["run", str(suite), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    new = json.loads((out / "run.json").read_text())["models"]["w2"]
+    assert "(1 cells ran, 0 reused, 0 failed, 0 skipped)" in stdout
+    assert err.strip().splitlines() == [
+        f"harness: warning: resume: model 'w2' ({old['source']}) changed since its cells ran (sha256 "
+        f"{old['sha256'][:12]}… now {new['sha256'][:12]}…): 1 cell(s) run again"]
+
+
+def test_out_into_a_folder_that_is_no_run_directory_is_refused(finished, tmp_path, capsys):
+    suite, _ = finished
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my own figures\n")
+    (mine / "run.json").write_text('{"someone": "else"}')
+    before = snapshot(mine)
+    for resume in (["--resume"], []):
+        assert main(["run", str(suite), "--out", str(mine), *resume]) == 2
+        assert one_error(capsys) == (f"harness: error: {mine}: not empty and not a run directory (it holds "
+                                     "'results.csv' and no cells/): choose a new or empty --out")
+    assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["results.csv", "run.json"]
+
+
+def test_a_finished_run_is_not_run_over_without_resume(finished, run_copy, capsys):
+    """Its records would mix with the new run's; --resume finishes it instead."""
+    suite, _ = finished
+    before = snapshot(run_copy)
+    assert main(["run", str(suite), "--out", str(run_copy)]) == 2
+    assert one_error(capsys) == (f"harness: error: {run_copy} holds a run of suite 'faults' already: add --resume "
+                                 "to finish it with today's inputs, or choose another --out")
+    assert {k: v for k, v in snapshot(run_copy).items() if k != ".harness.lock"} == {
+        k: v for k, v in before.items() if k != ".harness.lock"}
+
+
+def test_scratch_folders_of_killed_processes_are_removed_by_the_next(tmp_path, monkeypatch):
+    """A cell killed outright (timeout, a cancelled cluster task) cannot remove its scratch folder: the next
+    one removes the folders of processes that are gone, and leaves a live process's alone."""
+    import tempfile
+
+    from harness.core.files import scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; from harness.core.files import scratch_dir\n"
+                             "with scratch_dir('harness-cell-') as d:\n    os.kill(os.getpid(), signal.SIGKILL)"],
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL
+    [left] = tmp_path.glob("harness-cell-*")
+    with scratch_dir("harness-cell-") as mine:
+        assert not left.exists() and mine.is_dir()
+        with scratch_dir("harness-cell-") as nested:  # this process is alive: its folder stays
+            assert mine.is_dir() and nested.is_dir()
+    assert not list(tmp_path.glob("harness-cell-*"))
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])

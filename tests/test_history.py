@@ -1,10 +1,11 @@
 """harness history: a persistent step is found at the run where it started; single noisy nights are not."""
 
 import json
+import re
 
 import numpy as np
 import pytest
-from runs import backend, perplexity_cell, throughput_cell, write_run
+from runs import SCRIPT_XSS, XSS, backend, hostile_nights, perplexity_cell, throughput_cell, write_run
 
 from harness.analysis.gates import DEFAULTS
 from harness.analysis.history import change_points, noise
@@ -155,3 +156,15 @@ def test_last_must_be_a_whole_number_of_runs(last, tmp_path, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"harness history: error: argument --last: {last!r}: expected a whole number ≥ 1")
+
+
+def test_markup_in_names_is_no_html_in_history_and_compare_markdown(tmp_path, capsys):
+    """Their markdown lands in CI job summaries and PR comments: a name holding markup stays text there."""
+    first, second = hostile_nights(tmp_path / "runs")
+    assert main(["history", str(tmp_path / "runs")]) == 0
+    assert main(["compare", str(first), str(second), "--all"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "x'>&lt;img src=x" in out and f"`{XSS}`" in out  # as text, or inside a code span (inert)
+    text = re.sub(r"(`+).*?\1", "", out)
+    for crafted in (XSS, SCRIPT_XSS, "<img", "<script"):
+        assert crafted not in text, crafted

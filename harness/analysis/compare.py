@@ -364,7 +364,8 @@ def _busy_note(result: Comparison) -> str:
 
 def to_markdown(result: Comparison, show_all: bool = False) -> str:
     counts = result.counts()
-    head = (f"**{result.new.suite}**: `{result.base.run_id}` (base) → `{result.new.run_id}` (new): "
+    head = (f"**{markdown.text(result.new.suite)}**: {markdown.code(result.base.run_id)} (base) → "
+            f"{markdown.code(result.new.run_id)} (new): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". "
             + ("**Regression.**" if result.regressions else "No regression.") + " " + _busy_note(result)
             + _calibration_note(result))

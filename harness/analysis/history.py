@@ -234,21 +234,23 @@ def history(runs: list[RunTables], gates: Gates) -> list[Trend]:
 def to_markdown(runs: list[RunTables], trends: list[Trend], last: int = 10) -> str:
     run_ids = [r.run_id for r in runs]
     shown = run_ids[-last:]
-    lines = [f"**{runs[0].suite}**: {len(runs)} runs, `{run_ids[0]}` … `{run_ids[-1]}`.", ""]
+    lines = [f"**{markdown.text(runs[0].suite)}**: {len(runs)} runs, {markdown.code(run_ids[0])} … "
+             f"{markdown.code(run_ids[-1])}.", ""]
     steps = [(t, p) for t in trends for p in t.change_points]
     if steps:
         lines += ["Change points (a step that persisted for at least two runs; timings marked busy were measured "
                   "on a busy machine and are left out):", ""]
-        lines += [f"- {t.verdict(p)}: {t.label} {t.metric} {fmt_value(p.before)} → {fmt_value(p.after)} "
-                  f"({p.change * 100:+.1f}%) from run `{p.run_id}`" for t, p in steps]
+        lines += [f"- {t.verdict(p)}: {markdown.text(f'{t.label} {t.metric}')} {fmt_value(p.before)} → "
+                  f"{fmt_value(p.after)} ({p.change * 100:+.1f}%) from run {markdown.code(p.run_id)}" for t, p in steps]
     else:
         lines.append("No change points.")
     for metric in dict.fromkeys(t.metric for t in trends):
         group = [t for t in trends if t.metric == metric]
-        lines += ["", f"### {metric}", ""]
+        lines += ["", f"### {markdown.text(metric)}", ""]
         table = [[t.label, *(fmt_value(v) + (" (busy)" if b else "") for v, b in zip(
                       t.values[-last:], (t.busy or [""] * len(t.values))[-last:], strict=True)),
-                  "; ".join(f"{p.change * 100:+.1f}% at `{p.run_id}`" for p in t.change_points)] for t in group]
+                  "; ".join(f"{p.change * 100:+.1f}% at {markdown.code(p.run_id)}" for p in t.change_points)]
+                 for t in group]
         lines.append(markdown.table(table, ["cell", *shown, "change points"]))
     return "\n".join(lines) + "\n"
 

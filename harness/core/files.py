@@ -13,8 +13,11 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import stat
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -163,3 +166,34 @@ def read_json_object(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise Damaged(path, f"expected {what} (a JSON object), got {type(data).__name__}")
     return data
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A private folder ``PREFIX<pid>-XXXX`` in the system's temporary folder, removed when the block ends.
+    A process killed outright (a cell over its time, a cancelled cluster task) cannot remove its own, so
+    first the folders of this prefix and user whose process is gone are removed."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{prefix}*-*"):
+        pid = old.name[len(prefix):].partition("-")[0]
+        try:
+            mine = old.lstat().st_uid == os.getuid() and old.is_dir() and not old.is_symlink()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

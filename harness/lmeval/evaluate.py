@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 import time
-from pathlib import Path
 
 from harness.backends.base import Backend
 from harness.core.errors import Unavailable
+from harness.core.files import scratch_dir
 from harness.core.metrics import METRICS, Measurement
 from harness.lmeval.model import HarnessLM
 from harness.sources.corpora import Corpus
@@ -29,11 +28,11 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
     from lm_eval.tasks import TaskManager
 
     (name,) = settings.tasks
-    with tempfile.TemporaryDirectory(prefix="harness-lmeval-") as scratch:
+    with scratch_dir("harness-lmeval-") as scratch:
         local = {}
         if corpus is not None:
-            write_local_tasks(Path(scratch), corpus.text, settings.local_docs, settings.seed)
-            include_paths = [scratch, *include_paths]
+            write_local_tasks(scratch, corpus.text, settings.local_docs, settings.seed)
+            include_paths = [str(scratch), *include_paths]
             local = {"local_tasks_version": VERSION, "local_docs": settings.local_docs, "seed": settings.seed}
         manager = TaskManager(include_path=include_paths or None)
         if name not in {*manager.all_tasks, *manager.all_groups, *manager.all_tags, *LOCAL_TASKS}:
@@ -49,7 +48,7 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
                                           limit=settings.limit, task_manager=manager, log_samples=False,
                                           bootstrap_iters=settings.bootstrap_iters)
         elapsed = time.perf_counter() - start
-        digest = config_hash(results.get("configs", {}).get(name, {}), scratch)
+        digest = config_hash(results.get("configs", {}).get(name, {}), str(scratch))
     measurements, unreported = measurements_from(results, name)
     return TaskResult(measurements=measurements, resolved={
         "lm_eval": lm_eval.__version__, "lmeval_task": name, "output_types": output_types,

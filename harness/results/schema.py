@@ -15,15 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.errors import UserError
+from harness.core.files import Damaged
 
 SCHEMA = 1
 
 
 def migrate(data: dict, path: Path) -> dict:
-    """``data`` (a cell record or run.json) brought to :data:`SCHEMA`; UserError for a newer version."""
+    """``data`` (a cell record or run.json) brought to :data:`SCHEMA`; UserError for a newer version,
+    :class:`Damaged` (set aside on resume, like a truncated file) for one that is not a version number."""
     version = data.get("schema", 0)
-    if not isinstance(version, int) or version < 0:
-        raise UserError(f"{path}: schema: expected a version number, got {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise Damaged(path, f"schema: expected a version number, got {version!r}")
     if version > SCHEMA:
         raise UserError(f"{path}: written by a newer harness (results schema {version}; this harness reads up "
                         f"to {SCHEMA}): upgrade harness to read it")

@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located
 from harness.core.files import check_output, output_folder
+from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
@@ -137,7 +138,9 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
         with located(path, f"datasets.{name}.source"):
             corpus = local.get(name) or load_corpus(name, suite.datasets[name], base_dir, corpora)
         datasets[name] = corpus.fingerprint()
-    return Plan(choose_run_dir(suite, options), models, datasets)
+    run_dir = choose_run_dir(suite, options)
+    check_foreign(run_dir)  # the folder itself is made by the runner, once the executor has accepted the cells
+    return Plan(run_dir, models, datasets)
 
 
 def new_run_id() -> str:

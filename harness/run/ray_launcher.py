@@ -38,7 +38,7 @@ from rich.console import Console
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located, require
-from harness.core.files import atomic_write_text
+from harness.core.files import atomic_write_text, scratch_dir
 from harness.results.environment import machine
 from harness.results.records import FAILED, CellRecord
 from harness.run.job import Job
@@ -454,9 +454,9 @@ def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float, code
 
     where = {**machine(), "ray_node_id": ray.get_runtime_context().get_node_id()}
     yield {"kind": "started", "where": where}
-    with tempfile.TemporaryDirectory(prefix="harness-cell-") as tmp:
+    with scratch_dir("harness-cell-") as tmp:  # a cancelled task's folder goes with the next task here
         yield run_here(Job.from_json(job_data), {s: ray.get(ref) for s, ref in texts.items()}, specs, timeout_s,
-                       code, Path(tmp), where["hostname"])
+                       code, tmp, where["hostname"])
 
 
 @functools.cache

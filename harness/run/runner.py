@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.backends import BACKENDS
 from harness.backends.llamacpp.backend import available_cpus
 from harness.core import contention
+from harness.core.errors import warn
 from harness.core.files import atomic_write_text, check_output
 from harness.core.terminal import console_text
 from harness.results import store
@@ -39,6 +40,7 @@ from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
 from harness.run.plan import Plan, RunOptions, ensure_writable, prepare
+from harness.run.resume import changed_inputs, described_inputs
 from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
@@ -86,13 +88,20 @@ class Runner:
 
     def _run(self, plan: Plan, launcher: Launcher) -> RunSummary:
         run_dir = plan.run_dir
-        self.info = {**self._run_info(plan, take_over(run_dir, self.suite.name)), "executor": launcher.describe()}
+        previous = take_over(run_dir, self.suite.name, self.options.resume)
+        self.info = {**self._run_info(plan, previous), "executor": launcher.describe()}
         self.probes = self._probe()
         if self.probes is not None:
             self.info["environment"]["probe"] = self.probes
         store.write_run_json(run_dir, self.info)
         self.plan, self.summary = plan, RunSummary(run_dir)
-        done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} if self.options.resume else set()
+        self.stale: set[str] = set()  # finished cells whose inputs changed since: they run again
+        done = set()
+        if self.options.resume:
+            for change in changed_inputs(run_dir, self.cells, plan):
+                warn(change.line())
+                self.stale |= change.cells
+            done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} - self.stale
         plain = [c for c in self.cells if not rounds.interleaved(c)]
         mixed = [c for c in self.cells if rounds.interleaved(c)]
         todo = [c for c in mixed if c.cell_id not in done]
@@ -135,7 +144,7 @@ class Runner:
         return {**previous, "run_id": plan.run_dir.name, "suite": self.suite.name,
                 "suite_file": str(self.options.suite_path), "overrides": self.options.overrides,
                 "environment": environment(), "started_at": previous.get("started_at", now()), "ended_at": None,
-                "models": {k: v.fingerprint() for k, v in plan.models.items()}, "datasets": plan.datasets,
+                **described_inputs(previous, plan, self.suite),
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
                 "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()},
                 "busy": {**self.suite.busy.model_dump(), "wait_quiet_s": self.wait_quiet_s}}
@@ -181,7 +190,7 @@ class Runner:
         if round_ is None:
             return cell.cell_id in done
         path = cell_record_path(self.plan.run_dir, cell.cell_id, round_)
-        return path.exists() and read_record(path).ok
+        return cell.cell_id not in self.stale and path.exists() and read_record(path).ok
 
     def _wait_for_quiet(self, cell: Cell, round_: int | None) -> dict | None:
         """``--wait-quiet``: before a timing cell (or round) on this machine, wait until the machine has been

@@ -93,6 +93,7 @@ def run_job(job: Job) -> dict:
                      "contention": contention.judge(measured, contention.BusySettings(**job.busy),
                                                     contention.wait_reason(job.wait))},
         "fingerprints": {"model": backend.model.fingerprint(),
+                         "reference": job.reference_model.fingerprint() if job.reference_model else None,
                          "dataset": corpus.fingerprint() if corpus else None},
     }
 
