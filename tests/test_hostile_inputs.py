@@ -148,7 +148,7 @@ def test_a_cell_record_of_the_wrong_shape_is_set_aside_on_resume(finished, run_c
     edit_json(record, cell="x")
     assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert f"{record}: not a cell record (cell: expected a JSON object, got str); set aside as" in err
+    assert f"{record}: not a cell record (cell: expected a JSON object, got 'x'); set aside as" in err
     assert json.loads(record.read_text())["cell"]["model"] == "w2"  # ran again
 
 
