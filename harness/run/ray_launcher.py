@@ -23,12 +23,15 @@ class. Ctrl-C cancels what is queued and kills what runs: the worker process die
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -39,6 +42,7 @@ from rich.console import Console
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located, require
 from harness.core.files import atomic_write_text
+from harness.core.process import Interrupted
 from harness.results.environment import machine
 from harness.results.records import FAILED, CellRecord
 from harness.run.job import Job
@@ -67,6 +71,10 @@ SOCKET_PATH_MAX, SESSION_SOCKET_SUFFIX = 107, 66
 RETRIED = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OutOfMemoryError")
 #: how often the driver looks at the cluster while nothing returns (a node that left, a job it can place)
 POLL_S = 5.0
+#: the signals the harness stops on in order (:func:`harness.core.process.interrupt`)
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: how many times ``ray.init`` tries to reach a cluster's GCS (Ray's default: 20, ~40 s each where none answers)
+RAY_CONNECT_TRIES = "RAY_gcs_server_port_wait_time_s"
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,9 @@ class RayLauncher(Launcher):
 
     def _connect(self, text_bytes: int):
         """Join the cluster at the settings' address, or start a private one on this machine (127.0.0.1
-        only, temporary files under the cache, the object store capped to what the run ships)."""
+        only, temporary files under the cache, the object store capped to what the run ships). Our
+        interrupt handlers stay: ``ray.init`` puts in one of its own for SIGTERM (``sys.exit``), which would
+        skip the orderly stop (exit 130, finished cells kept, ``ended_at`` written)."""
         address = self.settings.address
         private = address is None
         loopback = private or address.rsplit(":", 1)[0].strip("[]") in ("localhost", "::1") or address.startswith(
@@ -176,17 +186,46 @@ class RayLauncher(Launcher):
             self._switch = (self._switch[0], ray_constants.ENABLE_RAY_CLUSTER)
             ray_constants.ENABLE_RAY_CLUSTER = False
         quiet = {"log_to_driver": False, "logging_level": "error"}
-        if private:
-            store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                     _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
-            return ray
+        handlers = {s: signal.getsignal(s) for s in INTERRUPTS} if in_main_thread() else {}
         try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if private:
+                store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                         _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
+            else:
+                self._join(ray, address, quiet)
+        except SystemExit as exc:  # Ray's SIGTERM handler, while ray.init ran
+            if exc.code == signal.SIGTERM:
+                raise Interrupted(signal.SIGTERM) from None
+            raise
+        finally:
+            for signum, handler in handlers.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(signum, handler)
+        return ray
+
+    def _join(self, ray, address: str, quiet: dict) -> None:
+        """``ray.init`` at an address, once something answers there within the connect timeout (Ray itself
+        would try 20 times, ~40 s each, where nothing listens), and then with one try of Ray's own."""
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            gcs = canonicalize_bootstrap_address(address)  # auto: where `ray start` left its address
+            host, port = gcs.rsplit(":", 1)
+            wait_for_listener(host.strip("[]"), int(port), self.settings.connect_timeout_s,
+                              f"Ray cluster at {address}")
+            tries = os.environ.get(RAY_CONNECT_TRIES)
+            os.environ[RAY_CONNECT_TRIES] = tries or "1"
+            try:
+                ray.init(address=address, **quiet)
+            finally:
+                if tries is None:
+                    os.environ.pop(RAY_CONNECT_TRIES, None)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # ConnectionRefusedError is ours: exit 4
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"--address {address}: cannot join a Ray cluster there ({first})") from None
-        return ray
 
     def _refresh(self) -> None:
         self._nodes = {n.id: n for n in alive_nodes(self._ray)}
@@ -412,6 +451,29 @@ def alive_nodes(ray) -> list[Node]:
     return [Node(n["NodeID"], (n.get("Labels") or {}).get(HOST_LABEL) or n["NodeManagerHostname"],
                  n["NodeManagerHostname"], int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
             for n in ray.nodes() if n["Alive"]]
+
+
+def wait_for_listener(host: str, port: int, timeout_s: float, what: str) -> None:
+    """Return once something accepts a TCP connection at ``host:port``; an environment error (OSError, exit
+    4) naming ``what`` and the setting when nothing did within ``timeout_s`` (a head still starting gets
+    the time to)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1 < deadline:
+                time.sleep(1)
+                continue
+            code = exc.errno if exc.errno in errno.errorcode else errno.ETIMEDOUT  # a timeout has none
+            raise OSError(code, os.strerror(code), f"{what}: nothing answered within {timeout_s:g} s "
+                          "(executor.connect_timeout_s)") from None
+
+
+def in_main_thread() -> bool:
+    """Signal handlers are the main thread's to set."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def ray_temp_dir() -> Path:
