@@ -68,13 +68,21 @@ OBJECT_STORE_MIN, OBJECT_STORE_ROOM = 75 * 2**20, 128 * 2**20
 #: a Unix socket path holds 107 bytes; Ray's session folder adds this much to its temporary folder
 SOCKET_PATH_MAX, SESSION_SOCKET_SUFFIX = 107, 66
 #: the Ray errors of a worker or node that died under a task: the cell itself is not to blame
-RETRIED = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OutOfMemoryError")
+RETRIED = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError")
+#: how long the driver waits for the cluster's GCS to answer before it counts the cluster as lost (Ray ends
+#: the driver's process 60 s after it lost its GCS: what the driver holds must be recorded before that)
+GCS_CHECK_S = 5.0
 #: how often the driver looks at the cluster while nothing returns (a node that left, a job it can place)
 POLL_S = 5.0
 #: the signals the harness stops on in order (:func:`harness.core.process.interrupt`)
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: how many times ``ray.init`` tries to reach a cluster's GCS (Ray's default: 20, ~40 s each where none answers)
 RAY_CONNECT_TRIES = "RAY_gcs_server_port_wait_time_s"
+
+
+class ClusterLost(Exception):
+    """The driver lost the cluster: its GCS does not answer, or the raylet on the driver's machine died
+    (Ray ends a driver that submits to a dead raylet). Every job held ends failed; none is sent again."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,10 @@ class RayLauncher(Launcher):
         self._pins: dict[str, str] = {}  # cell id -> the node its rounds run on
         self._nodes: dict[str, Node] = {}
         self._ray = None
+        #: jobs that ended while being submitted (no node can run them any more, the cluster was lost)
+        self._ended_early: list[Finished] = []
+        #: why the cluster is lost, once it is: "Ray cluster lost: ..."
+        self._lost: str | None = None
         self._switch = (os.environ.get(LOOPBACK_SWITCH), None)
         try:
             self._ray = self._connect(sum(len(t) for t in texts.values()))
@@ -160,6 +172,9 @@ class RayLauncher(Launcher):
             self.close()
             raise
         self._task = self._ray.remote(max_retries=0)(run_on_node)  # retried here, on another node
+        own = next(n for n in self._ray.nodes() if n["NodeID"] == self._ray.get_runtime_context().get_node_id())
+        #: the raylet on this machine: Ray ends a driver that touches it after it died
+        self._own_node, self._own_raylet = own["NodeID"], (own["NodeManagerAddress"], own["NodeManagerPort"])
         hosts = sorted({n.host for n in self._nodes.values()})
         console.print(f"ray: {len(self._nodes)} node{'s' * (len(self._nodes) != 1)} on {len(hosts)} "
                       f"machine{'s' * (len(hosts) != 1)} ({', '.join(hosts)}), "
@@ -224,11 +239,30 @@ class RayLauncher(Launcher):
         except (ConnectionError, RuntimeError, ValueError) as exc:  # ConnectionRefusedError is ours: exit 4
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"--address {address}: cannot join a Ray cluster there ({first})") from None
+            raise UserError(f"--address {address}: cannot join a Ray cluster there "
+                            f"({first_line(exc) or type(exc).__name__})") from None
 
     def _refresh(self) -> None:
+        self._check_cluster()
         self._nodes = {n.id: n for n in alive_nodes(self._ray)}
+
+    def _check_cluster(self) -> None:
+        """Raise ClusterLost when the raylet on this machine refuses connections (it died: Ray ends this
+        process as soon as it learns of that, ~15 s later) or the GCS does not answer within GCS_CHECK_S (Ray's
+        own calls would wait for it until Ray ends this process)."""
+        from ray._private.worker import global_worker
+        from ray.exceptions import RayError
+
+        if hasattr(self, "_own_raylet"):  # known once joined
+            try:
+                socket.create_connection(self._own_raylet, timeout=GCS_CHECK_S).close()
+            except ConnectionRefusedError:
+                raise ClusterLost("the raylet on this machine died (nothing listens at "
+                                  f"{self._own_raylet[0]}:{self._own_raylet[1]})") from None
+        try:
+            global_worker.gcs_client.internal_kv_get(b"harness-alive", timeout=GCS_CHECK_S)
+        except RayError as exc:
+            raise ClusterLost(f"its GCS does not answer ({type(exc).__name__}: {first_line(exc)})") from None
 
     def _check(self, cells: list[Cell], suite_path: Path) -> None:
         """Every cell fits some node (else Ray would leave it pending for ever): bad input, before any runs."""
@@ -249,7 +283,7 @@ class RayLauncher(Launcher):
                           for n in self._nodes.values()]}
 
     def close(self) -> None:
-        """Leave the cluster (a private one stops) and put Ray's loopback switch back."""
+        """Leave the cluster (a private one stops, even lost) and put Ray's loopback switch back."""
         if self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
         env, constant = self._switch
@@ -266,7 +300,7 @@ class RayLauncher(Launcher):
 
     @property
     def running(self) -> list[Job]:
-        return [f.job for f in self._flights]
+        return [f.job for f in self._flights] + [e.job for e in self._ended_early]
 
     def status_line(self) -> str:
         started = [f for f in self._flights if f.node is not None]
@@ -277,10 +311,27 @@ class RayLauncher(Launcher):
 
     def submit(self, job: Job) -> None:
         self._flights.append(_Flight(job, self.demands[job.cell_id]))
-        self._dispatch()
+        self._ended_early += self._unless_lost(self._dispatch)
 
     def wait_any(self) -> list[Finished]:
+        if self._ended_early:
+            finished, self._ended_early = self._ended_early, []
+            return finished
+        return self._unless_lost(self._wait)
+
+    def _unless_lost(self, step) -> list[Finished]:
+        """A step that talks to the cluster; once the cluster is lost, every job held ends failed instead."""
+        if self._lost is None:
+            try:
+                return step()
+            except ClusterLost as exc:
+                self._lost = f"Ray cluster lost: {exc}"
+                self.console.print(f"[red]{self._lost}; every cell still held ends failed[/red]", highlight=False)
+        return [self._fail(f, self._lost) for f in list(self._flights)]
+
+    def _wait(self) -> list[Finished]:
         ray = self._ray
+        self._check_cluster()  # returns keep coming while the GCS is gone, until Ray ends this process
         while True:
             finished = self._dispatch()
             refs = [f.ref for f in self._flights if f.ref is not None]
@@ -303,7 +354,7 @@ class RayLauncher(Launcher):
 
     def cancel_all(self) -> None:
         """Cancel what is queued, kill what runs (its worker process dies with it), and wait for both."""
-        refs = [f.ref for f in self._flights if f.ref is not None]
+        refs = [f.ref for f in self._flights if f.ref is not None] if self._lost is None else []
         for ref in refs:
             self._ray.cancel(ref, force=True)
         deadline = time.time() + 30
@@ -389,6 +440,9 @@ class RayLauncher(Launcher):
             return self._fail(flight, "the Ray task ended without a result")
         except RayError as exc:
             name = type(exc.cause).__name__ if isinstance(exc, RayTaskError) and exc.cause else type(exc).__name__
+            if name == "LocalRayletDiedError" or (name == "NodeDiedError" and flight.node
+                                                   and flight.node.id == self._own_node):
+                raise ClusterLost(f"the raylet on this machine died ({name}: {first_line(exc)})") from None
             return self._fault(flight, exc, name)
         if report["kind"] == "started":
             node_id = report["where"]["ray_node_id"]
@@ -424,7 +478,7 @@ class RayLauncher(Launcher):
         """A Ray worker or node died under the job: once, run it again (elsewhere where it can); else, and
         for every other Ray error, the job failed with the error's class."""
         where = f"{name} on {flight.node.host}" if flight.node else name
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         if name in RETRIED and flight.retried_after is None:
             self._release(flight)
             flight.retried_after, flight.avoid = where, flight.node.id if flight.node else None
@@ -433,7 +487,7 @@ class RayLauncher(Launcher):
             self.console.print(f"[yellow]{job_label(flight.job)}: {where}: running it once more[/yellow]")
             return None
         again = f" (retried once after {flight.retried_after})" if flight.retried_after else ""
-        return self._fail(flight, f"{where}: {first[:300]}{again}")
+        return self._fail(flight, f"{where}: {first}{again}")
 
     def _fail(self, flight: _Flight, reason: str) -> Finished:
         self._remove(flight)
@@ -445,6 +499,12 @@ class RayLauncher(Launcher):
     def _remove(self, flight: _Flight) -> None:
         self._release(flight)
         self._flights.remove(flight)
+
+
+def first_line(exc: Exception) -> str:
+    """What a Ray error says first (its messages run to many lines), at most 300 characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def alive_nodes(ray) -> list[Node]:
