@@ -23,8 +23,9 @@ from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
+from harness.core import process
 from harness.core.errors import UserError, describe_os_error
-from harness.core.process import Interrupted, interrupt
+from harness.core.process import interrupt
 from harness.tasks import TASKS
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
     previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
+    process.last_signal = None
     try:
         return args.func(args, console)
     except UserError as exc:
@@ -385,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except KeyboardInterrupt as exc:
-        how = f" by {exc}" if isinstance(exc, Interrupted) else ""
+    except KeyboardInterrupt:  # Interrupted, or a bare one from Ray's waits: the handler kept the signal
+        how = f" by {signal.Signals(process.last_signal).name}" if process.last_signal else ""
         print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
