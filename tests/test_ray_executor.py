@@ -327,3 +327,30 @@ def test_a_lost_cluster_fails_the_cells_it_held_and_the_run_ends_in_order(victim
     assert json.loads((out / "run.json").read_text())["ended_at"]
     time.sleep(1)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.ray
+def test_a_killed_driver_leaves_no_process_of_its_private_cluster(tmp_path):
+    """kill -9 of the harness: the GCS and raylet die with it (Ray's PR_SET_PDEATHSIG), the harness's reaper
+    takes the rest (Ray's agents would wait ~60 s on the dead GCS first)."""
+    cache = Path(tempfile.mkdtemp(prefix="hc-"))
+    driver = _private_driver(suite(tmp_path, [2, 3, 4], ["ppl"]), tmp_path / "run", cache)
+    while driver.poll() is None and not _descendants(driver, "harness.run.worker"):
+        time.sleep(0.1)
+    cluster = psutil.Process(driver.pid).children(recursive=True)
+    assert any(p.name() == "ray::DashboardAgent" for p in cluster)  # the slowest to go
+    driver.kill()
+    driver.communicate(timeout=60)
+
+    def left() -> list[str]:
+        names = []
+        for p in cluster:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    names.append(p.name())
+        return names
+
+    deadline = time.monotonic() + 30  # without the reaper the agents stay for more than 60 s
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left()

@@ -22,6 +22,7 @@ class. Ctrl-C cancels what is queued and kills what runs: the worker process die
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 
 from harness.backends import BACKENDS
@@ -158,6 +160,8 @@ class RayLauncher(Launcher):
         self._pins: dict[str, str] = {}  # cell id -> the node its rounds run on
         self._nodes: dict[str, Node] = {}
         self._ray = None
+        #: kills what is left of a private cluster once this process is gone
+        self._reaper: subprocess.Popen | None = None
         #: jobs that ended while being submitted (no node can run them any more, the cluster was lost)
         self._ended_early: list[Finished] = []
         #: why the cluster is lost, once it is: "Ray cluster lost: ..."
@@ -207,6 +211,7 @@ class RayLauncher(Launcher):
                 store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                          _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
+                self._reaper = reaper(psutil.Process().children(recursive=True))
             else:
                 self._join(ray, address, quiet)
         except SystemExit as exc:  # Ray's SIGTERM handler, while ray.init ran
@@ -286,6 +291,9 @@ class RayLauncher(Launcher):
         """Leave the cluster (a private one stops, even lost) and put Ray's loopback switch back."""
         if self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
+        if self._reaper is not None:  # it kills whatever of the private cluster is left, then ends
+            self._reaper.stdin.close()
+            self._reaper.wait()
         env, constant = self._switch
         if env is None:
             os.environ.pop(LOOPBACK_SWITCH, None)
@@ -529,6 +537,33 @@ def wait_for_listener(host: str, port: int, timeout_s: float, what: str) -> None
             code = exc.errno if exc.errno in errno.errorcode else errno.ETIMEDOUT  # a timeout has none
             raise OSError(code, os.strerror(code), f"{what}: nothing answered within {timeout_s:g} s "
                           "(executor.connect_timeout_s)") from None
+
+
+#: what :func:`reaper` runs: wait until the driver is gone, then kill the processes named by
+#: ``PID:CREATE_TIME`` arguments that still run (the same processes: a pid may have been reused)
+REAPER = """
+import sys, psutil
+sys.stdin.buffer.read()
+for arg in sys.argv[1:]:
+    pid, created = arg.split(":")
+    try:
+        p = psutil.Process(int(pid))
+        if repr(p.create_time()) == created:
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def reaper(processes: list[psutil.Process]) -> subprocess.Popen:
+    """A process that kills a private cluster's processes once the driver is gone, however it went (SIGKILL
+    too: its end of the pipe closes then). The GCS and raylet die with the driver (Ray arms
+    PR_SET_PDEATHSIG), but Ray's agents then wait ~60 s on the dead GCS before they exit."""
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            alive.append(f"{p.pid}:{p.create_time()!r}")
+    return subprocess.Popen([sys.executable, "-c", REAPER, *alive], stdin=subprocess.PIPE, start_new_session=True)
 
 
 def in_main_thread() -> bool:
