@@ -209,9 +209,10 @@ class RayLauncher(Launcher):
         try:
             if private:
                 store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
+                before = set(psutil.Process().children(recursive=True))
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                          _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
-                self._reaper = reaper(psutil.Process().children(recursive=True))
+                self._reaper = reaper([p for p in psutil.Process().children(recursive=True) if p not in before])
             else:
                 self._join(ray, address, quiet)
         except SystemExit as exc:  # Ray's SIGTERM handler, while ray.init ran
