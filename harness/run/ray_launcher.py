@@ -16,8 +16,10 @@ before anything runs (Ray would keep it pending forever).
 
 Faults. A worker that crashes or times out is recorded as on one machine. A task whose Ray worker or node
 dies is retried once, on another node where one can run it, then recorded ``failed`` with the Ray error's
-class. Ctrl-C cancels what is queued and kills what runs: the worker process dies with its Ray task
-(``PR_SET_PDEATHSIG``).
+class. A lost cluster (its GCS silent, or the raylet on the driver's machine dead) ends every job the driver
+holds ``failed`` before Ray ends the driver's process. Ctrl-C, SIGTERM and SIGHUP cancel what is queued and
+kill what runs: the worker process dies with its Ray task (``PR_SET_PDEATHSIG``). What a private cluster
+leaves when the driver is killed, a reaper process kills.
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ class RayLauncher(Launcher):
         self._ended_early: list[Finished] = []
         #: why the cluster is lost, once it is: "Ray cluster lost: ..."
         self._lost: str | None = None
+        #: the node of this machine and its raylet's address: Ray ends a driver that touches a dead raylet
+        self._own_node: str | None = None
+        self._own_raylet: tuple[str, int] | None = None
         self._switch = (os.environ.get(LOOPBACK_SWITCH), None)
         try:
             self._ray = self._connect(sum(len(t) for t in texts.values()))
@@ -177,7 +182,6 @@ class RayLauncher(Launcher):
             raise
         self._task = self._ray.remote(max_retries=0)(run_on_node)  # retried here, on another node
         own = next(n for n in self._ray.nodes() if n["NodeID"] == self._ray.get_runtime_context().get_node_id())
-        #: the raylet on this machine: Ray ends a driver that touches it after it died
         self._own_node, self._own_raylet = own["NodeID"], (own["NodeManagerAddress"], own["NodeManagerPort"])
         hosts = sorted({n.host for n in self._nodes.values()})
         console.print(f"ray: {len(self._nodes)} node{'s' * (len(self._nodes) != 1)} on {len(hosts)} "
@@ -259,7 +263,7 @@ class RayLauncher(Launcher):
         from ray._private.worker import global_worker
         from ray.exceptions import RayError
 
-        if hasattr(self, "_own_raylet"):  # known once joined
+        if self._own_raylet is not None:
             try:
                 socket.create_connection(self._own_raylet, timeout=GCS_CHECK_S).close()
             except ConnectionRefusedError:
