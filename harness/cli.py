@@ -27,11 +27,12 @@ from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
+from harness.core import process
 from harness.core.errors import UserError, describe_os_error
 from harness.core.files import check_output
 from harness.core.memory import out_of_memory_cause, out_of_memory_line
 from harness.core.paths import expand_user
-from harness.core.process import Interrupted, interrupt
+from harness.core.process import interrupt
 from harness.core.terminal import console_text, printable
 from harness.tasks import TASKS
 
@@ -440,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
     previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
+    process.last_signal = None
     try:
         if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
             args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
@@ -463,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             return _internal_error(exc, argv)
         print(f"harness: error: {out_of_memory_line(cause)}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except KeyboardInterrupt as exc:
-        how = f" by {exc}" if isinstance(exc, Interrupted) else ""
+    except KeyboardInterrupt:  # Interrupted, or a bare one from Ray's waits: the handler kept the signal
+        how = f" by {signal.Signals(process.last_signal).name}" if process.last_signal else ""
         print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

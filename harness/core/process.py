@@ -29,6 +29,9 @@ PR_SET_PDEATHSIG = 1
 
 #: signals received while a child was being started, raised once it is recorded (None: not starting one)
 _held: list[int] | None = None
+#: the signal last turned into :class:`Interrupted`: a C extension that checks for signals itself (Ray's
+#: waits) raises a bare KeyboardInterrupt in its place
+last_signal: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,6 +44,8 @@ class Interrupted(KeyboardInterrupt):
 
 def interrupt(signum, frame) -> None:
     """The signal handler of SIGINT, SIGTERM and SIGHUP."""
+    global last_signal
+    last_signal = signum
     if _held is not None:
         _held.append(signum)
         return

@@ -10,6 +10,7 @@ share cores and memory and spoil each other's speed figures.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,8 @@ class Runner:
                     self._run_phase(phase, launcher, done)
             except BaseException:  # Ctrl-C, SIGTERM, a full disk: take every cell's process down with us
                 launcher.cancel_all()
+                with suppress(OSError):  # a full disk may be why the run stops: that error is the one to tell
+                    self._ended(run_dir)
                 raise
             finally:
                 launcher.close()
@@ -128,9 +131,13 @@ class Runner:
             write_cell_record(run_dir, record)
             self.summary.count(record.status)
         store.write_tables(run_dir, run_dir.name, self.info["cells"])
+        self._ended(run_dir)
+        return self.summary
+
+    def _ended(self, run_dir: Path) -> None:
+        """``run.json`` says when the run ended, however it ended."""
         self.info["ended_at"] = now()
         store.write_run_json(run_dir, self.info)
-        return self.summary
 
     def _launcher(self, run_dir: Path, plan: Plan) -> Launcher:
         if self.executor.type == "ray":
