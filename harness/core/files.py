@@ -60,6 +60,15 @@ def fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it); a file system that cannot (some FUSE ones) keeps the rename."""
+    try:
+        fsync_path(path, directory=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
 def _named(exc: OSError, path: Path) -> OSError:
     """``exc`` with the file it concerns, for the one-line message (a full disk mid-write names none)."""
     if exc.errno is not None and exc.filename is None:
@@ -92,11 +101,7 @@ def atomic_writes(files: list[tuple[Path, Writer]]) -> None:
             tmp.unlink(missing_ok=True)
         raise
     for directory in dict.fromkeys(path.parent for _, path in done):
-        try:
-            fsync_path(directory, directory=True)
-        except OSError as exc:  # a file system that cannot flush a directory (some FUSE ones) keeps the rename
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
+        fsync_dir(directory)
 
 
 def atomic_write(path: Path, write: Writer) -> None:
