@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.sources.cache_entry import Stale, cached
@@ -163,3 +164,23 @@ def test_a_stale_entry_is_rebuilt_without_a_damage_line(tmp_path, capsys):
     assert cached(path, lambda tmp: tmp.write_text("new"), fresh).value == "new"
     assert cached(path, lambda tmp: tmp.write_text("newer"), fresh, refresh=True).value == "newer"
     assert capsys.readouterr().err == ""
+
+
+def test_a_converted_model_folder_with_truncated_weights_fails_its_check(tmp_path):
+    """What makes the GGUF -> HF conversion's entry be rebuilt: weights cut short, a missing record."""
+    save_file = pytest.importorskip("safetensors.numpy").save_file
+    from harness.core.errors import UserError
+    from harness.core.files import Damaged
+    from harness.sources.gguf_to_hf import TOKENIZER_RECORD, check_materialized
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / TOKENIZER_RECORD).write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(weights))
+    check_materialized(tmp_path)
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(Damaged, match=r"model.safetensors: its tensors need .* bytes, the file has"):
+        check_materialized(tmp_path)
+    (tmp_path / TOKENIZER_RECORD).unlink()
+    with pytest.raises(UserError, match=f"{TOKENIZER_RECORD}: cannot read"):
+        check_materialized(tmp_path)

@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError
-from harness.core.files import atomic_write
 from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
@@ -139,16 +139,9 @@ def _package_file(spec: str, fetch: bool = True) -> Path | None:
     if getattr(module, "MODEL_NAME", filename) != filename:
         raise UserError(f"package '{package}' assembles '{module.MODEL_NAME}', not '{filename}'")
     target = cache_dir(create=fetch) / "assembled" / package / relative
-    if not target.exists():
-        if not fetch:
-            return None
-
-        def write(tmp: Path) -> None:
-            tmp.unlink()  # assemble() refuses to overwrite a file it did not make
-            assemble(tmp)
-
-        atomic_write(target, write)
-    return target
+    if not fetch:
+        return target if target.exists() else None
+    return cached(target, assemble, read_header if target.suffix == ".gguf" else Path.stat).path
 
 
 def _from_hub(label: str, fetch) -> Path:
