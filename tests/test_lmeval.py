@@ -3,14 +3,19 @@ lm-eval's own evaluator over the local tasks, and a suite whose lm-eval task exp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import lm_eval
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from lm_eval.api.instance import Instance
@@ -247,17 +252,34 @@ def test_unregistered_metrics_and_other_filters_are_kept_aside():
 
 # --- a suite --------------------------------------------------------------------------------------------------
 
-def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_path, corpora_dir):
+def lmeval_suite(tmp_path, tasks=(CLOZE, ROLLING), models=("w3", "sb")) -> Path:
     suite = {"name": "lme", "models": {
                  "w3": {"ngram": {"order": 3, "train": "builtin:stdlib-docs#train"}},
                  "sb": {"ngram": {"order": 3, "train": "builtin:stdlib-docs#train", "smoothing": "stupid-backoff"}}},
              "backends": {"ngram": {"type": "ngram"}},
              "datasets": {"book": {"source": "corpora:janeausten/persuasion.txt"}},
-             "tasks": {"acc": {"type": "lm-eval", "tasks": [CLOZE, ROLLING], "dataset": "book", "limit": 12,
+             "tasks": {"acc": {"type": "lm-eval", "tasks": list(tasks), "dataset": "book", "limit": 12,
                                "local_docs": 12, "max_length": 64}},
-             "matrix": [{"model": ["w3", "sb"], "backend": "ngram", "task": "acc"}]}
+             "matrix": [{"model": list(models), "backend": "ngram", "task": "acc"}]}
     path = tmp_path / "lme.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def isolate_home_and_temp(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
+    """(home, temp folder, harness cache) of the cells' processes, each empty, with no HF_* folder set."""
+    folders = tmp_path / "home", tmp_path / "tmp", tmp_path / "cache"
+    for name, folder in zip(("HOME", "TMPDIR", "HARNESS_CACHE"), folders, strict=True):
+        folder.mkdir()
+        monkeypatch.setenv(name, str(folder))
+    for name in ("HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    return folders
+
+
+def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_path, corpora_dir, monkeypatch):
+    path = lmeval_suite(tmp_path)
+    home, tmp, cache = isolate_home_and_temp(tmp_path, monkeypatch)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--corpora", str(corpora_dir)]) == 0
     df = pd.read_parquet(out / "results.parquet")
@@ -273,6 +295,40 @@ def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_p
     skipped = df[df["model"] == "sb"]
     assert (skipped["status"] == "skipped").all()
     assert skipped["reason"].str.contains("backend lacks capability score").all()
+    # datasets' tables of the local tasks went to the harness cache, not ~/.cache/huggingface; nothing to /tmp
+    assert any((cache / "hf-datasets").rglob("*.arrow")) and list(home.iterdir()) == list(tmp.iterdir()) == []
+    assert not list((out / "cells").glob("*.scratch"))
+
+
+def test_a_killed_lm_eval_cell_leaves_no_temp_folder(tmp_path, corpora_dir, monkeypatch):
+    """The local tasks are written into the cell's scratch folder in the run, which goes when the cell ends,
+    killed or not (they were left in /tmp as harness-lmeval-*)."""
+    path = lmeval_suite(tmp_path, tasks=[CLOZE], models=["w3"])
+    _, tmp, _ = isolate_home_and_temp(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_the_cell_once_its_tasks_are_written():
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            if any((out / "cells").glob("*.scratch/harness-lmeval-*/*.yaml")):
+                for child in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        if "harness.run.worker" in child.cmdline():
+                            child.kill()
+                            killed.append(child.pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_cell_once_its_tasks_are_written)
+    killer.start()
+    try:
+        assert main(["run", str(path), "--out", str(out), "--corpora", str(corpora_dir)]) == 3
+    finally:
+        killed.append("stop")
+        killer.join()
+    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert "killed by SIGKILL" in record["reason"]
+    assert not list((out / "cells").glob("*.scratch")) and list(tmp.iterdir()) == []
 
 
 def test_lmeval_tasks_command_writes_tasks_lm_eval_reads(tmp_path, corpora_dir):

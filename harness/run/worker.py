@@ -49,7 +49,8 @@ def run_job(job: Job) -> dict:
         rss_before = rss_mb()
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
-        task.loaded, task.machine, task.base_dir = info, job.probes, job.base_dir
+        job.scratch_dir.mkdir(parents=True, exist_ok=True)
+        task.loaded, task.machine, task.base_dir, task.scratch_dir = info, job.probes, job.base_dir, job.scratch_dir
         result = task.run(backend, corpus)
     device = backend.device_memory()
     backend.close()

@@ -112,4 +112,4 @@ class LmEvalTask(Task):
             raise ValueError("an lm-eval cell runs one task")
         base = self.base_dir or Path.cwd()
         includes = [str((base / p).resolve()) for p in self.settings.include_paths]
-        return evaluate_cell(backend, self.settings, corpus, includes)
+        return evaluate_cell(backend, self.settings, corpus, includes, self.scratch_dir)
