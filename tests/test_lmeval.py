@@ -27,6 +27,8 @@ from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import Unavailable
 from harness.lmeval.evaluate import measurements_from
 from harness.lmeval.model import HarnessLM
+from harness.report.console import family_tables
+from harness.report.render import write_report
 from harness.sources.lmeval_tasks import CLOZE, ROLLING, cloze_docs, rolling_docs, sentences, write_local_tasks
 from harness.tasks import TASKS
 from harness.tasks.windows import rolling
@@ -298,6 +300,13 @@ def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_p
     # datasets' tables of the local tasks went to the harness cache, not ~/.cache/huggingface; nothing to /tmp
     assert any((cache / "hf-datasets").rglob("*.arrow")) and list(home.iterdir()) == list(tmp.iterdir()) == []
     assert not list((out / "cells").glob("*.scratch"))
+    # the accuracies (with their stderr) reach the console's summary and report.md
+    wide = dict(family_tables(df))["lm-eval"]
+    assert {"acc", "acc norm", "bits/byte", "word ppl"} <= set(wide.columns)
+    acc = cloze.loc["lmeval_acc"]
+    assert f"{acc['value']:.1%} ± {acc['stderr']:.1%}" in wide["acc"].tolist()
+    md, _ = write_report(out)
+    assert f"{acc['value']:.1%} ± {acc['stderr']:.1%}" in md.read_text()
 
 
 def test_a_killed_lm_eval_cell_leaves_no_temp_folder(tmp_path, corpora_dir, monkeypatch):
