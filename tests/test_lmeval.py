@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -432,6 +435,29 @@ def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path,
     (written,) = out.rglob("results_*.json")
     result = json.loads(written.read_text())["results"][CLOZE]
     assert 0 <= result["acc,none"] <= 1 and result["alias"] == CLOZE
+
+
+def test_harness_lm_eval_without_the_local_tasks_folder_says_so_in_one_line(capsys):
+    assert main(["lm-eval", "run", "--model", "harness", "--tasks", CLOZE, "--model_args",
+                 "backend=llamacpp,gguf=x.gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"harness: error: lm-eval: Tasks not found: {CLOZE} (a task of your own needs its folder: --include_path; "
+        f"harness lmeval-tasks writes {CLOZE} and {ROLLING})")
+
+
+@pytest.mark.integration
+def test_harness_lm_eval_on_a_hub_task_offline_says_so_in_one_line(tmp_path, smollm2_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HOME": str(tmp_path),
+           "HF_HOME": str(tmp_path / "hf"), "HARNESS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "harness", "lm-eval", "run", "--model", "harness", "--tasks",
+                           "hellaswag", "--limit", "2", "--model_args",
+                           f"backend=llamacpp,gguf={smollm2_path},n_threads=2"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("harness: error: lm-eval: Couldn't reach") and "downloaded once, online" in last
 
 
 def test_the_config_hash_does_not_move_with_the_local_tasks_scratch_folder():
