@@ -12,8 +12,11 @@ from pathlib import Path
 
 from harness import __version__
 
+#: the checkout the harness runs from (its commit is recorded)
+HARNESS_CHECKOUT = Path(__file__).resolve().parent.parent
 
-def git_commit(checkout: Path = Path(__file__).resolve().parent.parent) -> str | None:
+
+def git_commit(checkout: Path = HARNESS_CHECKOUT) -> str | None:
     """The harness checkout's commit, ``-dirty`` if tracked files changed; read without the index refresh
     ``git status`` otherwise writes (``.git/index.lock``): a run writes nothing into the checkout, nor races
     the user's own git."""

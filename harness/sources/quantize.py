@@ -2,9 +2,9 @@
 then re-quantized by llama.cpp's own quantizer (``llama_model_quantize``, as llama-quantize runs it).
 
 Each rung is a cache entry (:mod:`harness.sources.cache_entry`) keyed by the source's sha256 and the type:
-built once by whichever run needs it first, never seen half-written, rebuilt if truncated. A ladder built from an already
-quantized file (SmolLM2 ships as Q4_1) measures what re-quantizing those weights costs: the F32 rung
-holds the Q4_1 weights exactly, and is the reference the other rungs are compared with.
+built once by whichever run needs it first, never seen half-written, rebuilt if truncated. A ladder built
+from an already quantized file (SmolLM2 ships as Q4_1) measures what re-quantizing those weights costs: the
+F32 rung holds the Q4_1 weights exactly, and is the reference the other rungs are compared with.
 """
 
 from __future__ import annotations
