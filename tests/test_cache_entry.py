@@ -143,8 +143,18 @@ def test_a_failed_build_publishes_nothing(tmp_path):
         tmp.write_text("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         cached(path, crash, Path.read_text)
+    assert raised.value.filename == str(path)  # the entry, not its temp file
+
+    def crash_in_a_folder(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_text("half")
+        raise OSError(28, "No space left on device", str(tmp / "model.safetensors"))
+
+    with pytest.raises(OSError) as raised:
+        cached(path, crash_in_a_folder, Path.read_text)
+    assert raised.value.filename == str(path / "model.safetensors")
     with pytest.raises(RuntimeError, match=f"{path} was built but fails its check .FileNotFoundError"):
         cached(path, lambda tmp: tmp.mkdir(), lambda p: (p / "config.json").read_text())
     with pytest.raises(RuntimeError, match=f"building {path} wrote nothing"):

@@ -94,11 +94,22 @@ def _build(path: Path, build: Callable[[Path], object], check: Callable[[Path], 
             os.rename(path, old)
             _remove(old)
         os.rename(tmp, path)
+    except OSError as exc:  # a full disk: named by the entry, not by its temp path
+        _remove(tmp)
+        raise _named_by_entry(exc, tmp, path) from exc
     except BaseException:
         _remove(tmp)
         raise
     fsync_dir(path.parent)
     return Entry(path, value, time.perf_counter() - start)
+
+
+def _named_by_entry(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """``exc`` naming the entry (or its file) where it names the temp path or no file at all."""
+    name = None if exc.filename is None else str(exc.filename)
+    if exc.errno is None or (name is not None and not name.startswith(str(tmp))):
+        return exc
+    return OSError(exc.errno, os.strerror(exc.errno), str(path) + (name[len(str(tmp)):] if name else ""))
 
 
 def _temp_paths(path: Path) -> list[Path]:
