@@ -298,9 +298,19 @@ def cmd_lm_eval(arguments: list[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import harness.lmeval  # noqa: F401  (registers the model)
+    from harness.sources.lmeval_tasks import LOCAL_TASKS
 
     sys.argv = ["lm-eval", *arguments]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as exc:  # lm-eval's word for a task name it cannot find; others are lm-eval's or ours
+        if not str(exc).startswith("Tasks not found"):
+            raise
+        raise UserError(f"lm-eval: {exc} (a task of your own needs its folder: --include_path; harness "
+                        f"lmeval-tasks writes {' and '.join(LOCAL_TASKS)})") from None
+    except ConnectionError as exc:  # datasets' (no errno): a hub task's data, offline
+        raise UserError(f"lm-eval: {exc}: a hub task's data is downloaded once, online (or use the local tasks "
+                        f"{' and '.join(LOCAL_TASKS)})") from None
     return EXIT_OK
 
 

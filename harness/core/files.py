@@ -94,6 +94,15 @@ def fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it); a file system that cannot (some FUSE ones) keeps the rename."""
+    try:
+        fsync_path(path, directory=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+
 def _named(exc: OSError, path: Path, tmp: Path | None = None) -> OSError:
     """``exc`` naming the file the user asked for where it names the temp file or none (a full disk mid-write);
     an error about another file (one a writer reads) keeps its name."""
@@ -133,11 +142,7 @@ def atomic_writes(files: list[tuple[Path, Writer]]) -> None:
             tmp.unlink(missing_ok=True)
         raise
     for directory in dict.fromkeys(path.parent for _, path in done):
-        try:
-            fsync_path(directory, directory=True)
-        except OSError as exc:  # a file system that cannot flush a directory (some FUSE ones) keeps the rename
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
+        fsync_dir(directory)
 
 
 def atomic_write(path: Path, write: Writer) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from harness.backends.base import Backend
 from harness.core.errors import Unavailable
-from harness.core.files import scratch_dir
 from harness.core.metrics import METRICS, Measurement
 from harness.lmeval.model import HarnessLM
+from harness.sources.cache import cache_dir
 from harness.sources.corpora import Corpus
 from harness.sources.lmeval_tasks import LOCAL_TASKS, VERSION, write_local_tasks
 from harness.tasks.base import TaskResult
@@ -23,12 +26,15 @@ NO_FILTER = "none"
 PREFIX = "lmeval_"
 
 
-def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_paths: list[str]) -> TaskResult:
+def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_paths: list[str],
+                  scratch_dir: Path | None = None) -> TaskResult:
+    """``scratch_dir``: the cell's temp folder, which holds the local tasks (removed even if the cell is killed)."""
+    keep_datasets_in_harness_cache()
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     (name,) = settings.tasks
-    with scratch_dir("harness-lmeval-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="harness-lmeval-", dir=scratch_dir) as scratch:
         local = {}
         if corpus is not None:
             write_local_tasks(scratch, corpus.text, settings.local_docs, settings.seed)
@@ -56,6 +62,13 @@ def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_pat
         "num_fewshot": results.get("n-shot", {}).get(name), "n_samples": results.get("n-samples", {}).get(name),
         "max_length": settings.max_length, "evaluate_s": elapsed, **local,
         **({"unreported_metrics": unreported} if unreported else {})})
+
+
+def keep_datasets_in_harness_cache() -> None:
+    """The tables ``datasets`` builds for lm-eval (the local tasks' JSON lines, a hub task's downloads) go to the
+    harness cache, not ``~/.cache/huggingface``, unless ``HF_DATASETS_CACHE`` says where; for this process (the
+    cell's) only, before ``datasets`` is imported."""
+    os.environ.setdefault("HF_DATASETS_CACHE", str(cache_dir() / "hf-datasets"))
 
 
 def config_hash(config: dict, scratch: str) -> str:

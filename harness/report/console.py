@@ -44,14 +44,19 @@ FAMILY_COLUMNS = {
     "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "peak_rss_mb",
                    "peak_vram_mb"],
     "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens"],
+    "lm-eval": ["lmeval_acc", "lmeval_acc_norm", "lmeval_bits_per_byte", "lmeval_word_perplexity", "peak_rss_mb"],
 }
 #: the column of a cell whose timings were measured on a busy machine (:mod:`harness.core.contention`)
 MACHINE = "machine"
 #: shown as percentages in the console
-FRACTIONS = frozenset({"mbu", "mfu", "same_top1"})
+FRACTIONS = frozenset({"mbu", "mfu", "same_top1", "lmeval_acc", "lmeval_acc_norm"})
+#: shown with their standard error (an accuracy on a few hundred documents is uncertain in its first digit)
+WITH_STDERR = frozenset({"token_ppl", "lmeval_acc", "lmeval_acc_norm"})
 SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
          "same_top1": "same top-1", "ppl_ratio": "PPL ratio", "entropy_mean": "entropy", "max_prob_mean": "max p",
-         "distinct_2": "distinct-2", "rep_4gram": "rep 4-gram", "len_mean": "tokens", "ref_nll_mean": "ref NLL"}
+         "distinct_2": "distinct-2", "rep_4gram": "rep 4-gram", "len_mean": "tokens", "ref_nll_mean": "ref NLL",
+         "lmeval_acc": "acc", "lmeval_acc_norm": "acc norm", "lmeval_bits_per_byte": "bits/byte",
+         "lmeval_word_perplexity": "word ppl"}
 
 
 def console_value(metric: str, value: float, stderr: float | None = None) -> str:
@@ -60,7 +65,7 @@ def console_value(metric: str, value: float, stderr: float | None = None) -> str
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if metric in FRACTIONS:
-        return f"{value:.1%}"
+        return f"{value:.1%}" + (f" ± {stderr:.1%}" if stderr is not None and not math.isnan(stderr) else "")
     if abs(value) >= 1e6:
         return f"{value / 1e6:.3g}M"
     if 0 < abs(value) < 0.01:
@@ -93,7 +98,7 @@ def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 cells[cell][MACHINE] = "busy"
         if isinstance(metric, str) and metric in FAMILY_COLUMNS.get(family[cell], HEADLINE):
             value = value / 2**20 if metric == "model_bytes" else value
-            cells[cell][metric] = console_value(metric, value, stderr if metric == "token_ppl" else None)
+            cells[cell][metric] = console_value(metric, value, stderr if metric in WITH_STDERR else None)
     tables = []
     for name in dict.fromkeys(family.values()):
         rows = [row for cell, row in cells.items() if family[cell] == name]

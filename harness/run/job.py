@@ -49,6 +49,11 @@ class Job:
         """The name of this job's files: the cell id, plus the round of an interleaved cell."""
         return self.cell_id if self.round is None else f"{self.cell_id}.round{self.round}"
 
+    @property
+    def scratch_dir(self) -> Path:
+        """The cell's temp folder, beside its outcome: its launcher removes it when the cell ends."""
+        return self.outcome_path.with_name(f"{self.stem}.scratch")
+
     def to_json(self) -> dict:
         return {"cell": self.cell.model_dump(mode="json"), "round": self.round, "base_dir": str(self.base_dir),
                 "corpora": str(self.corpora) if self.corpora else None, "model": _model_json(self.model),

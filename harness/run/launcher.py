@@ -154,13 +154,15 @@ class ProcessLauncher(Launcher):
             reason, status = how_it_ended(returncode, timed_out, self.timeout_s, log_path, oom)
             record, artifacts = record_without_worker(job, reason, status, duration_s=duration), {}
         job.outcome_path.unlink(missing_ok=True)
-        shutil.rmtree(job.artifacts_dir, ignore_errors=True)
+        for folder in (job.artifacts_dir, job.scratch_dir):
+            shutil.rmtree(folder, ignore_errors=True)
         return [Finished(job, record, artifacts, log_path)]
 
     def cancel_all(self) -> None:
         if self._proc is not None:
             self._kill()
             self.scratch(self._job.stem).unlink(missing_ok=True)
+            shutil.rmtree(self._job.scratch_dir, ignore_errors=True)
             self._job = self._proc = None
 
     def _kill(self) -> None:

@@ -55,7 +55,8 @@ def run_job(job: Job) -> dict:
         before = contention.read()  # the timed section: the load (load_s) and the task
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
-        task.loaded, task.machine, task.base_dir = info, job.probes, job.base_dir
+        job.scratch_dir.mkdir(parents=True, exist_ok=True)
+        task.loaded, task.machine, task.base_dir, task.scratch_dir = info, job.probes, job.base_dir, job.scratch_dir
         result = task.run(backend, corpus)
         measured = contention.deltas(before, contention.read(), threads)
     if canary_s is not None:

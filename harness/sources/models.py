@@ -20,10 +20,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError
-from harness.core.files import atomic_write
 from harness.core.paths import expand_user
 from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
@@ -168,20 +168,16 @@ def _package_file(spec: str, fetch: bool = True) -> Path | None:
     if ASSEMBLED[package] != filename:
         raise UserError(f"package '{package}' assembles '{ASSEMBLED[package]}', not '{filename}'")
     target = cache_dir(create=fetch) / "assembled" / package / relative
-    if not target.exists():
-        if not fetch:
-            return None
+    if not fetch:
+        return target if target.exists() else None
+
+    def assemble(tmp: Path) -> None:  # the only import a suite can cause: a known model package, to assemble
         found = importlib.util.find_spec(package)  # a top-level name: finding it imports nothing
         if found is None or not Path(found.origin or "").resolve().is_relative_to(folder.resolve()):
             raise UserError(f"pkg:{spec}: '{package}' would not be imported from its distribution's {folder}")
-        assemble = importlib.import_module(package).assemble
+        importlib.import_module(package).assemble(tmp)
 
-        def write(tmp: Path) -> None:
-            tmp.unlink()  # assemble() refuses to overwrite a file it did not make
-            assemble(tmp)
-
-        atomic_write(target, write)
-    return target
+    return cached(target, assemble, read_header if target.suffix == ".gguf" else Path.stat).path
 
 
 def _from_hub(label: str, fetch) -> Path:

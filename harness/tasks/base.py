@@ -67,6 +67,9 @@ class Task(ABC):
         self.machine: dict[str, dict] | None = None
         #: the suite file's folder, for paths a task's settings name (set by the worker)
         self.base_dir: Path | None = None
+        #: a folder of the cell's own for temp files, removed when the cell ends, killed or not (set by the
+        #: worker; None: the system's temp folder)
+        self.scratch_dir: Path | None = None
 
     @abstractmethod
     def context_tokens(self) -> int:

@@ -142,4 +142,4 @@ class LmEvalTask(Task):
             raise ValueError("an lm-eval cell runs one task")
         base = self.base_dir or Path.cwd()
         includes = [str(include_folder(p, base)) for p in self.settings.include_paths]
-        return evaluate_cell(backend, self.settings, corpus, includes)
+        return evaluate_cell(backend, self.settings, corpus, includes, self.scratch_dir)
