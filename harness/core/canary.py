@@ -15,8 +15,10 @@ import statistics
 import threading
 import time
 
-#: each thread hashes PASSES times a BLOCK-byte buffer (8 MiB: ~5-20 ms on one core)
-BLOCK, PASSES = 1 << 20, 8
+#: each thread hashes PASSES times a BLOCK-byte buffer (32 MiB: ~30 ms on one Zen 4 core). Long enough that the
+#: start of a process (the previous round's worker exiting, the driver writing its record) does not decide it:
+#: at 8 MiB (~5 ms) an idle machine's rounds ran 56% slower than their median now and then
+BLOCK, PASSES = 1 << 20, 32
 #: the kernel runs this many times; its best time is the figure (a lone scheduler tick does not move it, a
 #: neighbour sharing a core does)
 TRIES = 3
