@@ -362,15 +362,16 @@ def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path,
                          bytes_on_disk=path.stat().st_size if path.exists() else 0, recipe=recipe)
 
 
-def resolve_trained(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path,
-                    corpora: Path | None) -> ResolvedModel:
+def resolve_trained(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,
+                    train: bool = True) -> ResolvedModel:
     """A trained Llama model's HF directory, trained now (in a child process, with a progress bar) unless the
-    cache holds it already; ``texts`` are the fingerprints of its datasets' sources, in order."""
+    cache holds it already (``train=False``: a UserError then); ``texts`` are the fingerprints of its datasets'
+    sources, in order."""
     from harness.sources.train_llama import ensure_trained, read_training
 
     tokenizer = locate(ModelSpec(gguf=spec.train.tokenizer), base_dir)
     check_gguf(tokenizer)
-    path = ensure_trained(spec.train, texts, tokenizer, sha256_file(tokenizer), base_dir, corpora)
+    path = ensure_trained(spec.train, texts, tokenizer, sha256_file(tokenizer), base_dir, corpora, train)
     return ResolvedModel(name=name, kind="train", source=spec.source, path=path, sha256=sha256_file(path),
                          bytes_on_disk=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
                          training=read_training(path))

@@ -67,12 +67,16 @@ def read_training(path: Path) -> dict:
 
 
 def ensure_trained(spec: TrainSpec, texts: list[dict], tokenizer: Path, tokenizer_sha256: str, base_dir: Path,
-                   corpora: Path | None) -> Path:
-    """The model's directory, trained now by a child process unless cached. The child draws its progress on
-    this process's stdout; its one-line error (bad input: exit 2) becomes a UserError here."""
+                   corpora: Path | None, train: bool = True) -> Path:
+    """The model's directory, trained now by a child process unless cached (or refused, without ``train``). The
+    child draws its progress on this process's stdout; its one-line error (bad input) becomes a UserError here,
+    its environment error an OSError."""
     target = trained_dir(training_key(spec, texts, tokenizer_sha256))
     if (target / TRAINING_RECORD).exists():
         return target
+    if not train:
+        raise UserError(f"the trained model {target} is not in this machine's cache: run the suite here first "
+                        "(or share HARNESS_CACHE)")
     recipe = {"spec": spec.model_dump(mode="json"), "texts": texts, "tokenizer": str(tokenizer),
               "base_dir": str(base_dir), "corpora": str(corpora) if corpora else None}
     done = subprocess.run(child_command("harness.sources.train_llama", json.dumps(recipe), str(target)),

@@ -155,7 +155,7 @@ class _TokenClock:
 class HfBackend(Backend):
     settings_class = HfSettings
     capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED, BEAM, BATCH})
-    model_kinds = frozenset({"hf", "gguf"})
+    model_kinds = frozenset({"hf", "gguf", "train"})
     #: transformers' ``_get_logits_processor`` order
     native_sampler_order = ("repetition penalty (the whole sequence: no window) -> temperature -> top-k -> top-p "
                             "-> min-p -> draw")
