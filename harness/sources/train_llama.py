@@ -145,6 +145,7 @@ def _train_into(recipe: dict, folder: Path) -> None:
     torch.manual_seed(spec.seed)
     save_tokenizer(Path(recipe["tokenizer"]), folder)
     transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum": it is cut here
+    transformers.logging.disable_progress_bar()  # the shard writer's: ours is the bar
     tokenizer = AutoTokenizer.from_pretrained(folder)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     stream = torch.tensor(training_tokens(recipe, tokenizer), dtype=torch.long)
@@ -165,7 +166,7 @@ def _train_into(recipe: dict, folder: Path) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, steps, min(spec.warmup, steps // 10)))
     draws = torch.Generator().manual_seed(spec.seed)
-    curve = []
+    curve, loop_start = [], time.perf_counter()
     with _progress() as progress:
         bar = progress.add_task("training", total=steps, loss="")
         for step in range(1, steps + 1):
@@ -194,8 +195,8 @@ def _train_into(recipe: dict, folder: Path) -> None:
               "train_tokens": steps * spec.batch * spec.context, "steps": steps,
               "text_tokens": len(train_part), "validation_tokens": len(valid_part),
               "final_train_loss": curve[-1]["train_loss"], "final_val_loss": curve[-1]["val_loss"],
-              "wall_s": time.perf_counter() - start, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(),
+              "train_s": time.perf_counter() - loop_start, "wall_s": time.perf_counter() - start,
+              "threads": torch.get_num_threads(), "machine": platform.machine(),
               "versions": {name: importlib.metadata.version(name) for name in LIBRARIES}}
     (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
