@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from harness.core.errors import UserError
 from harness.core.files import atomic_write
@@ -92,18 +92,20 @@ class TrainSpec(StrictModel):
     threads: int = Field(2, ge=1, description="torch threads: the result is reproducible for one CPU and "
                          "thread count")
 
-    @model_validator(mode="after")
-    def _quantizable_shape(self):
-        for key in ("hidden_size", "intermediate_size"):
-            value = getattr(self, key)
-            if value % ROW_MULTIPLE:
-                raise ValueError(f"{key}: expected a multiple of {ROW_MULTIPLE} (so every quantization format "
-                                 f"applies), got {value}")
-        if self.hidden_size % self.heads:
-            raise ValueError(f"heads: expected a divisor of hidden_size {self.hidden_size}, got {self.heads}")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"kv_heads: expected a divisor of heads {self.heads}, got {self.kv_heads}")
-        return self
+    @field_validator("hidden_size", "intermediate_size")
+    @classmethod
+    def _quantizable(cls, value: int) -> int:
+        if value % ROW_MULTIPLE:
+            raise ValueError(f"expected a multiple of {ROW_MULTIPLE} (so every quantization format applies)")
+        return value
+
+    @field_validator("heads", "kv_heads")
+    @classmethod
+    def _divides(cls, value: int, info: ValidationInfo) -> int:
+        whole = "hidden_size" if info.field_name == "heads" else "heads"
+        if whole in info.data and info.data[whole] % value:
+            raise ValueError(f"expected a divisor of {whole} {info.data[whole]}")
+        return value
 
     @property
     def datasets(self) -> list[str]:
