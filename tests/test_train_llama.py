@@ -78,15 +78,18 @@ def test_one_seed_gives_identical_weights(tiny, text_dir, monkeypatch, tmp_path)
     assert (again.path / "loss_curve.csv").read_text() == (tiny.path / "loss_curve.csv").read_text()
 
 
-def test_the_hf_backend_scores_a_trained_model_on_the_ggufs_tokens(tiny, text_dir, smollm2_llamacpp):
+def test_the_hf_backend_scores_a_trained_model_on_the_ggufs_vocabulary(tiny, text_dir, smollm2_llamacpp):
     from harness.backends.hf.backend import HfBackend, HfSettings
+    from harness.tasks.kld import check_same_vocabulary
     from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
 
     backend = HfBackend(HfSettings(type="hf", dtype="float32", device="cpu", n_threads=2), tiny)
     backend.prepare()
     backend.load(context_tokens=32)
     text = (text_dir / "test.txt").read_text(encoding="utf-8")
-    assert list(backend.tokenizer.encode(text)) == list(smollm2_llamacpp.tokenizer.encode(text))  # kld needs it
+    tokens = smollm2_llamacpp.tokenizer.encode(text)
+    assert list(backend.tokenizer.encode(text)) == list(tokens)
+    check_same_vocabulary(backend.tokenizer, smollm2_llamacpp.tokenizer, tokens)  # kld accepts the pair
     task = PerplexityTask(PerplexitySettings(type="perplexity", dataset="d", window="chunked", n_ctx=32))
     measured = {m.metric: m.value for m in task.run(backend, Corpus("d", "file:test.txt", text, "0")).measurements}
     backend.close()
