@@ -102,6 +102,7 @@ def test_the_hf_backend_scores_a_trained_model_on_the_ggufs_vocabulary(tiny, tex
     ("intermediate_size", 640, "models.tiny.train.intermediate_size: expected a multiple of 256"),
     ("kv_heads", 3, "models.tiny.train.kv_heads: expected a divisor of heads 4"),
     ("dataset", "nope", "models.tiny.train.dataset: dataset 'nope' is not defined"),
+    ("context", 16, "needs 32 tokens of context, more than model 'tiny' was trained on (16)"),  # before training
 ])
 def test_a_bad_training_setting_is_one_line_naming_the_key(tmp_path, capsys, key, value, expected):
     import yaml

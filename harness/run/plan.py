@@ -74,7 +74,8 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             path = locate(spec, base_dir, fetch=False)
             if path is not None and spec.kind == "gguf":
                 check_gguf(path)
-            trained[name] = trained_context(spec.kind, path)
+            # a model still to train: its context is known before it is trained (hours, maybe)
+            trained[name] = spec.train.context if spec.kind == "train" else trained_context(spec.kind, path)
         sources = []
         if spec.kind == "ngram":
             sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")
