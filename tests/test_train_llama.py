@@ -49,7 +49,7 @@ def test_a_trained_model_is_cached_and_not_trained_again(tiny, text_dir, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_llama.subprocess, "run", no_training)
+    monkeypatch.setattr(train_llama, "child_command", no_training)
     again = train(text_dir)
     assert (again.path, again.sha256) == (tiny.path, tiny.sha256)
     assert not list(tiny.path.parent.glob("*.tmp"))  # published by a rename: no temp folder left
@@ -95,6 +95,34 @@ def test_the_hf_backend_scores_a_trained_model_on_the_ggufs_vocabulary(tiny, tex
     backend.close()
     assert math.isfinite(measured["bits_per_byte"])
     assert measured["token_ppl"] < 49152  # three steps already beat a uniform guess over the vocabulary
+
+
+def test_a_run_scores_the_trained_model_and_shows_how_it_was_trained(tiny, text_dir, tmp_path, monkeypatch):
+    """Through the command line: the plan finds the model the fixture trained (the same settings and text under
+    other names: no training) and the hf backend's perplexity cell scores it."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train_llama, "child_command", no_training)
+    suite = {"name": "trained-tiny", "models": {"llama": {"train": {**TINY, "dataset": "text"}}},
+             "backends": {"hf-cpu": {"type": "hf", "dtype": "float32", "device": "cpu", "n_threads": 2}},
+             "datasets": {"text": {"source": "file:train.txt"}, "test": {"source": "file:test.txt"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "test", "window": "chunked", "n_ctx": 32}},
+             "matrix": [{"model": "llama", "backend": "hf-cpu", "task": "ppl"}]}
+    path = text_dir / "trained-tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    model = json.loads((out / "run.json").read_text())["models"]["llama"]
+    assert (model["path"], model["sha256"]) == (str(tiny.path), tiny.sha256)
+    assert model["training"]["train_tokens"] == 192
+    results = pd.read_csv(out / "results.csv")
+    assert math.isfinite(results.loc[results.metric == "bits_per_byte", "value"].item())
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
