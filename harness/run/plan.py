@@ -1,5 +1,6 @@
 """Everything a run needs settled before any cell starts: backend packages installed, models located and
-fingerprinted (n-grams trained on demand later), corpora read, the run directory chosen and writable.
+fingerprinted (n-grams trained on demand later; Llama models trained now, once for every cell that uses them),
+corpora read, the run directory chosen and writable.
 ``harness validate`` runs the same checks (:func:`check_inputs`) without resolving or writing anything."""
 
 from __future__ import annotations
@@ -11,11 +12,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.backends import BACKENDS
-from harness.core.errors import UserError, located
+from harness.core.errors import UserError, ensure_available, located
 from harness.core.files import check_output, output_folder
 from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
-from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
+from harness.sources.models import (
+    ModelSpec,
+    ResolvedModel,
+    check_gguf,
+    locate,
+    resolve,
+    resolve_ngram,
+    resolve_trained,
+    trained_context,
+)
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
@@ -50,8 +60,8 @@ class Plan:
 def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                  corpora: Path | None) -> tuple[dict[str, Corpus], dict[str, dict]]:
     """Everything `validate` can check without the network: backend packages are installed, model files
-    and corpora exist and are sane. Returns the datasets it read and the fingerprints of the n-gram
-    training texts by source (each read once, however many models count it)."""
+    and corpora exist and are sane. Returns the datasets it read and the fingerprints of the n-gram and
+    trained models' texts by source (each read once, however many models learn from it)."""
     base_dir = suite_path.resolve().parent
     for name in sorted({c.backend for c in cells}):
         backend_cls = BACKENDS[suite.backends[name].type]
@@ -65,14 +75,20 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             path = locate(spec, base_dir, fetch=False)
             if path is not None and spec.kind == "gguf":
                 check_gguf(path)
-            trained[name] = trained_context(spec.kind, path)
+            # a model still to train: its context is known before it is trained (hours, maybe)
+            trained[name] = spec.train.context if spec.kind == "train" else trained_context(spec.kind, path)
+        sources = []
         if spec.kind == "ngram":
-            for i, source in enumerate(spec.ngram.sources):
-                key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
-                if source not in train_texts:
-                    with located(suite_path, f"models.{name}.ngram.{key}"):
-                        corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
-                    train_texts[source] = corpus.fingerprint()
+            sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")
+                       for i, s in enumerate(spec.ngram.sources)]
+        if spec.kind == "train":
+            sources = [(suite.datasets[d].source, f"train.dataset ({d})") for d in spec.train.datasets]
+            check_trainable(spec, base_dir, suite_path, f"models.{name}.train")
+        for source, key in sources:
+            if source not in train_texts:
+                with located(suite_path, f"models.{name}.{key}"):
+                    corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
+                train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
     for name, spec in suite.tasks.items():  # a cell's task is the suite's task name, or it plus a variant's suffix
         if not any(c.task == name or c.task.startswith(name + ".") for c in cells):
@@ -86,6 +102,17 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
     return loaded, train_texts
+
+
+def check_trainable(spec: ModelSpec, base_dir: Path, suite_path: Path, where: str) -> None:
+    """A model the harness trains: torch and transformers installed, the tokenizer's GGUF readable."""
+    with located(suite_path, where):
+        for module in ("torch", "transformers"):
+            ensure_available(module, "hf", "training a Llama model (train:)")
+    with located(suite_path, f"{where}.tokenizer"):
+        path = locate(ModelSpec(gguf=spec.train.tokenizer), base_dir, fetch=False)
+        if path is not None:
+            check_gguf(path)
 
 
 def check_context(suite: Suite, cells: list[Cell], suite_path: Path, trained: dict[str, int | None]) -> None:
@@ -124,9 +151,14 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     local, train_texts = check_inputs(suite, cells, path, corpora)
     models, datasets = {}, {}
     needed = models_needed(suite, cells)
-    for name in sorted(n for n in needed if suite.models[n].kind != "ngram"):
+    for name in sorted(n for n in needed if suite.models[n].kind not in ("ngram", "train")):
         with located(path, f"models.{name}"):
             models[name] = resolve(name, suite.models[name], base_dir)
+    for name in sorted(n for n in needed if suite.models[n].kind == "train"):
+        spec = suite.models[name]
+        with located(path, f"models.{name}.train"):
+            models[name] = resolve_trained(name, spec, [train_texts[suite.datasets[d].source]
+                                                        for d in spec.train.datasets], base_dir, corpora)
     for name in sorted(n for n in needed if suite.models[n].kind == "ngram"):
         spec = suite.models[name]
         with located(path, f"models.{name}.ngram"):

@@ -55,7 +55,7 @@ from harness.run.plan import Plan, models_needed
 from harness.sources.cache import cache_dir
 from harness.sources.corpora import DatasetSpec, load_corpus
 from harness.sources.fingerprint import sha256_bytes
-from harness.sources.models import ModelSpec, ResolvedModel, resolve, resolve_ngram
+from harness.sources.models import ModelSpec, ResolvedModel, resolve, resolve_ngram, resolve_trained
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
@@ -683,6 +683,8 @@ def relocate(model: ResolvedModel | None, specs: dict, job: Job, hostname: str) 
             tokenizer = (resolve(tokenizer_name, ModelSpec.model_validate(specs[tokenizer_name]), base_dir)
                          if tokenizer_name else None)
             here = resolve_ngram(model.name, spec, model.recipe["train"], base_dir, job.corpora, tokenizer)
+        elif model.kind == "train":  # trained by the driver: a node uses its own cache's copy, never trains
+            here = resolve_trained(model.name, spec, model.training["texts"], base_dir, job.corpora, train=False)
         else:
             here = resolve(model.name, spec, base_dir)
         if here.sha256 != model.sha256:

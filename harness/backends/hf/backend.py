@@ -1,7 +1,8 @@
 """Hugging Face transformers models (fp32/bf16/fp16 on CPU or CUDA) and their bitsandbytes quantization.
 
-Sources: an HF model directory, a hub repo id (fetched by :mod:`harness.sources.models` when online), or a
-GGUF file, which is first turned into a plain HF directory once (:mod:`harness.sources.gguf_to_hf`) because
+Sources: an HF model directory, a hub repo id (fetched by :mod:`harness.sources.models` when online), a model
+the harness trained (``train:``, an HF directory in the cache: :mod:`harness.sources.train_llama`), or a GGUF
+file, which is first turned into a plain HF directory once (:mod:`harness.sources.gguf_to_hf`) because
 bitsandbytes cannot quantize a GGUF-loaded model.
 
 Scoring runs the model body once per batch of windows and applies the output head only to scored
@@ -155,7 +156,7 @@ class _TokenClock:
 class HfBackend(Backend):
     settings_class = HfSettings
     capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED, BEAM, BATCH})
-    model_kinds = frozenset({"hf", "gguf"})
+    model_kinds = frozenset({"hf", "gguf", "train"})
     #: transformers' ``_get_logits_processor`` order
     native_sampler_order = ("repetition penalty (the whole sequence: no window) -> temperature -> top-k -> top-p "
                             "-> min-p -> draw")

@@ -1,0 +1,261 @@
+"""A small Llama-architecture model trained from scratch with transformers on a suite's texts: the harness's
+full-precision neural baseline beside the n-gram, and a source every quantization format applies to in full.
+
+Its tokenizer is a GGUF's (transformers' conversion with llama.cpp's pre-tokenizer,
+:func:`harness.sources.gguf_to_hf.save_tokenizer`), so it shares that model family's vocabulary and the ``kld``
+task can compare it with GGUF and HF quantizations on the same tokens.
+
+Training runs once, in a process of its own (``python -m harness.sources.train_llama RECIPE TARGET``, which dies
+with the run that waits for it), on the CPU in float32, and is cached under a key of everything that changes the
+weights: the spec, the training texts' sha256, the tokenizer's, and the torch and transformers versions. One
+seed on the same CPU with the same ``threads`` gives identical weights; another CPU or thread count may differ
+in the last bits (floating-point sums in another order).
+
+A sequence is ``context`` tokens: BOS, then ``context - 1`` tokens of the text from a random offset (the layout
+of llama-perplexity's chunks); the text's last ``validation_tokens`` are held out for the validation loss. The
+directory holds the model (config.json, model.safetensors), the tokenizer, ``training.json`` (parameters,
+training tokens, wall time, versions) and ``loss_curve.csv`` (step, tokens, train and validation loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.core.errors import UserError
+from harness.core.process import child_command
+from harness.sources.cache import cache_dir
+from harness.sources.fingerprint import sha256_bytes
+from harness.sources.models import TrainSpec
+
+#: bump when the training procedure or the directory's layout changes, so stale models are retrained
+FORMAT = 1
+#: what was trained, beside the model
+TRAINING_RECORD = "training.json"
+LOSS_CURVE = "loss_curve.csv"
+#: libraries whose versions change the weights one seed gives
+LIBRARIES = ("torch", "transformers")
+#: how the child reports bad input and an environment error to its parent (exit code, last stderr line's prefix)
+EXIT_BAD_INPUT, BAD_INPUT = 2, "harness: error: "
+EXIT_ENVIRONMENT, ENVIRONMENT = 4, "harness: os error: "
+
+
+def training_key(spec: TrainSpec, texts: list[dict], tokenizer_sha256: str) -> str:
+    """sha256 of everything that changes the weights (the datasets by their texts' sha256, not their names)."""
+    identity = {"format": FORMAT, "texts": [t["sha256"] for t in texts], "tokenizer": tokenizer_sha256,
+                "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
+                **spec.model_dump(mode="json", exclude={"dataset", "tokenizer"})}
+    return sha256_bytes(json.dumps(identity, sort_keys=True).encode())
+
+
+def trained_dir(key: str) -> Path:
+    return cache_dir() / "trained" / f"llama-{key[:32]}"
+
+
+def read_training(path: Path) -> dict:
+    return json.loads((Path(path) / TRAINING_RECORD).read_text(encoding="utf-8"))
+
+
+def ensure_trained(spec: TrainSpec, texts: list[dict], tokenizer: Path, tokenizer_sha256: str, base_dir: Path,
+                   corpora: Path | None, train: bool = True) -> Path:
+    """The model's directory, trained now by a child process unless cached (or refused, without ``train``). The
+    child draws its progress on this process's stdout; its one-line error (bad input) becomes a UserError here,
+    its environment error an OSError."""
+    target = trained_dir(training_key(spec, texts, tokenizer_sha256))
+    if (target / TRAINING_RECORD).exists():
+        return target
+    if not train:
+        raise UserError(f"the trained model {target} is not in this machine's cache: run the suite here first "
+                        "(or share HARNESS_CACHE)")
+    recipe = {"spec": spec.model_dump(mode="json"), "texts": texts, "tokenizer": str(tokenizer),
+              "base_dir": str(base_dir), "corpora": str(corpora) if corpora else None}
+    done = subprocess.run(child_command("harness.sources.train_llama", json.dumps(recipe), str(target)),
+                          stderr=subprocess.PIPE, text=True)
+    last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "").strip()
+    if done.returncode == EXIT_BAD_INPUT and last.startswith(BAD_INPUT):
+        raise UserError(last.removeprefix(BAD_INPUT))
+    if done.returncode == EXIT_ENVIRONMENT and last.startswith(ENVIRONMENT):
+        number, filename = json.loads(last.removeprefix(ENVIRONMENT))
+        raise OSError(number, os.strerror(number), filename)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"training {target.name} failed (exit code {done.returncode}): {last}")
+    return target
+
+
+def publish(target: Path, build: Callable[[Path], None]) -> None:
+    """The cache entry ``target`` (a folder) made by ``build(tmp)`` in a temp folder beside it, then renamed:
+    a killed training leaves no half model. Another process that published it first wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        build(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / TRAINING_RECORD).exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def training_tokens(recipe: dict, tokenizer) -> list[int]:
+    """The datasets' texts as one token stream (an EOS between texts), each checked against the fingerprint the
+    run started with."""
+    from harness.sources.corpora import DatasetSpec, load_corpus
+
+    base, corpora = Path(recipe["base_dir"]), Path(recipe["corpora"]) if recipe["corpora"] else None
+    stream: list[int] = []
+    for fingerprint in recipe["texts"]:
+        corpus = load_corpus(fingerprint["source"], DatasetSpec(source=fingerprint["source"]), base, corpora)
+        if corpus.sha256 != fingerprint["sha256"]:
+            raise UserError(f"{fingerprint['source']} changed since the run started")
+        if stream:
+            stream.append(tokenizer.eos_token_id)
+        stream += tokenizer(corpus.text, add_special_tokens=False)["input_ids"]
+    return stream
+
+
+def train(recipe: dict, target: Path) -> None:
+    """Train the recipe's model and publish its directory as ``target``."""
+    publish(target, lambda tmp: _train_into(recipe, tmp))
+
+
+def _train_into(recipe: dict, folder: Path) -> None:
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from harness.sources.gguf_to_hf import save_tokenizer
+
+    spec = TrainSpec.model_validate(recipe["spec"])
+    start = time.perf_counter()
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    save_tokenizer(Path(recipe["tokenizer"]), folder)
+    transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum": it is cut here
+    transformers.logging.disable_progress_bar()  # the shard writer's: ours is the bar
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    stream = torch.tensor(training_tokens(recipe, tokenizer), dtype=torch.long)
+    span = spec.context - 1
+    if len(stream) < spec.validation_tokens + 2 * span:
+        raise UserError(f"the training text has {len(stream):,} tokens, fewer than validation_tokens "
+                        f"({spec.validation_tokens:,}) plus two sequences of context {spec.context}")
+    train_part, valid_part = stream[:-spec.validation_tokens], stream[-spec.validation_tokens:]
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.layers,
+                         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                         max_position_embeddings=spec.context, tie_word_embeddings=True,
+                         bos_token_id=bos, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    steps = math.ceil(spec.tokens / (spec.batch * spec.context))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95),
+                                  weight_decay=spec.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
+        step, steps, min(spec.warmup, steps // 10)))
+    draws = torch.Generator().manual_seed(spec.seed)
+    curve, loop_start = [], time.perf_counter()
+    with _progress() as progress:
+        bar = progress.add_task("training", total=steps, loss="")
+        for step in range(1, steps + 1):
+            model.train()
+            offsets = torch.randint(0, len(train_part) - span + 1, (spec.batch,), generator=draws)
+            batch = torch.stack([_sequence(train_part, int(o), span, bos) for o in offsets])
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            row = {"step": step, "tokens": step * spec.batch * spec.context, "train_loss": loss.item(),
+                   "val_loss": None}
+            if step % spec.eval_every == 0 or step == steps:
+                row["val_loss"] = validation_loss(model, valid_part, span, bos, spec.batch)
+            curve.append(row)
+            shown = f"loss {row['train_loss']:.3f}" + (f" val {row['val_loss']:.3f}" if row["val_loss"] else "")
+            progress.update(bar, advance=1, loss=shown)
+    model.config.name_or_path = f"harness:train/{Path(recipe['tokenizer']).name}"
+    model.save_pretrained(folder)
+    _write_curve(folder / LOSS_CURVE, curve)
+    n_params = int(model.num_parameters())
+    record = {"format": FORMAT, "spec": recipe["spec"], "texts": recipe["texts"],
+              "n_params": n_params, "n_params_embedding": int(model.get_input_embeddings().weight.numel()),
+              "train_tokens": steps * spec.batch * spec.context, "steps": steps,
+              "text_tokens": len(train_part), "validation_tokens": len(valid_part),
+              "final_train_loss": curve[-1]["train_loss"], "final_val_loss": curve[-1]["val_loss"],
+              "train_s": time.perf_counter() - loop_start, "wall_s": time.perf_counter() - start,
+              "threads": torch.get_num_threads(), "machine": platform.machine(),
+              "versions": {name: importlib.metadata.version(name) for name in LIBRARIES}}
+    (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def learning_rate_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warmup to the peak, then cosine decay to a tenth of it."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _sequence(tokens, offset: int, span: int, bos: int):
+    import torch
+
+    return torch.cat([torch.tensor([bos]), tokens[offset:offset + span]])
+
+
+def validation_loss(model, tokens, span: int, bos: int, batch: int) -> float:
+    """Mean token loss over the held-out tokens in disjoint sequences (each BOS-first, as in training)."""
+    import torch
+
+    sequences = [_sequence(tokens, o, span, bos) for o in range(0, len(tokens) - span + 1, span)]
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for first in range(0, len(sequences), batch):
+            chunk = torch.stack(sequences[first:first + batch])
+            n = chunk.numel() - len(chunk)  # predicted positions
+            total += model(input_ids=chunk, labels=chunk).loss.item() * n
+            count += n
+    return total / count
+
+
+def _write_curve(path: Path, curve: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "tokens", "train_loss", "val_loss"])
+        writer.writeheader()
+        writer.writerows(curve)
+
+
+def _progress():
+    from rich import progress
+    from rich.console import Console
+
+    return progress.Progress(progress.TextColumn("{task.description}"), progress.BarColumn(),
+                             progress.MofNCompleteColumn(), progress.TimeElapsedColumn(),
+                             progress.TimeRemainingColumn(), progress.TextColumn("{task.fields[loss]}"),
+                             console=Console(file=sys.stdout))
+
+
+if __name__ == "__main__":
+    try:
+        train(json.loads(sys.argv[1]), Path(sys.argv[2]))
+    except UserError as exc:  # the parent raises it again from this line
+        print(f"{BAD_INPUT}{exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:  # a full disk, a read-only cache: errno and path, for the parent's OSError
+        if exc.errno is None:
+            raise
+        print(f"{ENVIRONMENT}{json.dumps([exc.errno, exc.filename])}", file=sys.stderr)
+        sys.exit(EXIT_ENVIRONMENT)
