@@ -25,11 +25,9 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from harness.core.errors import UserError
@@ -93,23 +91,6 @@ def ensure_trained(spec: TrainSpec, texts: list[dict], tokenizer: Path, tokenize
     return target
 
 
-def publish(target: Path, build: Callable[[Path], None]) -> None:
-    """The cache entry ``target`` (a folder) made by ``build(tmp)`` in a temp folder beside it, then renamed:
-    a killed training leaves no half model. Another process that published it first wins."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        build(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / TRAINING_RECORD).exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def training_tokens(recipe: dict, tokenizer) -> list[int]:
     """The datasets' texts as one token stream (an EOS between texts), each checked against the fingerprint the
     run started with."""
@@ -128,8 +109,15 @@ def training_tokens(recipe: dict, tokenizer) -> list[int]:
 
 
 def train(recipe: dict, target: Path) -> None:
-    """Train the recipe's model and publish its directory as ``target``."""
-    publish(target, lambda tmp: _train_into(recipe, tmp))
+    """Train the recipe's model into the cache entry ``target`` (a folder; see :mod:`harness.sources.cache_entry`:
+    a killed training leaves no half model, a second run started meanwhile waits and reuses it)."""
+    from harness.sources.cache_entry import cached
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
+        _train_into(recipe, tmp)
+
+    cached(target, build, lambda folder: json.loads((folder / TRAINING_RECORD).read_text()))
 
 
 def _train_into(recipe: dict, folder: Path) -> None:
