@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.backends import BACKENDS
-from harness.core.errors import UserError, located
+from harness.core.errors import UserError, located, warn
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
-from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
+from harness.sources.models import ResolvedModel, check_source, locate, resolve, resolve_ngram, trained_context
+from harness.sources.quantize import Calibration
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
@@ -57,11 +58,11 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
         spec = suite.models[name]
-        with located(suite_path, f"models.{name}.{spec.kind}"):
+        with located(suite_path, f"models.{name}.{spec.source_kind}"):
             path = locate(spec, base_dir, fetch=False)
-            if path is not None and spec.kind == "gguf":
-                check_gguf(path)
-            trained[name] = trained_context(spec.kind, path)
+            if path is not None:
+                check_source(spec, path)
+            trained[name] = trained_context(spec.source_kind, path)
         if spec.kind == "ngram":
             for i, source in enumerate(spec.ngram.sources):
                 key = "train" if isinstance(spec.ngram.train, str) else f"train[{i}]"
@@ -71,7 +72,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                     train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
     loaded = {}
-    for name in sorted({c.dataset for c in cells if c.dataset}):
+    for name in sorted({c.dataset for c in cells if c.dataset} | calibration_datasets(suite, cells)):
         spec = suite.datasets[name]
         if not spec.source.startswith("hf:"):
             with located(suite_path, f"datasets.{name}.source"):
@@ -101,6 +102,36 @@ def check_context(suite: Suite, cells: list[Cell], suite_path: Path, trained: di
                                 "it anyway")
 
 
+def calibration_datasets(suite: Suite, cells: list[Cell]) -> set[str]:
+    """The datasets the cells' models calibrate an importance matrix on."""
+    return {suite.models[n].quantization.imatrix.dataset for n in models_needed(suite, cells)
+            if suite.models[n].quantize is not None and suite.models[n].quantization.imatrix is not None}
+
+
+def calibrations(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Path | None,
+                 local: dict[str, Corpus]) -> dict[str, Calibration]:
+    """Each model's calibration text, by model name; a warning when a model is calibrated on a text one of its
+    cells evaluates (a matrix fitted to the test text flatters the rung on it)."""
+    base_dir = suite_path.resolve().parent
+    found = {}
+    for name in sorted(models_needed(suite, cells)):
+        spec = suite.models[name]
+        imatrix = spec.quantization.imatrix if spec.quantize is not None else None
+        if imatrix is None:
+            continue
+        with located(suite_path, f"models.{name}.quantize.imatrix.dataset"):
+            corpus = local.get(imatrix.dataset) or load_corpus(imatrix.dataset, suite.datasets[imatrix.dataset],
+                                                               base_dir, corpora)
+        found[name] = Calibration(text=corpus.text, sha256=corpus.sha256)
+        evaluated = {c.dataset for c in cells if c.model == name and c.dataset}
+        for dataset in sorted(evaluated):
+            other = local.get(dataset)
+            if dataset == imatrix.dataset or (other is not None and other.sha256 == corpus.sha256):
+                warn(f"{suite_path}: models.{name}.quantize.imatrix.dataset: '{imatrix.dataset}' is the text "
+                     f"its cells evaluate (dataset '{dataset}'): the importance matrix is fitted to the test text")
+    return found
+
+
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
     """The cells' models plus their references' and the models whose tokenizers their n-grams count in."""
     names = {c.model for c in cells} | {c.reference.model for c in cells if c.reference}
@@ -112,11 +143,12 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     """Resolve models and corpora and create the run directory; raises UserError on bad input."""
     path, base_dir = options.suite_path, options.suite_path.resolve().parent
     local, train_texts = check_inputs(suite, cells, path, corpora)
+    calibration = calibrations(suite, cells, path, corpora, local)
     models, datasets = {}, {}
     needed = models_needed(suite, cells)
     for name in sorted(n for n in needed if suite.models[n].kind != "ngram"):
         with located(path, f"models.{name}"):
-            models[name] = resolve(name, suite.models[name], base_dir)
+            models[name] = resolve(name, suite.models[name], base_dir, calibration.get(name))
     for name in sorted(n for n in needed if suite.models[n].kind == "ngram"):
         spec = suite.models[name]
         with located(path, f"models.{name}.ngram"):
