@@ -72,11 +72,13 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                     train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
     loaded = {}
-    for name in sorted({c.dataset for c in cells if c.dataset} | calibration_datasets(suite, cells)):
+    calibrated_on = {m.dataset for m in _imatrices(suite, cells).values()}
+    for name in sorted({c.dataset for c in cells if c.dataset} | calibrated_on):
         spec = suite.datasets[name]
         if not spec.source.startswith("hf:"):
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
+    warn_calibrated_on_test_text(suite, cells, suite_path, loaded)
     return loaded, train_texts
 
 
@@ -102,34 +104,36 @@ def check_context(suite: Suite, cells: list[Cell], suite_path: Path, trained: di
                                 "it anyway")
 
 
-def calibration_datasets(suite: Suite, cells: list[Cell]) -> set[str]:
-    """The datasets the cells' models calibrate an importance matrix on."""
-    return {suite.models[n].quantization.imatrix.dataset for n in models_needed(suite, cells)
-            if suite.models[n].quantize is not None and suite.models[n].quantization.imatrix is not None}
-
-
 def calibrations(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Path | None,
                  local: dict[str, Corpus]) -> dict[str, Calibration]:
-    """Each model's calibration text, by model name; a warning when a model is calibrated on a text one of its
-    cells evaluates (a matrix fitted to the test text flatters the rung on it)."""
+    """Each model's calibration text, by model name."""
     base_dir = suite_path.resolve().parent
     found = {}
-    for name in sorted(models_needed(suite, cells)):
-        spec = suite.models[name]
-        imatrix = spec.quantization.imatrix if spec.quantize is not None else None
-        if imatrix is None:
-            continue
+    for name, imatrix in _imatrices(suite, cells).items():
         with located(suite_path, f"models.{name}.quantize.imatrix.dataset"):
             corpus = local.get(imatrix.dataset) or load_corpus(imatrix.dataset, suite.datasets[imatrix.dataset],
                                                                base_dir, corpora)
         found[name] = Calibration(text=corpus.text, sha256=corpus.sha256)
-        evaluated = {c.dataset for c in cells if c.model == name and c.dataset}
-        for dataset in sorted(evaluated):
-            other = local.get(dataset)
-            if dataset == imatrix.dataset or (other is not None and other.sha256 == corpus.sha256):
-                warn(f"{suite_path}: models.{name}.quantize.imatrix.dataset: '{imatrix.dataset}' is the text "
-                     f"its cells evaluate (dataset '{dataset}'): the importance matrix is fitted to the test text")
     return found
+
+
+def _imatrices(suite: Suite, cells: list[Cell]) -> dict:
+    """The importance-matrix settings of the cells' models that have one, by model name."""
+    specs = {name: suite.models[name] for name in sorted(models_needed(suite, cells))}
+    return {name: spec.quantization.imatrix for name, spec in specs.items()
+            if spec.quantize is not None and spec.quantization.imatrix is not None}
+
+
+def warn_calibrated_on_test_text(suite: Suite, cells: list[Cell], suite_path: Path, loaded: dict[str, Corpus]) -> None:
+    """A model calibrated on a text one of its cells evaluates gets a warning: an importance matrix fitted to
+    the test text flatters its rung there."""
+    for name, imatrix in _imatrices(suite, cells).items():
+        calibration = loaded.get(imatrix.dataset)
+        for dataset in sorted({c.dataset for c in cells if c.model == name and c.dataset}):
+            evaluated = loaded.get(dataset)
+            if dataset == imatrix.dataset or (evaluated and calibration and evaluated.sha256 == calibration.sha256):
+                warn(f"{suite_path}: models.{name}.quantize.imatrix.dataset: '{imatrix.dataset}' is the text its "
+                     f"cells evaluate (dataset '{dataset}'): the importance matrix is fitted to the test text")
 
 
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
