@@ -157,7 +157,7 @@ def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, 
         fingerprint = imatrix_fingerprint(spec, calibration)
         matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
-    return cache_entry(target, lambda tmp: _quantize(lib, base, tmp, spec.type, threads, matrix))
+    return cache_entry(target, lambda tmp: quantize_file(lib, base, tmp, spec.type, threads, matrix))
 
 
 def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> None:
@@ -171,7 +171,9 @@ def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> Non
         rewrite_gguf(source, target, dequantize_to=dtype)
 
 
-def _quantize(lib, base: Path, target: Path, quant_type: str, threads: int | None, matrix: dict | None) -> None:
+def quantize_file(lib, base: Path, target: Path, quant_type: str, threads: int | None, matrix: dict | None) -> None:
+    """llama.cpp's quantizer (``lib``: llama_cpp's bindings) from ``base`` to ``target``, weighted by ``matrix``
+    ({tensor name: importance per input column}) when given."""
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
     params.nthread = threads or os.cpu_count() or 1
