@@ -39,28 +39,39 @@ def test_calibration_windows_are_llama_imatrix_chunks():
 
 
 def test_imatrix_is_the_mean_square_of_each_linear_layers_input_columns(tiny_llama_dir, calibration):
-    """Checked by hand for the attention projections, whose input is the normed residual stream the model
-    reports (``output_hidden_states``); the other layers have an entry per input column."""
+    """Checked by hand, block by block from the residual stream the model reports (``output_hidden_states``):
+    the attention projections read the normed stream, gate and up the normed stream after attention, down the
+    gated product. The attention output projection's input (inside attention) has an entry per column."""
     matrix = compute_imatrix(tiny_llama_dir, calibration.text, CHUNKS, N_CTX)
     assert sorted(matrix) == sorted(f"blk.{i}.{name}.weight" for i in range(2) for name in (
         "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
-    assert matrix["blk.1.ffn_down.weight"].shape == (768,) and matrix["blk.0.attn_output.weight"].shape == (256,)
+    assert matrix["blk.0.attn_output.weight"].shape == (256,) and np.all(matrix["blk.0.attn_output.weight"] > 0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     ids = tokenizer(calibration.text)["input_ids"]
-    squares, count = [0.0, 0.0], 0
+    squares, count = {}, 0
+
+    def add(name: str, x) -> None:
+        x = x[0].double()
+        squares[name] = squares.get(name, 0) + (x * x).sum(0)
+
     with torch.no_grad():
         for window in [ids[i * N_CTX:(i + 1) * N_CTX] for i in range(CHUNKS)]:  # SmolLM2 adds no BOS
             hidden = model(torch.tensor([window]), output_hidden_states=True).hidden_states
-            for layer in range(2):
-                x = model.model.layers[layer].input_layernorm(hidden[layer])[0].double()
-                squares[layer] = squares[layer] + (x * x).sum(0)
+            rotary = model.model.rotary_emb(hidden[0], position_ids=torch.arange(len(window))[None])
+            for i, layer in enumerate(model.model.layers):
+                normed = layer.input_layernorm(hidden[i])
+                middle = hidden[i] + layer.self_attn(normed, position_embeddings=rotary, attention_mask=None)[0]
+                ffn_in = layer.post_attention_layernorm(middle)
+                gated = layer.mlp.act_fn(layer.mlp.gate_proj(ffn_in)) * layer.mlp.up_proj(ffn_in)
+                if i + 1 < len(model.model.layers):  # the last entry is after the final norm
+                    torch.testing.assert_close(middle + layer.mlp.down_proj(gated), hidden[i + 1])
+                for name, x in (("attn_q", normed), ("attn_k", normed), ("attn_v", normed), ("ffn_gate", ffn_in),
+                                ("ffn_up", ffn_in), ("ffn_down", gated)):
+                    add(f"blk.{i}.{name}.weight", x)
             count += len(window)
-    for layer in range(2):
-        expected = (squares[layer] / count).numpy()
-        for name in ("attn_q", "attn_k", "attn_v"):
-            np.testing.assert_allclose(matrix[f"blk.{layer}.{name}.weight"], expected, rtol=1e-5)
-    np.testing.assert_array_equal(matrix["blk.0.ffn_gate.weight"], matrix["blk.0.ffn_up.weight"])
+    for name, total in squares.items():
+        np.testing.assert_allclose(matrix[name], (total / count).numpy(), rtol=1e-4, err_msg=name)
     assert not np.allclose(matrix["blk.0.attn_q.weight"], matrix["blk.1.attn_q.weight"])
 
 
