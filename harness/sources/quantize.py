@@ -89,8 +89,10 @@ def type_problem(quant_type: str, with_imatrix: bool) -> str | None:
 def parse_quantize(value):
     """A suite's ``quantize:`` value: the shorthand string as it is, a mapping as :class:`GgufQuantize`; a wrong
     mapping as one ValueError naming its key (not one error per member of the union)."""
-    if not isinstance(value, dict):
+    if value is None or isinstance(value, (str, GgufQuantize)):
         return value
+    if not isinstance(value, dict):
+        raise ValueError("expected a type (Q4_K_M) or {method: gguf, type: ..., imatrix: {dataset: NAME}}")
     try:
         return GgufQuantize.model_validate(value)
     except ValidationError as exc:
