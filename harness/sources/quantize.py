@@ -37,8 +37,8 @@ DEQUANTIZED = {"F32": "f32", "F16": "f16"}
 QUANTIZED = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K",
              "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS")
 TYPES = tuple(DEQUANTIZED) + QUANTIZED
-#: types whose 2- and 3-bit grids the harness makes only with an importance matrix (llama.cpp refuses the IQ2
-#: ones without; the IQ3 ones lose most of their quality without)
+#: types the harness makes only with an importance matrix: llama.cpp refuses the IQ2 ones without one, and the
+#: IQ3 grids are designed around one too
 NEED_IMATRIX = tuple(t for t in QUANTIZED if t.startswith(("IQ2", "IQ3")))
 
 
