@@ -116,3 +116,31 @@ def test_unknown_pre_tokenizer_is_refused_in_one_line(write_gguf, tmp_path):
         ensure_materialized(path, "0" * 64)
     folder = materialized_dir("0" * 64).parent
     assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []  # no entry, no temp folder
+
+
+def test_a_tokenizers_pre_tokenizer_is_named_by_the_llama_cpp_rule_that_cuts_alike():
+    """Converting a Hugging Face tokenizer to GGUF names its pre-tokenizer by the llama.cpp rule that cuts a probe
+    text into the same pieces (and has the same ignore_merges); a split no rule makes is refused (None)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    from harness.sources.gguf_pretokenizer import LLAMA3, QWEN2, identify_pre_tokenizer
+
+    def named(pre, ignore_merges=False):
+        tokenizer = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+        tokenizer.pre_tokenizer = pre
+        return identify_pre_tokenizer(tokenizer)
+
+    bytes_only = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+
+    def split(regex):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), "isolated"), bytes_only])
+
+    assert named(pre_tokenizers.ByteLevel(add_prefix_space=False)) == "gpt-2"
+    assert named(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                          pre_tokenizers.ByteLevel(add_prefix_space=False)])) == "starcoder"
+    assert named(split(LLAMA3), ignore_merges=True) == "llama-bpe"
+    assert named(split(LLAMA3)) == "dbrx"
+    assert named(split(QWEN2)) == "qwen2"
+    assert named(pre_tokenizers.ByteLevel(add_prefix_space=True)) is None
+    assert named(pre_tokenizers.Whitespace()) is None
+    assert named(None) is None

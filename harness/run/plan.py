@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.backends import BACKENDS
-from harness.core.errors import UserError, ensure_available, located
+from harness.core.errors import UserError, ensure_available, located, warn
 from harness.core.files import check_output, output_folder
 from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
@@ -20,12 +20,14 @@ from harness.sources.models import (
     ModelSpec,
     ResolvedModel,
     check_gguf,
+    check_source,
     locate,
     resolve,
     resolve_ngram,
     resolve_trained,
     trained_context,
 )
+from harness.sources.quantize import Calibration
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
@@ -71,12 +73,13 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
         spec = suite.models[name]
-        with located(suite_path, f"models.{name}.{spec.kind}"):
+        with located(suite_path, f"models.{name}.{spec.source_kind}"):
             path = locate(spec, base_dir, fetch=False)
-            if path is not None and spec.kind == "gguf":
-                check_gguf(path)
+            if path is not None:
+                check_source(spec, path)
             # a model still to train: its context is known before it is trained (hours, maybe)
-            trained[name] = spec.train.context if spec.kind == "train" else trained_context(spec.kind, path)
+            trained[name] = (spec.train.context if spec.source_kind == "train"
+                             else trained_context(spec.source_kind, path))
         sources = []
         if spec.kind == "ngram":
             sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")
@@ -96,11 +99,13 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
         with located(suite_path, f"tasks.{name}"):
             TASKS[spec.type].check_inputs(spec, base_dir)
     loaded = {}
-    for name in sorted({c.dataset for c in cells if c.dataset}):
+    calibrated_on = {m.dataset for m in _imatrices(suite, cells).values()}
+    for name in sorted({c.dataset for c in cells if c.dataset} | calibrated_on):
         spec = suite.datasets[name]
         if not spec.source.startswith("hf:"):
             with located(suite_path, f"datasets.{name}.source"):
                 loaded[name] = load_corpus(name, spec, base_dir, corpora)
+    warn_calibrated_on_test_text(suite, cells, suite_path, loaded)
     return loaded, train_texts
 
 
@@ -137,6 +142,38 @@ def check_context(suite: Suite, cells: list[Cell], suite_path: Path, trained: di
                                 "it anyway")
 
 
+def calibrations(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Path | None,
+                 local: dict[str, Corpus]) -> dict[str, Calibration]:
+    """Each model's calibration text, by model name."""
+    base_dir = suite_path.resolve().parent
+    found = {}
+    for name, imatrix in _imatrices(suite, cells).items():
+        with located(suite_path, f"models.{name}.quantize.imatrix.dataset"):
+            corpus = local.get(imatrix.dataset) or load_corpus(imatrix.dataset, suite.datasets[imatrix.dataset],
+                                                               base_dir, corpora)
+        found[name] = Calibration(text=corpus.text, sha256=corpus.sha256)
+    return found
+
+
+def _imatrices(suite: Suite, cells: list[Cell]) -> dict:
+    """The importance-matrix settings of the cells' models that have one, by model name."""
+    specs = {name: suite.models[name] for name in sorted(models_needed(suite, cells))}
+    return {name: spec.quantization.imatrix for name, spec in specs.items()
+            if spec.quantize is not None and spec.quantization.imatrix is not None}
+
+
+def warn_calibrated_on_test_text(suite: Suite, cells: list[Cell], suite_path: Path, loaded: dict[str, Corpus]) -> None:
+    """A model calibrated on a text one of its cells evaluates gets a warning: an importance matrix fitted to
+    the test text flatters its rung there."""
+    for name, imatrix in _imatrices(suite, cells).items():
+        calibration = loaded.get(imatrix.dataset)
+        for dataset in sorted({c.dataset for c in cells if c.model == name and c.dataset}):
+            evaluated = loaded.get(dataset)
+            if dataset == imatrix.dataset or (evaluated and calibration and evaluated.sha256 == calibration.sha256):
+                warn(f"{suite_path}: models.{name}.quantize.imatrix.dataset: '{imatrix.dataset}' is the text its "
+                     f"cells evaluate (dataset '{dataset}'): the importance matrix is fitted to the test text")
+
+
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
     """The cells' models plus their references' and the models whose tokenizers their n-grams count in."""
     names = {c.model for c in cells} | {c.reference.model for c in cells if c.reference}
@@ -149,11 +186,12 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     executor has taken the cells too); raises UserError on bad input."""
     path, base_dir = options.suite_path, options.suite_path.resolve().parent
     local, train_texts = check_inputs(suite, cells, path, corpora)
+    calibration = calibrations(suite, cells, path, corpora, local)
     models, datasets = {}, {}
     needed = models_needed(suite, cells)
     for name in sorted(n for n in needed if suite.models[n].kind not in ("ngram", "train")):
         with located(path, f"models.{name}"):
-            models[name] = resolve(name, suite.models[name], base_dir)
+            models[name] = resolve(name, suite.models[name], base_dir, calibration.get(name))
     for name in sorted(n for n in needed if suite.models[n].kind == "train"):
         spec = suite.models[name]
         with located(path, f"models.{name}.train"):

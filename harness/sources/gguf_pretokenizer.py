@@ -92,11 +92,40 @@ def apply_gguf_pre_tokenizer(tokenizer, gguf_path: Path) -> dict:
         raise UnknownPreTokenizer(
             f"{gguf_path}: tokenizer.ggml.pre is {pre!r}, which harness.sources.gguf_pretokenizer.RULES does not know "
             f"(known: {', '.join(sorted(RULES))}); transformers would split its text differently from llama.cpp")
-    from tokenizers import Regex, pre_tokenizers
-
     backend = tokenizer.backend_tokenizer
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in rule.regexes]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.pre_tokenizer = rule_pre_tokenizer(rule)
     backend.model.ignore_merges = rule.ignore_merges
     return {**record, "pre_tokenizer": f"llama.cpp's {rule.group} regexes", "ignore_merges": rule.ignore_merges}
+
+
+def rule_pre_tokenizer(rule: Rule):
+    """A ``tokenizers`` pre-tokenizer that cuts a text as llama.cpp's ``rule`` does, then maps its bytes."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in rule.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+#: a text whose pieces tell the rules apart: digit runs, contractions, runs of spaces and line breaks, symbols
+PROBE = "I'M we'll 12345 3.14 ½ x² 1,234  \n\n  0.\r\n\tcafé 日本語 😀 $5+3<=4^2~| (x) -- \u00a0 8   end "
+#: the ``tokenizer.ggml.pre`` written for a group when a Hugging Face tokenizer is converted (every name of a
+#: group reads alike in llama.cpp); tried in this order
+GROUP_NAMES = {"gpt2": "gpt-2", "starcoder": "starcoder", "llama3": "llama-bpe", "dbrx": "dbrx", "qwen2": "qwen2",
+               "default": "default"}
+
+
+def identify_pre_tokenizer(backend_tokenizer) -> str | None:
+    """The ``tokenizer.ggml.pre`` name whose llama.cpp rule cuts :data:`PROBE` into the same pieces as a byte-level
+    ``tokenizers.Tokenizer``'s own pre-tokenizer, with the same ``ignore_merges``; None when no rule does."""
+    if backend_tokenizer.pre_tokenizer is None:
+        return None
+    theirs = [piece for piece, _ in backend_tokenizer.pre_tokenizer.pre_tokenize_str(PROBE)]
+    ignore_merges = bool(getattr(backend_tokenizer.model, "ignore_merges", False))
+    rules = {rule.group: rule for rule in RULES.values()}
+    for group, name in GROUP_NAMES.items():
+        rule = rules[group]
+        ours = [piece for piece, _ in rule_pre_tokenizer(rule).pre_tokenize_str(PROBE)]
+        if ours == theirs and rule.ignore_merges == ignore_merges:
+            return name
+    return None

@@ -50,12 +50,7 @@ def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
     if unknown - {"general.file_type"}:
         raise KeyError(f"{source} has no metadata field {sorted(unknown)[0]}")
     writer = gguf.GGUFWriter(target, reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name in _WRITER_FIELDS or name in metadata:
-            continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)
+    copy_fields(reader, writer, lambda name: name not in _WRITER_FIELDS and name not in metadata)
     for name, value in metadata.items():
         field = reader.fields.get(name)
         writer.add_key_value(name, value, field.types[0] if field else gguf.GGUFValueType.UINT32)
@@ -70,3 +65,16 @@ def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def copy_fields(reader, writer, keep) -> None:
+    """Copy the metadata fields of a ``GGUFReader`` whose name ``keep`` accepts into a ``GGUFWriter``, types and
+    all (the reader's own ``GGUF.*`` header fields never)."""
+    import gguf
+
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or not keep(name):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)

@@ -10,7 +10,9 @@ peak RSS.
 
 The tokenizer is transformers' conversion of the GGUF's vocabulary with llama.cpp's pre-tokenizer for
 the file set in (:mod:`harness.sources.gguf_pretokenizer`): transformers alone splits some texts otherwise.
-What was set is written beside it (``gguf_tokenizer.json``) for the cell's params.
+What was set is written beside it (``gguf_tokenizer.json``) for the cell's params, and which GGUF the
+tokenizer came from (``tokenizer_source.json``), so that a GGUF written back from the directory carries that
+file's own vocabulary metadata (:mod:`harness.sources.hf_to_gguf`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from harness.core.files import Damaged, read_json_object
 from harness.core.process import child_command
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import cached
+from harness.sources.fingerprint import sha256_file
 
 #: bump when the directory's layout or the conversion changes, so stale directories are rebuilt
-#: (2: llama.cpp's pre-tokenizer, gguf_tokenizer.json)
-FORMAT = 2
+#: (2: llama.cpp's pre-tokenizer, gguf_tokenizer.json; 3: tokenizer_source.json)
+FORMAT = 3
 #: what :func:`save_tokenizer` set, beside the tokenizer
 TOKENIZER_RECORD = "gguf_tokenizer.json"
+#: the GGUF the tokenizer was made from: its path and sha256
+TOKENIZER_SOURCE = "tokenizer_source.json"
 
 
 def materialized_dir(gguf_sha256: str) -> Path:
@@ -94,6 +99,8 @@ def save_tokenizer(gguf_path: Path, target: Path) -> dict:
     record = apply_gguf_pre_tokenizer(tokenizer, gguf_path)
     tokenizer.save_pretrained(target)
     (Path(target) / TOKENIZER_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    source = {"gguf": str(Path(gguf_path).resolve()), "sha256": sha256_file(gguf_path)}
+    (Path(target) / TOKENIZER_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
     return record
 
 

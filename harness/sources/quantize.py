@@ -1,49 +1,212 @@
-"""A GGUF quantization ladder from one source model: the source dequantized to F32 or F16 (gguf-py),
-then re-quantized by llama.cpp's own quantizer (``llama_model_quantize``, as llama-quantize runs it).
+"""A GGUF quantization ladder from one source model: the F32 or F16 base (a GGUF source dequantized by
+gguf-py, a Hugging Face source written by :mod:`harness.sources.hf_to_gguf`), then llama.cpp's own quantizer
+(``llama_model_quantize``, as llama-quantize runs it) applied to the F32 base, with an importance matrix when
+the suite asks for one (:mod:`harness.sources.imatrix`).
 
-Each rung is a cache entry (:mod:`harness.sources.cache_entry`) keyed by the source's sha256 and the type:
-built once by whichever run needs it first, never seen half-written, rebuilt if truncated. A ladder built
-from an already quantized file (SmolLM2 ships as Q4_1) measures what re-quantizing those weights costs: the
-F32 rung holds the Q4_1 weights exactly, and is the reference the other rungs are compared with.
+Suite syntax: ``quantize: Q4_K_M`` (the shorthand: the cell ids it always had) or
+``quantize: {method: gguf, type: Q4_K_M, imatrix: {dataset: NAME, chunks: N}}``.
+
+Each file is cached under the user cache dir keyed by the source's sha256, the type and, for a rung made with
+an importance matrix, the matrix's fingerprint (the calibration text's sha256, chunks, window, library
+versions); every entry is a cache entry (:mod:`harness.sources.cache_entry`): built once by whichever run
+needs it first, never seen half-written, rebuilt if damaged. A ladder built from an already quantized file
+(SmolLM2 ships as Q4_1) measures what re-quantizing those weights costs: the F32 rung holds the Q4_1 weights
+exactly, and is the reference the other rungs are compared with.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from harness.core.errors import require
+from pydantic import Field, ValidationError, model_validator
+
+from harness.core.errors import UserError, require
+from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import cached
+from harness.sources.fingerprint import sha256_bytes
 from harness.sources.gguf_header import read_header
 
-#: ``quantize:`` values: gguf-py dequantizes to these two ...
+#: ``quantize:`` values: the base, dequantized (a GGUF source) or written (an HF source) to these two ...
 DEQUANTIZED = {"F32": "f32", "F16": "f16"}
 #: ... and llama.cpp's quantizer makes these from the F32 rung (llama.cpp's LLAMA_FTYPE_MOSTLY_* names)
-QUANTIZED = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K")
+QUANTIZED = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K",
+             "IQ4_XS", "IQ4_NL", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS")
 TYPES = tuple(DEQUANTIZED) + QUANTIZED
+#: types the harness makes only with an importance matrix: llama.cpp refuses the IQ2 ones without one, and the
+#: IQ3 grids are designed around one too
+NEED_IMATRIX = tuple(t for t in QUANTIZED if t.startswith(("IQ2", "IQ3")))
 
 
-def derived_path(source_sha256: str, quant_type: str) -> Path:
-    return cache_dir() / "quantized" / f"{source_sha256[:32]}-{quant_type}.gguf"
+class ImatrixSpec(StrictModel):
+    """The calibration of an importance matrix, as llama-imatrix takes it (``-f TEXT --chunks N -c N_CTX``)."""
+
+    dataset: str = Field(description="a dataset of this suite: the calibration text")
+    chunks: int = Field(100, ge=1, description="windows of n_ctx tokens read from the start of the text")
+    n_ctx: int = Field(512, ge=16, description="tokens a window (llama-imatrix's default 512)")
 
 
-def derive_gguf(source: Path, source_sha256: str, quant_type: str, threads: int | None = None) -> Path:
-    """The ``quant_type`` rung of ``source``'s ladder, made once."""
-    from harness.sources.gguf_rewrite import rewrite_gguf
+class GgufQuantize(StrictModel):
+    """``quantize: {method: gguf, type: TYPE, imatrix: {...}}``; ``quantize: TYPE`` is the same without imatrix."""
 
-    def build(tmp: Path) -> None:
-        if quant_type in DEQUANTIZED:
-            rewrite_gguf(source, tmp, dequantize_to=DEQUANTIZED[quant_type])
-            return
-        base = derive_gguf(source, source_sha256, "F32", threads)
-        lib = require("llama_cpp", "gguf", f"quantizing to {quant_type}")
-        params = lib.llama_model_quantize_default_params()
-        params.ftype = getattr(lib, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
-        params.nthread = threads or os.cpu_count() or 1
-        rc = lib.llama_model_quantize(str(base).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"llama.cpp could not quantize {base} to {quant_type} (code {rc})")
+    method: Literal["gguf"] = "gguf"
+    type: str = Field(description="F32/F16 base, or a llama.cpp type: " + ", ".join(QUANTIZED))
+    imatrix: ImatrixSpec | None = Field(None, description="weigh the rounding by an importance matrix computed "
+                                        "from the source's HF model on a calibration dataset")
 
-    return cached(derived_path(source_sha256, quant_type), build, read_header).path
+    @model_validator(mode="after")
+    def _known_type(self):
+        problem = type_problem(self.type, self.imatrix is not None)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the model's source string shows after ``#quantize=``."""
+        if self.imatrix is None:
+            return self.type
+        m = self.imatrix
+        return f"{self.type}+imatrix={m.dataset}/{m.chunks}x{m.n_ctx}"
+
+
+def type_problem(quant_type: str, with_imatrix: bool) -> str | None:
+    """Why ``quant_type`` (with or without an importance matrix) cannot be made, or None."""
+    if quant_type not in TYPES:
+        return f"quantize: expected one of {', '.join(TYPES)}, got {quant_type!r}"
+    if quant_type in NEED_IMATRIX and not with_imatrix:
+        return (f"quantize: {quant_type} needs an importance matrix: "
+                "{method: gguf, type: ..., imatrix: {dataset: NAME}}")
+    if quant_type in DEQUANTIZED and with_imatrix:
+        return f"quantize: {quant_type} is the unquantized base: an importance matrix does not apply"
+    return None
+
+
+def parse_quantize(value):
+    """A suite's ``quantize:`` value: the shorthand string as it is, a mapping as :class:`GgufQuantize`; a wrong
+    mapping as one ValueError naming its key (not one error per member of the union)."""
+    if value is None or isinstance(value, (str, GgufQuantize)):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("expected a type (Q4_K_M) or {method: gguf, type: ..., imatrix: {dataset: NAME}}")
+    try:
+        return GgufQuantize.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ").removeprefix("quantize: ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ValueError(f"{where}: {message}" if where else message) from None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration text resolved from the suite's dataset, with its fingerprint."""
+
+    text: str
+    sha256: str
+
+
+def cache_entry(target: Path, make: Callable[[Path], object], check: Callable[[Path], object] = read_header) -> Path:
+    """``target`` from the cache, or made once by ``make(tmp)``: every derived file of the ladder enters the
+    cache here (:func:`harness.sources.cache_entry.cached`: locked, checked, published whole)."""
+    return cached(target, make, check).path
+
+
+def derived_path(source_key: str, quant_type: str) -> Path:
+    return cache_dir() / "quantized" / f"{source_key}-{quant_type}.gguf"
+
+
+def source_key(source: Path, source_sha256: str) -> str:
+    """A GGUF source's files keep the names they always had; an HF source's carry the writer's format."""
+    if Path(source).is_dir():
+        from harness.sources.hf_to_gguf import FORMAT
+
+        return f"{source_sha256[:32]}-hf{FORMAT}"
+    return source_sha256[:32]
+
+
+def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, threads: int | None = None,
+                calibration: Calibration | None = None) -> Path:
+    """The rung ``quantize`` of ``source``'s ladder (a GGUF file or an HF directory), made once."""
+    spec = quantize if isinstance(quantize, GgufQuantize) else GgufQuantize(type=quantize)
+    key = source_key(source, source_sha256)
+    if spec.type in DEQUANTIZED:
+        return cache_entry(derived_path(key, spec.type), lambda tmp: _write_base(source, tmp, DEQUANTIZED[spec.type]))
+    base = derive_gguf(source, source_sha256, "F32", threads)
+    lib = require("llama_cpp", "gguf", f"quantizing to {spec.type}")
+    matrix = None
+    if spec.imatrix is None:
+        target = derived_path(key, spec.type)
+    else:
+        if calibration is None:
+            raise UserError(f"quantize: {spec.label}: the calibration dataset was not resolved")
+        fingerprint = imatrix_fingerprint(spec, calibration)
+        matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
+        target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
+    return cache_entry(target, lambda tmp: quantize_file(lib, base, tmp, spec.type, threads, matrix))
+
+
+def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> None:
+    if Path(source).is_dir():
+        from harness.sources.hf_to_gguf import write_gguf
+
+        write_gguf(source, target, dtype)
+    else:
+        from harness.sources.gguf_rewrite import rewrite_gguf
+
+        rewrite_gguf(source, target, dequantize_to=dtype)
+
+
+def quantize_file(lib, base: Path, target: Path, quant_type: str, threads: int | None, matrix: dict | None) -> None:
+    """llama.cpp's quantizer (``lib``: llama_cpp's bindings) from ``base`` to ``target``, weighted by ``matrix``
+    ({tensor name: importance per input column}) when given."""
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
+    params.nthread = threads or os.cpu_count() or 1
+    if matrix is not None:
+        from harness.sources.imatrix import QuantizeImatrix
+
+        entries = QuantizeImatrix(lib, matrix)  # alive until the call returns
+        params.imatrix = entries.pointer
+    rc = lib.llama_model_quantize(str(base).encode(), str(target).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {base} to {quant_type} (code {rc})")
+
+
+def imatrix_fingerprint(spec: GgufQuantize, calibration: Calibration) -> str:
+    """What an importance matrix depends on besides the source: the calibration text, how much of it is read,
+    and the libraries that compute it."""
+    import torch
+    import transformers
+
+    from harness.sources.hf_to_gguf import FORMAT
+
+    identity = {"text": calibration.sha256, "chunks": spec.imatrix.chunks, "n_ctx": spec.imatrix.n_ctx,
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "llama_cpp": require("llama_cpp", "gguf", "quantizing").__version__, "writer": FORMAT}
+    return sha256_bytes(json.dumps(identity, sort_keys=True).encode())
+
+
+def _imatrix(source: Path, source_sha256: str, key: str, fingerprint: str, spec: GgufQuantize,
+             calibration: Calibration, threads: int | None) -> dict:
+    """The importance matrix, computed from the HF model (a GGUF source's through the GGUF -> HF conversion)."""
+    from harness.sources.imatrix import compute_imatrix, load_imatrix, save_imatrix
+
+    def make(tmp: Path) -> None:
+        hf_dir = source
+        if not Path(source).is_dir():
+            from harness.sources.gguf_to_hf import ensure_materialized
+
+            hf_dir, _ = ensure_materialized(source, source_sha256)
+        matrix = compute_imatrix(Path(hf_dir), calibration.text, spec.imatrix.chunks, spec.imatrix.n_ctx, threads)
+        save_imatrix(matrix, tmp)
+
+    return load_imatrix(cache_entry(cache_dir() / "imatrix" / f"{key}-{fingerprint[:16]}.npz", make, load_imatrix))
