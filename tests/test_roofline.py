@@ -7,7 +7,6 @@ import pytest
 from conftest import SMOLLM2_PKG
 from tiny_backend import UnigramBackend
 
-from harness.core.metrics import METRICS
 from harness.core.roofline import (
     ModelShape,
     decode_bytes_per_token,
@@ -17,6 +16,7 @@ from harness.core.roofline import (
 )
 from harness.core.types import LoadInfo
 from harness.tasks.throughput import ROOFLINE, ThroughputSettings, ThroughputTask
+from harness.tasks import METRICS
 from suites import run_suite
 
 #: 2 layers, 4 query heads sharing 2 KV heads of dim 8, fp16 KV: 2*2*8*2*2 = 128 bytes per position
@@ -76,7 +76,7 @@ def test_without_a_shape_or_a_probe_the_figures_are_not_measured_with_the_reason
 
 
 def test_roofline_metrics_are_registered_with_directions():
-    assert {name: METRICS[name][1] for name in ROOFLINE} == {
+    assert {name: METRICS[name].higher_is_better for name in ROOFLINE} == {
         "decode_bytes_per_token": False, "decode_gb_s": True, "mbu": True, "prefill_flop_s": True, "mfu": True}
 
 

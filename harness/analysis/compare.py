@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.analysis.gates import COUNT, EXACT, NOISY, STDERR, Gates, Policy
+from harness.analysis.gates import Gates
 from harness.core import stats
+from harness.core.gates import COUNT, EXACT, NOISY, STDERR, Policy
 from harness.core.errors import UserError
 from harness.report import markdown
 from harness.report.console import fmt_value

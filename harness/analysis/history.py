@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.analysis.gates import COUNT, EXACT, Gates, Policy
+from harness.analysis.gates import Gates
+from harness.core.gates import COUNT, EXACT, Policy
 from harness.core.errors import UserError
 from harness.report import markdown
 from harness.report.console import fmt_value

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.analysis import compare
-from harness.analysis.gates import DEFAULTS, EXACT, MIN_RUNS, NOISY, Gates, kind_of
+from harness.analysis.gates import Gates, kind_of
 from harness.analysis.history import noise, run_dirs, series
 from harness.core.errors import UserError
+from harness.core.gates import EXACT, MIN_RUNS, NOISY
 from harness.report import markdown
 from harness.report.console import fmt_value
 from harness.results.store import RunTables, read_run
+from harness.tasks import METRICS
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def history_before(runs: list[RunTables], new: RunTables, gates: Gates, source: 
         return run.info.get("started_at") or "", run.run_id
 
     before = sorted((r for r in runs if r.path.resolve() != new.path.resolve() and order(r) < order(new)), key=order)
-    before = before[-max(gates.policy(m).runs for m in DEFAULTS if kind_of(m) == NOISY):]
+    before = before[-max(gates.policy(m).runs for m in METRICS if kind_of(m) == NOISY):]
     spreads = {}
     if before:
         for key, row in series(before).iterrows():

@@ -17,11 +17,10 @@ from harness.lmeval.model import HarnessLM
 from harness.sources.corpora import Corpus
 from harness.sources.lmeval_tasks import LOCAL_TASKS, VERSION, write_local_tasks
 from harness.tasks.base import TaskResult
-from harness.tasks.lmeval import missing_capability
+from harness.tasks.lmeval import PREFIX, missing_capability
 
 #: lm-eval's name for a metric without a filter
 NO_FILTER = "none"
-PREFIX = "lmeval_"
 
 
 def evaluate_cell(backend: Backend, settings, corpus: Corpus | None, include_paths: list[str]) -> TaskResult:

@@ -31,21 +31,13 @@ import pandas as pd
 from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
 from harness.core.errors import UserError
-from harness.core.metrics import METRICS
 from harness.report import charts
-from harness.report.console import FAMILY_COLUMNS, fmt_value, task_type
+from harness.report.console import fmt_value, task_type
 from harness.report.render import blocks_html, build, ok_rows, to_html
 from harness.report.views import VIEWS, Plot
 from harness.results.store import RunTables, read_run
+from harness.tasks import METRICS, TASKS
 
-#: the overview's columns per task type, at most four so that a row fits a laptop's screen
-HEADLINES = {
-    "perplexity": ["bits_per_byte", "token_ppl", "scored_tok_s", "peak_rss_mb"],
-    "throughput": ["decode_tok_s", "prefill_tok_s", "ttft_s", "peak_rss_mb"],
-    "decoding": ["entropy_mean", "distinct_2", "rep_4gram", "ref_nll_mean"],
-    "kld": ["kld_mean", "same_top1", "ppl_ratio", "peak_rss_mb"],
-    "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s"],
-}
 #: the facts of ``run.json``'s environment a change of which is marked (the commit changes every night)
 ENV_FACTS = ["cpu", "cpu_count", "memory_gb", "gpu", "platform", "python", "harness_version"]
 #: the file that tells a folder is a site this command wrote (so --out may replace it)
@@ -281,7 +273,7 @@ def _label(line: Line, datasets: bool) -> str:
 def _change_cells(line: Line, up: str) -> str:
     """Last value, change since the previous night and since the last change point, coloured by verdict."""
     last = line.values[-1]
-    unit = METRICS.get(line.metric, ("",))[0]
+    unit = METRICS[line.metric].unit if line.metric in METRICS else ""
     out = [f"<span class='last' title='{html.escape(unit)}'>{fmt_value(last)}</span>"]
     if len(line.values) > 1:
         prev = line.values[-2]
@@ -317,7 +309,8 @@ def overview(site: Site) -> str:
         for family in dict.fromkeys(line.family for line in lines):
             mine = [line for line in lines if line.family == family]
             have = {line.metric for line in mine}
-            order = HEADLINES.get(family) or FAMILY_COLUMNS.get(family) or sorted(have)
+            task = TASKS.get(family)
+            order = (task and (task.overview or task.summary)) or sorted(have)
             metrics = [m for m in order if m in have][:4]
             by_cell: dict[tuple, dict[str, Line]] = {}
             for line in mine:
@@ -394,7 +387,8 @@ def _change_point_trace(lines: list[Line]) -> dict | None:
 
 def metric_page(site: Site, metric: str) -> str:
     lines = [line for line in site.lines if line.metric == metric]
-    unit, higher = METRICS.get(metric, ("", None))
+    record = METRICS.get(metric)
+    unit, higher = (record.unit, record.higher_is_better) if record else ("", None)
     policy = lines[0].gates.policy(metric)
     direction = {True: "higher is better", False: "lower is better"}.get(higher, "no direction")
     parts = [f"<p>{html.escape(unit)}; {direction}; a change counts when {html.escape(policy.describe())}. "

@@ -23,6 +23,8 @@ from pydantic import Field, field_validator, model_validator
 from harness.backends.base import Backend
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import require
+from harness.core.gates import BY_STDERR, exact
+from harness.core.metrics import Metric, register
 from harness.sources.corpora import Corpus
 from harness.sources.lmeval_tasks import CLOZE, LOCAL_TASKS, ROLLING
 from harness.tasks.base import Task, TaskResult, TaskSettings
@@ -86,6 +88,17 @@ class LmEvalSettings(TaskSettings):
     def include_paths(self) -> list[str]:
         paths = self.include_path
         return [] if paths is None else [paths] if isinstance(paths, str) else list(paths)
+
+
+PREFIX = "lmeval_"
+#: lm-eval's own metric names, prefixed so that none is mistaken for the harness's (its bits_per_byte counts a
+#: document's bytes, ours a window scheme's); accuracies are judged by their stderr, perplexities as ours
+register(
+    *(Metric(PREFIX + name, "ratio", True, BY_STDERR)
+      for name in ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "mcc")),
+    *(Metric(PREFIX + name, unit, False, exact(0.001)) for name, unit in (
+        ("perplexity", "ppl"), ("word_perplexity", "ppl"), ("byte_perplexity", "ppl"), ("bits_per_byte", "bits/byte"))),
+)
 
 
 @register_task("lm-eval")

@@ -23,7 +23,8 @@ from pydantic import Field, model_validator
 from harness.backends.base import Backend
 from harness.core import stats
 from harness.core.capabilities import SCORE
-from harness.core.metrics import Measurement
+from harness.core.gates import COUNTED, exact, noisy
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.settings import new_key
 from harness.sources.corpora import Corpus
 from harness.tasks import windows
@@ -54,10 +55,27 @@ class PerplexitySettings(TaskSettings):
         return self
 
 
+#: what a perplexity cell measures (the kld task reports token_ppl and tokens_scored too). Quality gates: 0.1% (a
+#: real regression such as a flash-attention or build change moves perplexity by 0.5-1%; the same build repeats
+#: to 1e-6)
+register(
+    Metric("token_ppl", "ppl", False, exact(0.001), short="token ppl"),
+    Metric("bits_per_byte", "bits/byte", False, exact(0.001), short="bits/byte"),
+    Metric("word_ppl", "ppl", False, exact(0.001), short="word ppl"),
+    Metric("nll_mean", "nats/token", False, exact(0.001)),
+    Metric("tokens_scored", "tokens", True, COUNTED, short="tokens"),
+    Metric("bytes_scored", "bytes", True, COUNTED),
+    # a whole scoring pass is often one measurement: gated only with samples from several processes
+    Metric("scored_tok_s", "tokens/s", True, noisy(1.25), short="scored tok/s"),
+)
+
+
 @register_task("perplexity")
 class PerplexityTask(Task):
     settings_class = PerplexitySettings
     requires = frozenset({SCORE})
+    summary = ("token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s", "model_bytes", "peak_rss_mb", "peak_vram_mb")
+    overview = ("bits_per_byte", "token_ppl", "scored_tok_s", "peak_rss_mb")
     settings: PerplexitySettings
 
     def context_tokens(self) -> int:
