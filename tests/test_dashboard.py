@@ -13,7 +13,7 @@ import pytest
 from runs import VARIANTS, dashboard_nights, perplexity_cell, write_run
 
 from harness.cli import main
-from harness.report.console import fmt_value
+from harness.core.format import fmt_value
 
 pytest.importorskip("plotly", reason="the dashboard needs plotly: pip install -e '.[dashboard]'")
 

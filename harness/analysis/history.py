@@ -28,8 +28,8 @@ import pandas as pd
 from harness.analysis.gates import Gates
 from harness.core.gates import COUNT, EXACT, Policy
 from harness.core.errors import UserError
-from harness.report import markdown
-from harness.report.console import fmt_value
+from harness.core import markdown
+from harness.core.format import fmt_value
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
 

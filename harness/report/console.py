@@ -11,19 +11,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.core.format import fmt_value
 from harness.tasks import METRICS, TASKS
 from harness.tasks.base import CELL_METRICS
 
 #: the columns that name a cell in the console's tables; the others are metrics
 CELL_KEYS = ("model", "backend", "task")
-
-def fmt_value(value: float, stderr: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if stderr is not None and not math.isnan(stderr):
-        text += f" ± {stderr:.2g}"
-    return text
 
 
 def console_value(metric: str, value: float, stderr: float | None = None) -> str:

@@ -32,7 +32,8 @@ from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
 from harness.core.errors import UserError
 from harness.report import charts
-from harness.report.console import fmt_value, task_type
+from harness.core.format import fmt_value
+from harness.report.console import task_type
 from harness.report.render import blocks_html, build, ok_rows, to_html
 from harness.report.views import VIEWS, Plot
 from harness.results.store import RunTables, read_run

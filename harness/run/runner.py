@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS
-from harness.backends.llamacpp.backend import available_cpus
+from harness.core.cpus import available_cpus
 from harness.core.files import atomic_write_text
 from harness.results import store
 from harness.results.environment import environment
@@ -129,8 +129,8 @@ class Runner:
     def _probe(self) -> dict[str, dict] | None:
         """The machine's ceilings for each CPU thread count the throughput cells use (cached a day), or None
         where the suite switched the probe off or no cell needs it. Its time is not a cell's."""
-        threads = {getattr(c.backend_spec, "n_threads", None) or available_cpus() for c in self.cells
-                   if c.task_spec.type == "throughput" and hasattr(c.backend_spec, "n_threads")}
+        threads = {BACKENDS[c.backend_spec.type].cpu_threads(c.backend_spec) or available_cpus() for c in self.cells
+                   if TASKS[c.task_spec.type].timing and BACKENDS[c.backend_spec.type].roofline}
         if not self.suite.probe or not threads:
             return None
         probes = {}
