@@ -15,8 +15,8 @@ from harness.core.roofline import (
     prefill_flops,
 )
 from harness.core.types import LoadInfo
-from harness.tasks.throughput import ROOFLINE, ThroughputSettings, ThroughputTask
 from harness.tasks import METRICS
+from harness.tasks.throughput import ROOFLINE, ThroughputSettings, ThroughputTask
 from suites import run_suite
 
 #: 2 layers, 4 query heads sharing 2 KV heads of dim 8, fp16 KV: 2*2*8*2*2 = 128 bytes per position

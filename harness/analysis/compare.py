@@ -36,11 +36,10 @@ import pandas as pd
 
 from harness.analysis.gates import Gates
 from harness.analysis.noise import UNCALIBRATED, History, Spread
-from harness.core import stats
-from harness.core.gates import COUNT, EXACT, NOISY, STDERR, Policy
+from harness.core import markdown, stats
 from harness.core.errors import UserError
-from harness.core import markdown
 from harness.core.format import fmt_value
+from harness.core.gates import COUNT, EXACT, NOISY, STDERR, Policy
 from harness.results.records import FAILED, OK, TIMEOUT
 from harness.results.store import RunTables
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError
-from harness.core.gates import COUNT, EXACT, K, MIN_RUNS, NOISY, RUNS, STDERR, Policy, exact
+from harness.core.gates import COUNT, EXACT, MIN_RUNS, NOISY, RUNS, STDERR, K, Policy, exact
 from harness.core.settings import StrictModel
 from harness.tasks import METRICS
 

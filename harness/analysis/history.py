@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.gates import Gates
-from harness.core.gates import COUNT, EXACT, Policy
-from harness.core.errors import UserError
 from harness.core import markdown
+from harness.core.errors import UserError
 from harness.core.format import fmt_value
+from harness.core.gates import COUNT, EXACT, Policy
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
 

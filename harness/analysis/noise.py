@@ -10,7 +10,6 @@ that decides whether a change is news is the night-to-night one, measured on a h
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.core.files import atomic_write, atomic_write_text
 from harness.core import markdown
+from harness.core.files import atomic_write, atomic_write_text
 from harness.report.console import family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK

@@ -31,8 +31,8 @@ import pandas as pd
 from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
 from harness.core.errors import UserError
-from harness.report import charts
 from harness.core.format import fmt_value
+from harness.report import charts
 from harness.report.console import task_type
 from harness.report.render import blocks_html, build, ok_rows, to_html
 from harness.report.views import VIEWS, Plot

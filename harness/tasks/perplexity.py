@@ -74,7 +74,8 @@ register(
 class PerplexityTask(Task):
     settings_class = PerplexitySettings
     requires = frozenset({SCORE})
-    summary = ("token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s", "model_bytes", "peak_rss_mb", "peak_vram_mb")
+    summary = ("token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s", "model_bytes",
+               "peak_rss_mb", "peak_vram_mb")
     overview = ("bits_per_byte", "token_ppl", "scored_tok_s", "peak_rss_mb")
     settings: PerplexitySettings
 
