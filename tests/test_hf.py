@@ -10,8 +10,8 @@ import pytest
 
 from harness.core.errors import Unavailable
 from harness.core.types import Window
+from harness.core.windows import chunked, rolling, sliding
 from harness.sources.models import ModelSpec, resolve
-from harness.tasks.windows import chunked, rolling, sliding
 from suites import run_suite
 
 torch = pytest.importorskip("torch")

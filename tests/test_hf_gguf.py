@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from stress_text import stress_text
 
+from harness.core.windows import chunked
 from harness.tasks.kld import PositionStats
-from harness.tasks.windows import chunked
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("transformers")

@@ -20,11 +20,11 @@ import harness.lmeval  # noqa: F401  (registers the model with lm-eval)
 from harness.cli import main
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import Unavailable
-from harness.lmeval.evaluate import measurements_from
+from harness.core.windows import rolling
 from harness.lmeval.model import HarnessLM
 from harness.sources.lmeval_tasks import CLOZE, ROLLING, cloze_docs, rolling_docs, sentences, write_local_tasks
 from harness.tasks import TASKS
-from harness.tasks.windows import rolling
+from harness.tasks.lmeval import measurements_from
 
 
 class RecordingUnigram(UnigramBackend):
@@ -370,7 +370,7 @@ def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path,
 
 
 def test_the_config_hash_does_not_move_with_the_local_tasks_scratch_folder():
-    from harness.lmeval.evaluate import config_hash
+    from harness.tasks.lmeval import config_hash
 
     config = {"task": CLOZE, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-abc/harness_cloze.jsonl"}}}
     moved = {**config, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-xyz/harness_cloze.jsonl"}}}

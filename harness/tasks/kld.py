@@ -25,12 +25,11 @@ import numpy as np
 from pydantic import Field
 
 from harness.backends.base import Backend
-from harness.core import stats
+from harness.core import stats, windows
 from harness.core.capabilities import LOGITS
 from harness.core.gates import exact
 from harness.core.metrics import Measurement, Metric, register
 from harness.sources.corpora import Corpus
-from harness.tasks import windows
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
 from harness.tasks.registry import register_task
 

@@ -1,7 +1,7 @@
 """Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
 
 Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
-(:mod:`harness.tasks.windows`), sum the NLL of the scored tokens.
+(:mod:`harness.core.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
 tokens); word_ppl = exp(Σ nll / words), only when every token is scored (rolling). Words are counted as
 lm-evaluation-harness counts them, ``len(re.split(r"\\s+", text))``, which counts an empty word at leading
@@ -21,13 +21,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.backends.base import Backend
-from harness.core import stats
+from harness.core import stats, windows
 from harness.core.capabilities import SCORE
 from harness.core.gates import COUNTED, exact, noisy
 from harness.core.metrics import Measurement, Metric, register
 from harness.core.settings import new_key
 from harness.sources.corpora import Corpus
-from harness.tasks import windows
 from harness.tasks.base import Task, TaskResult, TaskSettings
 from harness.tasks.registry import register_task
 
