@@ -15,6 +15,7 @@ from runs import VARIANTS, dashboard_nights, perplexity_cell, write_run
 from harness.cli import main
 from harness.core.format import fmt_value
 
+pytestmark = pytest.mark.dashboard
 pytest.importorskip("plotly", reason="the dashboard needs plotly: pip install -e '.[dashboard]'")
 
 STEP_AT = 5

@@ -11,6 +11,7 @@ from stress_text import stress_text
 
 from harness.sources.gguf_pretokenizer import RULES, UnknownPreTokenizer
 
+pytestmark = [pytest.mark.hf, pytest.mark.gguf]
 pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")

@@ -9,7 +9,7 @@ from conftest import SMOLLM2_PKG
 from harness.core.decoding import Decoding
 from suites import run_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gpt4all, pytest.mark.gguf]
 pytest.importorskip("gpt4all")
 
 

@@ -11,7 +11,7 @@ from stress_text import stress_text
 from harness.core.windows import chunked
 from harness.tasks.kld import PositionStats
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hf, pytest.mark.gguf]
 pytest.importorskip("transformers")
 
 

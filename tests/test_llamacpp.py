@@ -8,7 +8,7 @@ from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
 from harness.core.windows import chunked
 from harness.sources.models import ModelSpec, resolve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gguf]
 
 
 @pytest.fixture(scope="module")

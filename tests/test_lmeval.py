@@ -8,23 +8,27 @@ import math
 import re
 from collections import Counter
 
-import lm_eval
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from lm_eval.api.instance import Instance
 from tiny_backend import UnigramBackend
 
-import harness.lmeval  # noqa: F401  (registers the model with lm-eval)
 from harness.cli import main
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import Unavailable
 from harness.core.windows import rolling
-from harness.lmeval.model import HarnessLM
 from harness.sources.lmeval_tasks import CLOZE, ROLLING, cloze_docs, rolling_docs, sentences, write_local_tasks
 from harness.tasks import TASKS
 from harness.tasks.lmeval import measurements_from
+
+pytestmark = pytest.mark.lmeval
+lm_eval = pytest.importorskip("lm_eval", reason="needs the lmeval extra (pip install -e '.[lmeval]')")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+import harness.lmeval  # noqa: E402, F401  (registers the model with lm-eval)
+from harness.lmeval.model import HarnessLM  # noqa: E402
 
 
 class RecordingUnigram(UnigramBackend):
@@ -357,6 +361,7 @@ def test_the_quantization_table_shows_accuracy_beside_kld(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.gguf
 def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path, corpora_dir, smollm2_path, capsys):
     include = write_local_tasks(tmp_path / "tasks", (corpora_dir / "janeausten" / "persuasion.txt").read_text(), n=3)
     out = tmp_path / "out"

@@ -15,6 +15,8 @@ from harness.core.decoding import Decoding
 from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
 from harness.sources.models import ModelSpec, resolve_ngram
 
+pytestmark = pytest.mark.ngram
+
 DOCS = "builtin:stdlib-docs#train"
 
 

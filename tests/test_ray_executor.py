@@ -24,6 +24,7 @@ from conftest import REPO, SMOLLM2_PKG
 from harness.cli import main
 from harness.results.records import read_cell_records, read_record
 
+pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the ray extra: pip install -e '.[ray]'")
 
 from harness.run.ray_launcher import HOST_LABEL, LOOPBACK_SWITCH  # noqa: E402
@@ -224,7 +225,7 @@ def test_ctrl_c_leaves_no_worker_and_resume_recomputes_only_what_is_missing(clus
     assert len([r for r in read_cell_records(out) if r.ok]) == 6
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_a_private_cluster_keeps_its_files_under_the_cache_and_stops_with_the_run(tmp_path, monkeypatch):
     """No --address: the run starts a cluster of its own on this machine and stops it at the end."""
     cache = Path(tempfile.mkdtemp(prefix="hc-"))  # short enough for Ray's socket paths under it
@@ -243,7 +244,7 @@ def test_a_private_cluster_keeps_its_files_under_the_cache_and_stops_with_the_ru
     assert all(r.ok for r in read_cell_records(out)) and len(read_cell_records(out)) == 2
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 @pytest.mark.integration
 def test_smollm2_through_ray_equals_the_local_executor(cluster, tmp_path):
     path = suite(tmp_path, [3], ["ppl", "speed"], models={"smol": {"gguf": SMOLLM2_PKG}},

@@ -80,6 +80,8 @@ def test_roofline_metrics_are_registered_with_directions():
         "decode_bytes_per_token": False, "decode_gb_s": True, "mbu": True, "prefill_flop_s": True, "mfu": True}
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_smollm2_shape_from_llamacpp(smollm2_model):
     """llama.cpp's metadata agrees with SmolLM2-135M's config (the file's, read for gpt4all: test_gpt4all)."""
     from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
@@ -92,6 +94,7 @@ def test_smollm2_shape_from_llamacpp(smollm2_model):
     assert (shape.kv_dtype_bytes, shape.compute_dtype) == (2, "fp32")
 
 
+@pytest.mark.hf
 def test_hf_shape_of_a_tiny_llama_built_in_code():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

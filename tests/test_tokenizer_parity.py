@@ -23,7 +23,7 @@ from stress_text import stress_text
 
 from harness.tasks.tokenization import placed_tokens, token_offsets
 
-pytestmark = [pytest.mark.parity, pytest.mark.integration]
+pytestmark = [pytest.mark.parity, pytest.mark.integration, pytest.mark.hf, pytest.mark.gguf]
 pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp")
 
