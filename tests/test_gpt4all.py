@@ -10,7 +10,7 @@ from harness.core.decoding import Decoding
 from suites import run_suite
 
 pytestmark = [pytest.mark.integration, pytest.mark.gpt4all, pytest.mark.gguf]
-pytest.importorskip("gpt4all")
+pytest.importorskip("gpt4all", reason="needs the gpt4all extra (pip install -e '.[gpt4all]')")
 
 
 @pytest.fixture(scope="module")

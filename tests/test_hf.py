@@ -15,8 +15,8 @@ from harness.sources.models import ModelSpec, resolve
 from suites import run_suite
 
 pytestmark = pytest.mark.hf
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs the hf extra (pip install -e '.[hf]')")
+transformers = pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
 from harness.backends.hf.backend import BnbQuantization, HfBackend, HfSettings, load_kwargs  # noqa: E402
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "

@@ -12,7 +12,7 @@ from harness.core.windows import chunked
 from harness.tasks.kld import PositionStats
 
 pytestmark = [pytest.mark.integration, pytest.mark.hf, pytest.mark.gguf]
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
 
 
 @pytest.fixture(scope="module")
