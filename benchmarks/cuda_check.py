@@ -10,7 +10,7 @@ SmolLM2's Q4_1 GGUF from its parts and checks its sha256, and reads the first 8,
 WikiText-2 raw test from a file ``prepare`` wrote. Nothing is fetched; the box's torch and transformers are
 used as they are, and their versions recorded.
 
-    # a machine with the project's venv, PyPI and the corpora (README, "CUDA"):
+    # a machine with the project's venv, PyPI and the corpora (docs/backends.md, "CUDA"):
     python benchmarks/cuda_check.py prepare .cuda-check --corpora ../shared/corpora
     # the GPU box:
     python3 benchmarks/cuda_check.py run --model PART1 PART2 --tokens FILE --wheels DIR --out DIR

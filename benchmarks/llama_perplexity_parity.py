@@ -3,7 +3,7 @@
 Runs ``llama-perplexity -c N_CTX --chunks N -t T -b 2048 -fa on|off`` and the harness's llamacpp backend
 with the same settings on the same GGUF and text, then prints both perplexities and both scoring
 throughputs (scored tokens per second, model load excluded). Build llama-perplexity from the llama.cpp
-sources vendored in the llama-cpp-python sdist the harness uses (see README, "Benchmarks"); never commit it.
+sources vendored in the llama-cpp-python sdist the harness uses (see docs/measurements.md); never commit it.
 
     python benchmarks/llama_perplexity_parity.py --llama-perplexity PATH [--corpora DIR] [--chunks 32]
 """

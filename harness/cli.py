@@ -4,36 +4,78 @@ lmeval-tasks.
 Also ``python -m harness``.
 
 Exit codes (contract): 0 ok, 1 a regression found by compare, 2 bad input, 3 some cells failed,
-4 an environment error (disk full, permission denied, read-only file system), 130 interrupted (Ctrl-C,
-SIGTERM, SIGHUP).
+4 an environment error (disk full, permission denied, read-only file system), 5 ``compare --require-quiet``
+found timings not comparable because the machine was busy (and no regression), 70 an internal error (a harness
+bug: the traceback goes to a file, one line says where), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 
 from harness import __version__
 from harness.backends import BACKENDS
+from harness.core import process
 from harness.core.errors import UserError, describe_os_error
-from harness.core.process import Interrupted, interrupt
+from harness.core.files import check_output
+from harness.core.memory import out_of_memory_cause, out_of_memory_line
+from harness.core.paths import expand_user
+from harness.core.process import interrupt
+from harness.core.terminal import console_text, printable
 from harness.tasks import TASKS
 
-EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_CELLS_FAILED, EXIT_ENVIRONMENT, EXIT_NOT_QUIET = 0, 1, 2, 3, 4, 5
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in the harness, never a regression
 EXIT_INTERRUPTED = 130
+
+
+class _Console(Console):
+    """Rich's console, but a reader that goes away (``harness list | head -1``) is an environment error, exit 4,
+    not rich's exit 1, which CI reads as a regression."""
+
+    def on_broken_pipe(self) -> None:
+        try:
+            super().on_broken_pipe()  # stdout onto /dev/null, so that nothing fails again at exit
+        except SystemExit:
+            raise BrokenPipeError(errno.EPIPE, "broken pipe", "stdout") from None
 
 
 def _path(text: str) -> Path:
     """A path argument; ``~`` expanded here too, for a quoted one or one after ``--out=``."""
-    return Path(text).expanduser()
+    return expand_user(text)
+
+
+def _probability(text: str) -> float:
+    """``--alpha``: a finite number strictly between 0 and 1 (``nan`` compares false with everything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number ≥ 1")
+    return value
 
 
 def _load(path: Path, only: list[str], overrides: list[str]):
@@ -75,33 +117,39 @@ def cmd_run(args, console: Console) -> int:
 
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UserError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
+    if args.wait_quiet is not None and not (math.isfinite(args.wait_quiet) and args.wait_quiet >= 0):
+        raise UserError(f"--wait-quiet {args.wait_quiet:g}: expected a number of seconds ≥ 0")
+    if args.out is not None:
+        check_output(args.out, folder=True)
     suite, cells = _load(args.suite, args.only, args.set)
     if args.dry_run:
         for cell in cells:
             settings = {k: v for k, v in cell.params["task"].items() if v is not None and k != "type"}
-            console.print(f"{cell.cell_id}  {cell.label}  {json.dumps(settings)}", highlight=False,
-                          soft_wrap=True)
+            console.print(f"{cell.cell_id}  {console_text(cell.label)}  {console_text(json.dumps(settings))}",
+                          highlight=False, soft_wrap=True)
         console.print(f"{len(cells)} cells would run")
         return EXIT_OK
     options = RunOptions(suite_path=args.suite, out=args.out, only=args.only, overrides=args.set,
                          resume=args.resume, corpora=args.corpora, timeout_s=args.timeout,
-                         executor=_executor(args, suite))
+                         executor=_executor(args, suite), wait_quiet_s=args.wait_quiet)
     summary = Runner(suite, cells, options, console).run()
     print_results(summary.run_dir, console)
     console.print(f"results: {summary.run_dir} ({summary.ran} cells ran, {summary.reused} reused, "
-                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False, soft_wrap=True)
-    console.print(f"report:  harness report {summary.run_dir}", highlight=False, soft_wrap=True)
+                  f"{summary.failed} failed, {summary.skipped} skipped)", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"report:  harness report {shlex.quote(str(summary.run_dir))}", highlight=False, soft_wrap=True,
+                  markup=False)
     return EXIT_CELLS_FAILED if summary.failed else EXIT_OK
 
 
 def _gates(args, run_info: dict):
-    from harness.analysis.gates import Gates, parse_overrides
+    from harness.analysis.gates import Gates, parse_overrides, recorded_gates
 
-    return Gates(suite=run_info.get("gates", {}), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
+    return Gates(suite=recorded_gates(run_info), threshold=parse_overrides(args.threshold, "--threshold", 1.0),
                  tolerance=parse_overrides(args.tolerance, "--tolerance", 0.0), alpha=args.alpha)
 
 
 def _emit(text: str, out: Path | None) -> None:
+    """``text`` to stdout, or to the file ``out`` (checked before the work: :func:`check_output`)."""
     from harness.core.files import atomic_write_text
 
     if out is None:
@@ -114,6 +162,8 @@ def cmd_compare(args, console: Console) -> int:
     from harness.analysis import compare, export, noise
     from harness.results.store import read_run
 
+    if args.out is not None:
+        check_output(args.out)
     if args.calibrate is not None:
         return _calibrate(args)
     if args.base is None or args.new is None:
@@ -130,8 +180,11 @@ def cmd_compare(args, console: Console) -> int:
     else:  # the new run's figures, for a tool that keeps its own history
         _emit(json.dumps(export.EXPORTS[args.format](new), indent=2), args.out)
     if args.out is not None:
-        print(f"{args.out}: {result.regressions} regressions", file=sys.stderr)
-    return EXIT_REGRESSION if result.regressions else EXIT_OK
+        print(f"{args.out}: {result.regressions} regressions, {result.not_comparable} rows not comparable "
+              "(machine busy)", file=sys.stderr)
+    if result.regressions:
+        return EXIT_REGRESSION
+    return EXIT_NOT_QUIET if args.require_quiet and result.not_comparable else EXIT_OK
 
 
 def _calibrate(args) -> int:
@@ -150,6 +203,8 @@ def _calibrate(args) -> int:
 def cmd_history(args, console: Console) -> int:
     from harness.analysis import history
 
+    if args.out is not None:
+        check_output(args.out)
     runs = history.load_runs(args.dirs)
     trends = history.history(runs, _gates(args, runs[-1].info))
     text = history.to_json(runs, trends) if args.format == "json" else history.to_markdown(runs, trends, args.last)
@@ -162,6 +217,8 @@ def cmd_report(args, console: Console) -> int:
     from harness.report.render import write_report
     from harness.results.store import read_run
 
+    if args.out is not None:
+        check_output(args.out, folder=args.format == "html")
     if args.format != "html":
         _emit(json.dumps(export.EXPORTS[args.format](read_run(args.run_dir)), indent=2), args.out)
         return EXIT_OK
@@ -173,6 +230,7 @@ def cmd_report(args, console: Console) -> int:
 def cmd_dashboard(args, console: Console) -> int:
     from harness.report.site import write_site
 
+    check_output(args.out, folder=True)
     site = write_site(args.dirs, args.out, lambda info: _gates(args, info))
     console.print(f"dashboard: {args.out / 'index.html'} ({len(site.nights)} runs, "
                   f"{len({line.metric for line in site.lines})} metrics)", highlight=False, soft_wrap=True)
@@ -187,7 +245,8 @@ def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
                         "all; repeatable; overrides the suite's gates")
     parser.add_argument("--tolerance", action="append", default=[], metavar="[METRIC=]REL",
                         help="deterministic metrics: the relative change allowed; repeatable")
-    parser.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
+    parser.add_argument("--alpha", type=_probability, default=ALPHA,
+                        help=f"significance level, between 0 and 1 (default {ALPHA})")
     if out:
         parser.add_argument("--out", type=_path, help="write to this file instead of stdout")
 
@@ -196,7 +255,10 @@ def cmd_probe(args, console: Console) -> int:
     from harness.core.cpus import available_cpus
     from harness.results.probe import probe, probe_line
 
-    threads = args.threads or available_cpus()
+    cpus = available_cpus()
+    threads = cpus if args.threads is None else args.threads
+    if not 1 <= threads <= cpus:  # more threads than CPUs measures nothing (and 100,000 crash the probe)
+        raise UserError(f"--threads {args.threads}: expected 1 to {cpus} (the CPUs this process may use)")
     with console.status(f"probing the machine's memory bandwidth and GEMM rate ({threads} threads)"):
         result = probe(threads, rerun=True)
     if args.json:
@@ -237,9 +299,19 @@ def cmd_lm_eval(arguments: list[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import harness.lmeval  # noqa: F401  (registers the model)
+    from harness.sources.lmeval_tasks import LOCAL_TASKS
 
     sys.argv = ["lm-eval", *arguments]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as exc:  # lm-eval's word for a task name it cannot find; others are lm-eval's or ours
+        if not str(exc).startswith("Tasks not found"):
+            raise
+        raise UserError(f"lm-eval: {exc} (a task of your own needs its folder: --include_path; harness "
+                        f"lmeval-tasks writes {' and '.join(LOCAL_TASKS)})") from None
+    except ConnectionError as exc:  # datasets' (no errno): a hub task's data, offline
+        raise UserError(f"lm-eval: {exc}: a hub task's data is downloaded once, online (or use the local tasks "
+                        f"{' and '.join(LOCAL_TASKS)})") from None
     return EXIT_OK
 
 
@@ -247,6 +319,9 @@ def cmd_lmeval_tasks(args, console: Console) -> int:
     from harness.sources.corpora import DatasetSpec, corpora_dir, load_corpus
     from harness.sources.lmeval_tasks import LOCAL_TASKS, write_local_tasks
 
+    if args.docs < 1:
+        raise UserError(f"--docs {args.docs}: expected a number of documents ≥ 1")
+    check_output(args.out, folder=True)
     corpus = load_corpus("text", DatasetSpec(source=args.source), Path.cwd(), corpora_dir(args.corpora))
     try:
         out = write_local_tasks(args.out, corpus.text, args.docs, args.seed)
@@ -289,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpora", type=_path, help="corpora directory for corpora: datasets "
                      "(default: $HARNESS_CORPORA)")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the suite's)")
+    run.add_argument("--wait-quiet", type=float, metavar="SECONDS",
+                     help="before each timing cell and interleaved round, wait up to SECONDS for the machine to "
+                     "be quiet; a cell that never got a quiet machine is flagged busy (default: the suite's "
+                     "busy.wait_quiet_s, 0)")
     _set_option(run)
     _executor_options(run)
     run.set_defaults(func=cmd_run)
@@ -316,13 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["markdown", "json", "github-action-benchmark", "pytest-benchmark"],
                          help="the last two export NEW's figures for those tools (the exit code still compares)")
     compare.add_argument("--all", action="store_true", help="markdown: list unchanged rows too")
+    compare.add_argument("--require-quiet", action="store_true",
+                         help="exit 5 when a timing is not comparable because the machine was busy on either side "
+                         "(a runner that is always busy must not pass in silence); a regression still exits 1")
     _gate_options(compare)
     compare.set_defaults(func=cmd_compare)
 
     hist = sub.add_parser("history", help="trend of every metric over many runs, and where it stepped")
     hist.add_argument("dirs", type=_path, nargs="+", help="run directories, or folders of them (results/SUITE)")
     hist.add_argument("--format", default="markdown", choices=["markdown", "json"])
-    hist.add_argument("--last", type=int, default=10, help="runs shown as columns (all are analysed)")
+    hist.add_argument("--last", type=_positive_int, default=10, help="runs shown as columns (all are analysed)")
     _gate_options(hist)
     hist.set_defaults(func=cmd_history)
 
@@ -367,29 +449,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
-        args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
-    else:
-        args = parser.parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100 columns
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
     previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130
+    process.last_signal = None
     try:
+        if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, its options too
+            args = argparse.Namespace(func=lambda args, console: cmd_lm_eval(argv[1:]))
+        else:
+            args = build_parser().parse_args(argv)  # inside: a path type may raise UserError (~nosuchuser)
+        if sys.stdout is None:  # started with stdout closed (`harness list >&-`)
+            raise OSError(errno.EBADF, "cannot write the output", "stdout")
+        console = _Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100)  # piped: 100
         return args.func(args, console)
     except UserError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {printable(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
         if exc.errno is None:
-            raise
-        print(f"harness: error: {describe_os_error(exc)}", file=sys.stderr)
+            return _internal_error(exc, argv)
+        print(f"harness: error: {printable(describe_os_error(exc))}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except KeyboardInterrupt as exc:
-        how = f" by {exc}" if isinstance(exc, Interrupted) else ""
+    except (MemoryError, ImportError, RuntimeError) as exc:  # out of memory is the environment's, where Python sees it
+        cause = out_of_memory_cause(exc)
+        if cause is None:
+            return _internal_error(exc, argv)
+        print(f"harness: error: {out_of_memory_line(cause)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt:  # Interrupted, or a bare one from Ray's waits: the handler kept the signal
+        how = f" by {signal.Signals(process.last_signal).name}" if process.last_signal else ""
         print(f"harness: interrupted{how}; finished cells are kept (resume with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _internal_error(exc, argv)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _internal_error(exc: Exception, argv: list[str]) -> int:
+    """A harness bug: not exit 1 (CI reads 1 as a regression) but 70, with the traceback in a file (the run
+    folder's when the exception says which, else the cache's) and one line saying where."""
+    import traceback
+
+    from harness.core.files import atomic_write_text
+    from harness.sources.cache import cache_dir
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    run_dir = getattr(exc, "run_dir", None)
+    try:
+        folder = Path(run_dir) / "logs" if run_dir is not None else cache_dir() / "crashes"
+        path = folder / f"harness-crash-{stamp}-{os.getpid()}.txt"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, f"harness {__version__}: harness {' '.join(argv)}\n{text}")
+        where = f"the traceback is in {path}"
+    except (OSError, UserError) as write_error:
+        where = f"the traceback could not be saved ({write_error}):\n{text.rstrip()}"
+    first_line = printable(str(exc).splitlines()[0]) if str(exc).strip() else ""
+    print(f"harness: internal error (a bug in the harness: please report it), {type(exc).__name__}: {first_line}; "
+          f"{where}", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR

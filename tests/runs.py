@@ -228,3 +228,39 @@ def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3
         paths.append(write_run(root / f"{day.replace('-', '')}-020000", records, started_at=f"{day}T02:00:00+00:00",
                                environment=environment))
     return paths
+
+
+#: names from results a page must show as text: markup that would run script ...
+XSS = "x'><img src=x onerror=window.__pwned=1>"
+#: ... closing the script element a chart's figure sits in ...
+SCRIPT_XSS = '</script><script>window.__pwned=2</script><!--'
+#: ... and a metric named like a path out of the site
+ESCAPE = "../../../SHARD_ESCAPE"
+
+
+def hostile_nights(root: Path, n: int = 2) -> list[Path]:
+    """Runs whose names are crafted: tasks ``p 1`` and ``p_1`` (one file name after a naive slug), a task,
+    model and library version holding markup, and a results.parquet whose metrics (no record may hold an
+    unregistered one) are a path out of the site and markup; one run's id holds markup too."""
+    import pandas as pd
+
+    paths = []
+    for night in range(n):
+        records = []
+        for i, (task, model) in enumerate([("p 1", "smollm2"), ("p_1", "smollm2"), (XSS, SCRIPT_XSS)]):
+            rec = perplexity_cell(np.random.default_rng(10 * night + i), model=model)
+            rec["cell"]["task"] = task
+            rec["cell_id"] = f"{rec['cell_id'][:12]}{i:04d}"
+            records.append(rec)
+        environment = {"cpu": "test CPU", "cpu_count": 2, "git_commit": XSS, "libraries": {"torch": XSS}}
+        path = write_run(root / f"2026111{night}-020000", records, started_at=f"2026-11-1{night}T02:00:00+00:00",
+                         environment=environment)
+        table = pd.read_parquet(path / "results.parquet")
+        table["metric"] = table["metric"].replace({"nll_mean": ESCAPE, "tokens_scored": XSS,
+                                                   "bytes_scored": SCRIPT_XSS})
+        table.to_parquet(path / "results.parquet", index=False)
+        if night == n - 1:
+            info = store.read_run_json(path / "run.json")
+            store.write_run_json(path, {**info, "run_id": XSS})
+        paths.append(path)
+    return paths

@@ -1,6 +1,7 @@
 """The command line as a user meets it: good suites run, bad input is one line and exit code 2."""
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
     assert main(["run", str(smollm2_suite(tmp_path)), "--out", str(blocker / "run")]) == 2
-    assert f"output directory {blocker / 'run'} is not writable" in error_line(capsys)
+    assert error_line(capsys) == (f"harness: error: {blocker / 'run'}: cannot be created, a part of its path is a "
+                                  "file, not a folder")
 
 
 def test_missing_suite_file(tmp_path, capsys):
@@ -166,6 +168,18 @@ def test_shards_run_apart_assemble_into_one_run(tmp_path, capsys):
     ppl = whole[whole.metric == "token_ppl"].set_index("model").value
     assert ppl["w3"] == shard[(shard.model == "w3") & (shard.metric == "token_ppl")].value.item()
     assert ppl["w3"] < ppl["w2"]
+
+
+def test_the_printed_report_command_is_shell_quoted(tmp_path, capsys):
+    suite = {"name": "quoted", "backends": {"ngram": {"type": "ngram"}},
+             "models": {"w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
+             "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 128}},
+             "matrix": [{"model": "w2", "backend": "ngram", "task": "ppl"}]}
+    out = tmp_path / "it's [b]$HOME; run"  # a quote, rich markup, a variable, a command separator
+    assert main(["run", str(write_suite(tmp_path, suite)), "--out", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("report:"))
+    assert shlex.split(line) == ["report:", "harness", "report", str(out)]
 
 
 def test_schema_is_json_schema_of_the_suite(capsys):

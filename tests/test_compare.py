@@ -233,9 +233,41 @@ def test_bad_input_is_exit_2(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "empty")]) == 2
     assert "run.json: not found" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--threshold", "0.9"]) == 2
-    assert "--threshold 0.9: expected a number > 1" in capsys.readouterr().err
+    assert "--threshold 0.9: expected a finite number > 1" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--tolerance", "nope=0.1"]) == 2
     assert "unknown metric 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--threshold nan", "--threshold inf", "--threshold decode_tok_s=nan",
+                                    "--tolerance nan", "--tolerance inf"])
+def test_gate_overrides_must_be_finite(option, tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    flag, value = option.split()
+    assert main(["compare", str(a), str(a), f"{flag}={value}"]) == 2
+    bound = "> 1" if flag == "--threshold" else "≥ 0"
+    assert capsys.readouterr().err.strip() == f"harness: error: {flag} {value}: expected a finite number {bound}"
+
+
+@pytest.mark.parametrize("alpha", ["2", "1", "0", "-0.1", "nan", "inf", "abc"])
+def test_alpha_must_be_a_number_between_0_and_1(alpha, tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", str(a), str(a), "--alpha", alpha])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness compare: error: argument --alpha: {alpha!r}: expected a number between 0 and 1")
+
+
+def test_a_results_table_with_text_where_numbers_belong_is_refused_naming_the_column(tmp_path, capsys):
+    a = night(tmp_path / "a", 1)
+    b = night(tmp_path / "b", 2)
+    table = pd.read_parquet(b / "results.parquet")
+    table["value"] = table["value"].map(lambda v: f"{v:.3f}")  # "12.500": reads, compares and sorts as text
+    table.to_parquet(b / "results.parquet", index=False)
+    for argv in (["compare", str(a), str(b)], ["report", str(b), "--format", "pytest-benchmark"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == (f"harness: error: {b / 'results.parquet'}: column 'value' holds "
+                                                   f"str values ('{table['value'][0]}'), expected numbers")
 
 
 @pytest.mark.parametrize("gates, expected", [
@@ -320,3 +352,46 @@ def test_real_runs_of_a_tiny_suite(tmp_path, capsys):
     ppl = next(r for r in doc["rows"] if r["metric"] == "token_ppl")
     assert ppl["verdict"] == "regressed" and ppl["new"] > ppl["base"]
     assert "model.ngram.order: 4 → 2" in ppl["note"]
+
+
+def busy(record: dict, reason: str = "other processes used 1.7 of 2 cores") -> dict:
+    """A record whose timed section the worker judged busy."""
+    record["resolved"]["contention"] = {"verdict": "busy", "reasons": [reason], "cores": 2, "other_cores": 1.7}
+    return record
+
+
+def test_a_busy_machine_on_either_side_is_not_comparable_and_does_not_gate(tmp_path, capsys):
+    """The issue's nightly: tonight a neighbour made llama.cpp 3x slower. The 7 rounds agree, so the figures
+    alone say regressed; the verdict is not comparable, the exit code 0 unless --require-quiet (5), and a
+    metric that is not a timing (perplexity) is still judged."""
+    rng = np.random.default_rng(21)
+    a = write_run(tmp_path / "a", [throughput_cell(rng, decode=90, prefill=230, cv=0.01, repeats=7, interleaved=True),
+                                   perplexity_cell(np.random.default_rng(PPL_SEED))])
+    b = write_run(tmp_path / "b", [busy(throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7,
+                                                        interleaved=True)),
+                                   perplexity_cell(np.random.default_rng(PPL_SEED), nll=3.38 * 1.02)])
+    result = compare.compare(read_run(a), read_run(b), Gates({}, {}, {}))
+    decode = next(r for r in result.rows if r.metric == "decode_tok_s")
+    assert (decode.verdict, decode.ignoring_busy) == ("not comparable (machine busy)", "regressed")
+    assert decode.busy == "machine busy: NEW: other processes used 1.7 of 2 cores"
+    assert not any(r.verdict in ("regressed", "improved") for r in result.rows if r.task == "speed")
+    assert {r.metric for r in result.rows if r.verdict == "regressed"} == {"token_ppl", "bits_per_byte", "nll_mean"}
+    assert next(r for r in result.rows if r.metric == "model_bytes" and r.task == "speed").verdict == "unchanged"
+
+    c = write_run(tmp_path / "c", [throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7, interleaved=True)])
+    d = write_run(tmp_path / "d", [busy(throughput_cell(rng, decode=30, prefill=120, cv=0.01, repeats=7,
+                                                        interleaved=True))])
+    assert main(["compare", str(a), str(c), "--no-history"]) == 1  # the same slowdown on a quiet machine gates
+    capsys.readouterr()
+    assert main(["compare", str(a), str(d), "--no-history"]) == 0
+    out = capsys.readouterr().out
+    assert "No regression." in out and "timing rows not comparable: the machine was busy" in out
+    assert "| not comparable (machine busy) | smollm2/gguf-cpu/speed | decode_tok_s" in out
+    assert main(["compare", str(d), str(a), "--no-history", "--format", "json", "--require-quiet"]) == 5
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == 0 and doc["not_comparable"] == doc["counts"]["not comparable (machine busy)"] > 0
+    row = next(r for r in doc["rows"] if r["metric"] == "decode_tok_s")
+    assert row["busy"].startswith("machine busy: BASE:") and row["ignoring_busy"] == "improved"
+    assert main(["compare", str(a), str(b), "--no-history", "--require-quiet"]) == 1  # a regression still wins
+    capsys.readouterr()
+    assert compare.settings_diff(read_run(a).results.iloc[0]["params"], read_run(d).results.iloc[0]["params"]) == []

@@ -3,14 +3,16 @@ the result tables directly); tests/test_dashboard_browser.py opens it in a real 
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from runs import VARIANTS, dashboard_nights, perplexity_cell, write_run
+from runs import ESCAPE, SCRIPT_XSS, VARIANTS, XSS, dashboard_nights, hostile_nights, perplexity_cell, write_run
 
 from harness.cli import main
 from harness.core.format import fmt_value
@@ -186,3 +188,82 @@ def test_a_rebuild_keeps_the_pages_of_unchanged_runs(tmp_path):
     kept = {p.stem for p in (out / "runs").iterdir() if p.read_text().endswith("<!-- kept -->")}
     assert kept == {n.name for n in nights[:-1]}
     assert sorted(p.stem for p in (out / "runs").iterdir()) == [n.name for n in nights] + ["20261114-020000"]
+
+
+def test_a_busy_night_is_marked_in_the_hover_and_never_judged(tmp_path):
+    """The last nights ran on a busy machine, 3x slower: their points are crosses whose hover says why (and
+    the machine canary's time), the overview calls the change not comparable (never regressed)."""
+    from runs import SUITE, backend, throughput_cell
+
+    for night in range(6):
+        rng = np.random.default_rng(500 + night)
+        slow = 3.0 if night >= 4 else 1.0
+        record = throughput_cell(rng, backend("gguf-cpu"), decode=90 / slow, prefill=230 / slow, cv=0.02)
+        record["resolved"]["contention"] = {"verdict": "quiet", "canary_median_s": 0.02 * slow}
+        if night >= 4:
+            record["resolved"]["contention"].update(verdict="busy", reasons=["other processes used 1.8 of 2 cores"])
+        write_run(tmp_path / SUITE / f"202611{10 + night:02d}-020000", [record],
+                  started_at=f"2026-11-{10 + night:02d}T02:00:00+00:00")
+    assert main(["dashboard", str(tmp_path / SUITE), "--out", str(tmp_path / "site")]) == 0
+    trace = next(t for t in _figures(tmp_path / "site" / "metrics" / "decode_tok_s.html").values()
+                 for t in t["data"] if t.get("mode") == "lines+markers")
+    assert trace["marker"]["symbol"] == ["circle"] * 4 + ["x"] * 2
+    assert "machine busy</b>: other processes used 1.8 of 2 cores" in trace["customdata"][-1][2]
+    assert "machine canary 60 ms" in trace["customdata"][-1][2] and "canary 20 ms" in trace["customdata"][0][2]
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "not comparable (machine busy: other processes used 1.8 of 2 cores)" in index
+    assert "class='regressed' title=" not in index and "class='regressed step'" not in index
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if not p.is_dir()}
+
+
+def test_names_from_results_never_become_paths_out_of_the_site(tmp_path):
+    """A metric called ../../../SHARD_ESCAPE (from a results.parquet that travelled) gets a page inside
+    --out, and tasks 'p 1' and 'p_1' a chart each."""
+    hostile_nights(tmp_path / "runs")
+    out = tmp_path / "deep" / "a" / "b" / "site"
+    before = _files(tmp_path)
+    assert main(["dashboard", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    outside = {p for p in _files(tmp_path) - before if out not in p.parents}
+    assert outside == set()
+    assert [p.parent for p in tmp_path.glob("**/*SHARD_ESCAPE*")] == [out / "metrics"]
+    pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html"))
+    assert all(re.fullmatch(r"[A-Za-z0-9_./-]+", page) for page in pages), pages
+    metric_pages = [p for p in pages if p.startswith("metrics/")]
+    assert len(metric_pages) == len(set(map(str.lower, metric_pages))) == 9  # 6 metrics + 3 crafted names
+    charts = _figures(out / "metrics/bits_per_byte.html")
+    assert len(charts) == 3  # 'p 1', 'p_1' and the crafted task: three charts, three element ids
+    titles = {figure["layout"]["title"]["text"] for figure in charts.values()}
+    assert titles == {"p 1 on wiki", "p_1 on wiki", html.escape(XSS) + " on wiki"}
+
+
+def test_names_from_results_reach_every_page_escaped(tmp_path):
+    """Markup in metric, task, model, run and library names is text on every page: escaped in HTML, and
+    inside a chart's <script> no '<' at all (so neither </script> nor <!-- can end or bend it)."""
+    hostile_nights(tmp_path / "runs")
+    out = tmp_path / "site"
+    assert main(["dashboard", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text()
+        for crafted in (XSS, SCRIPT_XSS, "<img", "window.__pwned=2</script>"):
+            assert crafted not in text, (page, crafted)
+        for script in re.findall(r"<script>(.*?)</script>", text, flags=re.S):
+            assert "<" not in script, page
+        if "<nav>" in text:  # every page of the site but the run reports: the metrics menu names each metric
+            assert html.escape(XSS) in text and html.escape(ESCAPE) in text, page
+    assert f"torch {html.escape(XSS)}" in (out / "runs.html").read_text()  # a library version, as text
+
+
+def test_the_site_folder_follows_the_umask(tmp_path):
+    dashboard_nights(tmp_path / "nightly", n=2)
+    old = os.umask(0o022)
+    try:
+        assert main(["dashboard", str(tmp_path / "nightly"), "--out", str(tmp_path / "site")]) == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "site", *(tmp_path / "site").rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path

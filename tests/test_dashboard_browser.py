@@ -1,6 +1,7 @@
 """The dashboard in a real browser (headless Chromium, see tests/browser.py): the pages open from disk with
 no console error, every chart is drawn with a point for each night of each series, hovering a point shows
-its run, and a link leads to a run's report, whose plots draw from the site's one copy of plotly."""
+its run, and a link leads to a run's report, whose plots draw from the site's one copy of plotly; names
+crafted to run script (in metrics, tasks, models, runs, library versions) run none on any page."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pytest
 from browser import chromium, missing
-from runs import dashboard_nights
+from runs import XSS, dashboard_nights, hostile_nights
 
 from harness.cli import main
 
@@ -157,3 +158,24 @@ def test_a_link_leads_to_the_run_report_which_uses_the_site_plotly(site, browser
     _open(browser, root / "index.html")
     step = browser.find_element("css selector", "a.step")
     assert json.dumps(step.get_attribute("href")).endswith(f'runs/{nights[STEP_AT].name}.html"')
+
+
+def test_no_crafted_name_runs_script_on_any_page(tmp_path, browser):
+    """Every page of a site built from runs whose names hold markup (an <img onerror>, a </script> that
+    would end a chart's figure): opened and drawn, the payloads set nothing and the names show as text."""
+    hostile_nights(tmp_path / "runs")
+    out = tmp_path / "site"
+    assert main(["dashboard", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        _open(browser, page)
+        charts = len(re.findall(r"harness\.plot\(", page.read_text()))
+        if charts:
+            _charts(browser, charts)  # drawn: names reached plotly's legends, titles and hover texts
+        assert browser.execute_script("return typeof window.__pwned") == "undefined", page
+        assert not browser.find_elements("css selector", "img"), page
+        _no_console_errors(browser)
+    _open(browser, out / "index.html")
+    menu = [a.get_attribute("textContent") for a in browser.find_elements("css selector", "nav .menu a")]
+    assert XSS in menu and "../../../SHARD_ESCAPE" in menu  # the names, as text

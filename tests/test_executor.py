@@ -5,6 +5,7 @@ cell asks of a cluster node; `compare` notes other hardware, never a cluster nod
 from __future__ import annotations
 
 import json
+import socket
 import sys
 
 import numpy as np
@@ -25,8 +26,9 @@ QUICKSTART = REPO / "suites" / "quickstart.yaml"
 
 def test_the_executor_never_enters_a_cell_id():
     local = {c.label: c.cell_id for c in expand(parse_suite(QUICKSTART)[0])}
-    ray = parse_suite(QUICKSTART, ["executor.type=ray", "executor.address=auto", "executor.exclusive=all"])[0]
-    assert ray.executor.type == "ray"
+    ray = parse_suite(QUICKSTART, ["executor.type=ray", "executor.address=auto", "executor.exclusive=all",
+                                   "executor.connect_timeout_s=5"])[0]
+    assert ray.executor.type == "ray" and ray.executor.connect_timeout_s == 5
     assert {c.label: c.cell_id for c in expand(ray)} == local
 
 
@@ -57,10 +59,26 @@ def test_the_command_line_executor_overrides_the_suites_without_ray(monkeypatch)
     (["--executor", "ray", "--address", "head"], "--address head: address: expected auto or HOST:PORT, got 'head'"),
     (["--set", "executor.address=auto"], "executor: address applies to type ray"),
     (["--set", "executor.exclusive=some"], "executor.exclusive: Input should be 'timing' or 'all'"),
+    (["--set", "executor.connect_timeout_s=0"], "executor.connect_timeout_s: Input should be greater than 0"),
+    (["--set", "executor.connect_timeout_s=.inf"], "executor.connect_timeout_s: Input should be a finite number"),
+    (["--set", "executor.connect_timeout_s=soon"], "executor.connect_timeout_s: Input should be a valid number"),
 ])
 def test_bad_executor_settings_are_bad_input(argv, expected, capsys):
     assert main(["validate", str(QUICKSTART), *argv]) == 2
     assert expected in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_a_cluster_address_where_nothing_answers_is_one_line_after_the_connect_timeout(tmp_path, capsys):
+    """Ray alone would try for a quarter of an hour; the setting bounds it, and the error is the environment's."""
+    pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        assert main(["run", str(QUICKSTART), "--executor", "ray", "--address", address, "--out", str(tmp_path / "r"),
+                     "--set", "executor.connect_timeout_s=1.5"]) == 4
+    assert capsys.readouterr().err == (f"harness: error: Ray cluster at {address}: nothing answered within 1.5 s "
+                                       "(executor.connect_timeout_s): connection refused (ECONNREFUSED)\n")
 
 
 @pytest.mark.ray

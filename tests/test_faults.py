@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import pytest
 from conftest import REPO
 
 from harness.cli import main
+from harness.sources.corpora import stdlib_docs
 from suites import smollm2_suite, write_suite
 
 TABLES = ("results.parquet", "results.csv", "samples.parquet")
@@ -247,6 +249,136 @@ def test_a_run_directory_of_another_suite_is_refused(finished, run_copy, tmp_pat
         k: v for k, v in before.items() if k not in (".harness.lock", "run.json")}
 
 
+@pytest.mark.parametrize("damage", ["unregistered metric", "schema as a string", "cell as a string"])
+def test_a_record_that_is_not_the_harnesss_is_set_aside_on_resume(damage, finished, run_copy, capsys):
+    """A copied shard's record with a metric no task reports (a name that would become a file name), or
+    with fields of the wrong type, is set aside like a truncated one; the resume goes on."""
+    suite, _ = finished
+    victim = sorted((run_copy / "cells").glob("*.json"))[0]
+    record = json.loads(victim.read_text())
+    if damage == "unregistered metric":
+        record["measurements"][0]["metric"] = "../../../SHARD_ESCAPE"
+        problem = "not a cell record (measurements.0.metric: '../../../SHARD_ESCAPE' is not a metric of " \
+                  "harness.core.metrics)"
+    elif damage == "schema as a string":
+        record["schema"] = "1"
+        problem = "schema: expected a version number, got '1'"
+    else:
+        record["cell"] = "x"
+        problem = "not a cell record (cell: expected a JSON object, got 'x')"
+    victim.write_text(json.dumps(record))
+    assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "(1 cells ran, 1 reused, 0 failed, 0 skipped)" in out
+    [aside] = (run_copy / "cells").glob(f"{victim.name}.damaged-*")
+    assert err.strip().splitlines() == [
+        f"harness: warning: {victim}: {problem}; set aside as {aside.name}: the cell counts as not run"]
+    table = pd.read_parquet(run_copy / "results.parquet")
+    assert set(table.status) == {"ok"} and "../../../SHARD_ESCAPE" not in set(table.metric)
+
+
+def test_resume_runs_again_the_cells_whose_dataset_file_changed(tmp_path, capsys):
+    """A resume finishes the run with today's inputs: the cells that read the edited file run again (one
+    line names it), the others are kept, and run.json and every record hold the file's new sha256."""
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text(stdlib_docs("test")[:20_000])
+    suite = {"name": "inputs", "backends": {"ngram": {"type": "ngram"}},
+             "models": {"w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
+             "datasets": {"docs": {"source": f"file:{corpus}"}, "builtin": {"source": "builtin:stdlib-docs#test"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "window": "rolling", "n_ctx": 128},
+                       "ppl-builtin": {"type": "perplexity", "dataset": "builtin", "window": "rolling", "n_ctx": 128}},
+             "matrix": [{"model": "w2", "backend": "ngram", "task": ["ppl", "ppl-builtin"]}]}
+    path, out = write_suite(tmp_path, suite), tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    old = json.loads((out / "run.json").read_text())["datasets"]["docs"]["sha256"]
+    capsys.readouterr()
+    corpus.write_text(stdlib_docs("test")[20_000:40_000])
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "(1 cells ran, 1 reused, 0 failed, 0 skipped)" in stdout
+    new = json.loads((out / "run.json").read_text())["datasets"]["docs"]["sha256"]
+    assert new != old and err.strip().splitlines() == [
+        f"harness: warning: resume: dataset 'docs' (file:{corpus}) changed since its cells ran (sha256 {old[:12]}… "
+        f"now {new[:12]}…): 1 cell(s) run again"]
+    fingerprints = {r["cell"]["task"]: r["fingerprints"]["dataset"]["sha256"]
+                    for r in map(json.loads, map(Path.read_text, (out / "cells").glob("*.json")))}
+    assert fingerprints["ppl"] == new
+    # nothing changed since: everything is kept, nothing said
+    assert main(["run", str(path), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "(0 cells ran, 2 reused, 0 failed, 0 skipped)" in stdout and err == ""
+    # a resume of some cells keeps in run.json what the others read
+    assert main(["run", str(path), "--out", str(out), "--resume", "--only", "w2/ngram/ppl"]) == 0
+    assert set(json.loads((out / "run.json").read_text())["datasets"]) == {"docs", "builtin"}
+
+
+def test_resume_runs_again_the_cells_whose_model_changed(tmp_path, capsys):
+    """Another model under the same name (here an n-gram trained on an edited file; a GGUF swapped for
+    another quant is the same sha256 check): its cells run again, the message names the model."""
+    train = tmp_path / "train.txt"
+    train.write_text(stdlib_docs("train")[:30_000])
+    suite = ngram_suite(tmp_path, name="models", orders=(2,))
+    text = suite.read_text().replace("builtin:stdlib-docs#train", f"file:{train}")
+    suite.write_text(text)
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    old = json.loads((out / "run.json").read_text())["models"]["w2"]
+    capsys.readouterr()
+    train.write_text(stdlib_docs("train")[30_000:60_000])
+    assert main(["run", str(suite), "--out", str(out), "--resume"]) == 0
+    stdout, err = capsys.readouterr()
+    new = json.loads((out / "run.json").read_text())["models"]["w2"]
+    assert "(1 cells ran, 0 reused, 0 failed, 0 skipped)" in stdout
+    assert err.strip().splitlines() == [
+        f"harness: warning: resume: model 'w2' ({old['source']}) changed since its cells ran (sha256 "
+        f"{old['sha256'][:12]}… now {new['sha256'][:12]}…): 1 cell(s) run again"]
+
+
+def test_out_into_a_folder_that_is_no_run_directory_is_refused(finished, tmp_path, capsys):
+    suite, _ = finished
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my own figures\n")
+    (mine / "run.json").write_text('{"someone": "else"}')
+    before = snapshot(mine)
+    for resume in (["--resume"], []):
+        assert main(["run", str(suite), "--out", str(mine), *resume]) == 2
+        assert one_error(capsys) == (f"harness: error: {mine}: not empty and not a run directory (it holds "
+                                     "'results.csv' and no cells/): choose a new or empty --out")
+    assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["results.csv", "run.json"]
+
+
+def test_a_finished_run_is_not_run_over_without_resume(finished, run_copy, capsys):
+    """Its records would mix with the new run's; --resume finishes it instead."""
+    suite, _ = finished
+    before = snapshot(run_copy)
+    assert main(["run", str(suite), "--out", str(run_copy)]) == 2
+    assert one_error(capsys) == (f"harness: error: {run_copy} holds a run of suite 'faults' already: add --resume "
+                                 "to finish it with today's inputs, or choose another --out")
+    assert {k: v for k, v in snapshot(run_copy).items() if k != ".harness.lock"} == {
+        k: v for k, v in before.items() if k != ".harness.lock"}
+
+
+def test_scratch_folders_of_killed_processes_are_removed_by_the_next(tmp_path, monkeypatch):
+    """A cell killed outright (timeout, a cancelled cluster task) cannot remove its scratch folder: the next
+    one removes the folders of processes that are gone, and leaves a live process's alone."""
+    import tempfile
+
+    from harness.core.files import scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; from harness.core.files import scratch_dir\n"
+                             "with scratch_dir('harness-cell-') as d:\n    os.kill(os.getpid(), signal.SIGKILL)"],
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL
+    [left] = tmp_path.glob("harness-cell-*")
+    with scratch_dir("harness-cell-") as mine:
+        assert not left.exists() and mine.is_dir()
+        with scratch_dir("harness-cell-") as nested:  # this process is alive: its folder stays
+            assert mine.is_dir() and nested.is_dir()
+    assert not list(tmp_path.glob("harness-cell-*"))
+
+
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
 def test_timeout_must_be_a_positive_number_of_seconds(value, tmp_path, capsys):
     out = tmp_path / "run"
@@ -285,14 +417,16 @@ def fill(path: Path, leave: int = 0) -> None:
     os.truncate(filler, max(0, filler.stat().st_size - leave))
 
 
-def test_output_paths_that_cannot_be_written_are_one_line_exit_4(finished, tmp_path, capsys):
+def test_output_paths_that_cannot_be_written_are_one_line_exit_4_naming_the_target(finished, tmp_path, capsys):
     _, run = finished
-    assert main(["compare", str(run), str(run), "--out", str(tmp_path)]) == 4
-    assert one_error(capsys) == f"harness: error: {tmp_path}: is a directory (EISDIR)"
-    a_file = tmp_path / "report.txt"
-    a_file.write_text("not a folder")
-    assert main(["report", str(run), "--out", str(a_file)]) == 4
-    assert one_error(capsys) == f"harness: error: {a_file}: not a directory (ENOTDIR)"
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        assert main(["compare", str(run), str(run), "--out", str(ro / "cmp.md")]) == 4
+        assert one_error(capsys) == f"harness: error: {ro / 'cmp.md'}: read-only file system (EROFS)"  # not its .tmp
+        assert main(["report", str(run), "--out", str(ro / "report")]) == 4
+        assert one_error(capsys) == f"harness: error: {ro / 'report'}: read-only file system (EROFS)"
+    long_name = tmp_path / ("x" * 300 + ".md")
+    assert main(["history", str(run), "--out", str(long_name)]) == 4
+    assert one_error(capsys) == f"harness: error: {long_name}: file name too long (ENAMETOOLONG)"
 
 
 def test_a_read_only_cache_or_results_folder_is_one_line_exit_4(tmp_path, monkeypatch, capsys):
@@ -331,9 +465,9 @@ def test_a_full_disk_while_writing_tables_leaves_the_previous_tables(finished, t
 
 
 def test_a_file_size_limit_is_one_line_exit_4_and_the_tables_stay_whole(finished, tmp_path):
-    suite, _ = finished  # its models are in the cache: both cells run, the two-cell results.csv (26 kB) is too large
+    suite, done = finished  # its models are in the cache: both cells run, and the two-cell results.csv is too large
     out = tmp_path / "run"
-    limit = 20_000
+    limit = (done / "results.csv").stat().st_size * 3 // 4  # one cell's tables and records fit, two cells' csv not
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
@@ -343,6 +477,175 @@ def test_a_file_size_limit_is_one_line_exit_4_and_the_tables_stay_whole(finished
     parquet, csv = pd.read_parquet(out / "results.parquet"), pd.read_csv(out / "results.csv")
     assert len(parquet.cell_id.unique()) == 1 and parquet.shape == csv.shape
     assert not list(out.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------ --out is a regular file, a folder or new
+
+def special_file(path: Path, kind: str) -> str:
+    """Make a file of ``kind`` at ``path`` (a temp folder: never anything under /dev); what the refusal calls it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return "a FIFO (named pipe)"
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a character device needs root (CI runs the tests as root)")
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the numbers of /dev/null: harmless if opened
+        return "a character device"
+    if kind == "socket":
+        os.mknod(path, stat.S_IFSOCK | 0o600)
+        return "a socket"
+    if kind == "link to a file":
+        (path.parent / "target.md").write_text("keep me")
+        path.symlink_to(path.parent / "target.md")
+        return "a symbolic link"
+    if kind == "link to a folder":
+        (path.parent / "target").mkdir()
+        path.symlink_to(path.parent / "target")
+        return "a symbolic link"
+    if kind == "folder":
+        path.mkdir()
+        return "a folder"
+    path.write_text("keep me")
+    return "a regular file"
+
+
+FILE_OUTPUTS = {"compare": ["compare", "{run}", "{run}"], "history": ["history", "{run}"],
+                "report export": ["report", "{run}", "--format", "pytest-benchmark"]}
+FOLDER_OUTPUTS = {"run": ["run", "{suite}"], "report": ["report", "{run}"], "dashboard": ["dashboard", "{run}"],
+                  "lmeval-tasks": ["lmeval-tasks", "builtin:stdlib-docs"]}
+NOT_FILES = ["fifo", "device", "socket", "link to a file", "folder"]
+NOT_FOLDERS = ["fifo", "device", "socket", "link to a folder", "regular file"]
+
+
+@pytest.mark.parametrize(("command", "kind"), [*((c, k) for c in FILE_OUTPUTS for k in NOT_FILES),
+                                               *((c, k) for c in FOLDER_OUTPUTS for k in NOT_FOLDERS)])
+def test_out_that_is_not_a_regular_file_or_folder_is_refused_and_left_as_it_was(command, kind, finished, tmp_path,
+                                                                                 capsys):
+    suite, run = finished
+    out = tmp_path / "out"
+    what = special_file(out, kind)
+    before, listing = os.lstat(out), sorted(tmp_path.rglob("*"))
+    folder = command in FOLDER_OUTPUTS
+    argv = [a.format(run=run, suite=suite) for a in (FOLDER_OUTPUTS if folder else FILE_OUTPUTS)[command]]
+    argv += [str(out)] if command == "lmeval-tasks" else ["--out", str(out)]
+    assert main(argv) == 2
+    expected = "a folder" if folder else "a regular file"
+    assert one_error(capsys) == f"harness: error: {out}: is {what}; expected {expected} or a new path"
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
+    assert sorted(tmp_path.rglob("*")) == listing  # nothing written beside it, nor through a link
+    if kind == "link to a file":
+        assert (tmp_path / "target.md").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket", "link to a file", "folder"])
+def test_the_atomic_writer_never_replaces_what_is_not_a_regular_file(kind, tmp_path):
+    from harness.core.errors import UserError
+    from harness.core.files import atomic_write_text
+
+    target = tmp_path / "out"
+    what = special_file(target, kind)
+    before = os.lstat(target)
+    with pytest.raises(UserError, match=re.escape(f"{target}: is {what}; expected a regular file or a new path")):
+        atomic_write_text(target, "new")
+    assert os.lstat(target).st_ino == before.st_ino and stat.S_IFMT(os.lstat(target).st_mode) == stat.S_IFMT(
+        before.st_mode)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("planted", ["logs", "cells", "artifacts", "results.csv", ".harness.lock"])
+def test_a_link_planted_in_a_copied_run_folder_is_not_followed_on_resume(planted, finished, run_copy, tmp_path,
+                                                                          capsys):
+    suite, _ = finished
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "victim.csv"
+    victim.write_text("keep me")
+    link = run_copy / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    a_file = "." in planted
+    link.symlink_to(victim if a_file else elsewhere)
+    assert main(["run", str(suite), "--out", str(run_copy), "--resume"]) == 2
+    expected = "a regular file" if a_file else "a folder"
+    assert one_error(capsys) == f"harness: error: {link}: is a symbolic link; expected {expected} or a new path"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.csv"] and victim.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ out of memory
+
+def test_an_address_space_limit_is_one_line_exit_4(finished, tmp_path):
+    """``ulimit -v`` just above what the harness has mapped once imported: reading the tables must fail as the
+    environment's error (Arrow's scanner used to wait for ever on a thread it could not start, or traceback)."""
+    _, run = finished
+    code = ("import resource, sys\n"
+            "from harness.cli import main\n"
+            "import harness.analysis.compare, harness.results.store\n"
+            "size = int(next(ln for ln in open('/proc/self/status') if ln.startswith('VmSize')).split()[1]) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size, size))\n"
+            f"sys.exit(main(['compare', {str(run)!r}, {str(run)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert re.fullmatch(r"harness: error: out of memory \((MemoryError|cannot start a thread); the address-space "
+                        r"limit \(ulimit -v\) is \d+ MiB\)", proc.stderr.strip()), proc.stderr
+
+
+def test_a_cell_that_raises_memory_error_says_out_of_memory():
+    from harness.run.worker import failure_reason
+
+    code = ("import resource; from harness.run.worker import failure_reason\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2**40, resource.RLIM_INFINITY))\n"
+            "print(failure_reason(MemoryError()))")
+    limited = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert limited.stdout.strip() == "out of memory (MemoryError; the address-space limit (ulimit -v) is 1048576 MiB)"
+    assert failure_reason(RuntimeError("can't start new thread")).startswith("out of memory (cannot start a thread")
+
+
+def memory_cgroup(tmp_name: str, limit: int) -> Path:
+    """A memory cgroup of ``limit`` bytes (no swap) under this process's, or skip where none can be made."""
+    from harness.core.memory import _memory_cgroup
+
+    found = _memory_cgroup()
+    if os.geteuid() != 0 or found is None:
+        pytest.skip("making a memory cgroup needs root and a cgroup file system (CI runs the tests as root)")
+    child = found[0] / tmp_name
+    try:
+        child.mkdir()
+        for name, value in (("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit),
+                            ("memory.max", limit), ("memory.swap.max", 0)):
+            if (child / name).exists():
+                (child / name).write_text(str(value))
+    except OSError as exc:
+        if child.exists():
+            child.rmdir()
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    return child
+
+
+def test_a_worker_killed_by_its_memory_limit_is_reported_out_of_memory(tmp_path):
+    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the launcher does."""
+    limit = 100 * 2**20
+    cgroup = memory_cgroup(f"harness-test-{os.getpid()}", limit)
+    code = ("import signal, subprocess, sys\n"
+            "from pathlib import Path\n"
+            "from harness.core.memory import oom_kills, out_of_memory_reason\n"
+            "from harness.run.launcher import how_it_ended\n"
+            "before = oom_kills()\n"
+            "hog = 'x = bytearray(400 * 2**20); x[::4096] = bytes(len(x[::4096]))'\n"
+            "code = subprocess.run([sys.executable, '-c', hog]).returncode\n"
+            "oom = out_of_memory_reason(before) if code == -signal.SIGKILL else None\n"
+            "print(how_it_ended(code, False, 60, Path('no.log'), oom)[0])\n"
+            "print(how_it_ended(-signal.SIGKILL, False, 60, Path('no.log'), out_of_memory_reason(oom_kills()))[0])\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                              preexec_fn=lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid())))
+    finally:
+        cgroup.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    # the kill the limit made says so; a SIGKILL without an OOM kill counted is not blamed on memory
+    assert proc.stdout.splitlines() == ["killed: out of memory (limit 100 MiB)", "crashed: killed by SIGKILL"]
 
 
 # ------------------------------------------------------------------ files follow the umask, writes are durable
@@ -618,7 +921,8 @@ def test_the_readme_documents_every_exit_code_of_the_cli():
     table = readme.split("Exit codes:\n\n", 1)[1].split("\n\n", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
     assert documented == {cli.EXIT_OK, cli.EXIT_REGRESSION, cli.EXIT_BAD_INPUT, cli.EXIT_CELLS_FAILED,
-                          cli.EXIT_ENVIRONMENT, cli.EXIT_INTERRUPTED} == {0, 1, 2, 3, 4, 130}
+                          cli.EXIT_ENVIRONMENT, cli.EXIT_NOT_QUIET, cli.EXIT_INTERNAL_ERROR,
+                          cli.EXIT_INTERRUPTED} == {0, 1, 2, 3, 4, 5, 70, 130}
 
 
 def test_exit_codes_0_to_4(finished, tmp_path, capsys):
@@ -635,5 +939,5 @@ def test_exit_codes_0_to_4(finished, tmp_path, capsys):
     short = {"type": "perplexity", "dataset": "docs", "n_ctx": 128, "max_tokens": 100}  # less than one window
     failing = ngram_suite(tmp_path, orders=(2,), tasks={"ppl": short})
     assert main(["run", str(failing), "--out", str(tmp_path / "failing")]) == 3
-    assert main(["compare", str(run), str(run), "--out", str(tmp_path)]) == 4
+    assert main(["compare", str(run), str(run), "--out", str(tmp_path / ("x" * 300))]) == 4  # ENAMETOOLONG
     assert "fewer than one chunked window" in pd.read_parquet(tmp_path / "failing" / "results.parquet").reason[0]

@@ -107,7 +107,7 @@ def test_transformers_alone_splits_smollm_otherwise(write_gguf, text):
 
 
 def test_unknown_pre_tokenizer_is_refused_in_one_line(write_gguf, tmp_path):
-    from harness.sources.gguf_to_hf import ensure_materialized, save_tokenizer
+    from harness.sources.gguf_to_hf import ensure_materialized, materialized_dir, save_tokenizer
 
     path = write_gguf("no-such-rule")
     with pytest.raises(UnknownPreTokenizer, match="tokenizer.ggml.pre is 'no-such-rule'"):
@@ -115,3 +115,5 @@ def test_unknown_pre_tokenizer_is_refused_in_one_line(write_gguf, tmp_path):
     # through the conversion process, as the hf backend meets it: the reason names the key, nothing is cached
     with pytest.raises(RuntimeError, match=r"failed \(exit code 1\): .*tokenizer.ggml.pre is 'no-such-rule'"):
         ensure_materialized(path, "0" * 64)
+    folder = materialized_dir("0" * 64).parent
+    assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []  # no entry, no temp folder

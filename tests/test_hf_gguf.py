@@ -2,6 +2,8 @@
 scores like the llamacpp backend on the same weights."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,28 @@ def test_gguf_is_materialized_once_as_a_plain_hf_directory(hf_fp32, smollm2_mode
     assert again == {"hf_dir": hf_dir, "materialize_s": 0.0, "gguf_tokenizer": prepared["gguf_tokenizer"]}
     assert prepared["gguf_tokenizer"] == {"model": "gpt2", "pre": "smollm", "ignore_merges": False,
                                           "pre_tokenizer": "llama.cpp's starcoder regexes"}
+
+
+#: converts a GGUF in a process of its own and prints the seconds it spent building (0: reused)
+CONVERT = ("import sys; from pathlib import Path; from harness.sources.gguf_to_hf import ensure_materialized; "
+           "print(ensure_materialized(Path(sys.argv[1]), sys.argv[2])[1])")
+
+
+def test_two_processes_converting_one_gguf_at_once_build_it_once(smollm2_model, tmp_path, monkeypatch):
+    """Two runs of an hf-on-GGUF suite on one fresh cache used to fail both (``gguf_tokenizer.json``: ENOENT, one
+    fixed temp folder) and every later run: now one converts, the other waits and reuses it."""
+    from harness.sources.gguf_to_hf import check_materialized, materialized_dir
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    args = [sys.executable, "-c", CONVERT, str(smollm2_model.path), smollm2_model.sha256]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    seconds = sorted(float(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert seconds[0] == 0.0 < seconds[1]  # one built it, the other reused it
+    target = materialized_dir(smollm2_model.sha256)
+    check_materialized(target)
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == [target.name]
 
 
 def test_same_tokens_as_llama_cpp(hf_fp32, llamacpp, text):

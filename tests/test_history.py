@@ -1,10 +1,11 @@
 """harness history: a persistent step is found at the run where it started; single noisy nights are not."""
 
 import json
+import re
 
 import numpy as np
 import pytest
-from runs import backend, perplexity_cell, throughput_cell, write_run
+from runs import SCRIPT_XSS, XSS, backend, hostile_nights, perplexity_cell, throughput_cell, write_run
 
 from harness.analysis.history import change_points, noise
 from harness.cli import main
@@ -112,3 +113,58 @@ def test_history_bad_input(tmp_path, capsys):
     assert "needs at least two runs" in capsys.readouterr().err
     assert main(["history", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_busy_nights_are_shown_but_left_out_of_change_points_and_the_spread(tmp_path, capsys):
+    """Two nights in a row on a busy machine (llama.cpp 3x slower) would be a step at the end of the series;
+    flagged busy they are shown, marked, and neither make a change point nor widen the history's σ."""
+    from runs import SUITE
+
+    from harness.analysis import noise
+    from harness.analysis.gates import Gates
+    from harness.results.store import read_run
+
+    paths = []
+    for night in range(8):
+        rng = np.random.default_rng(300 + night)
+        slow = 3.0 if night >= 6 else 1.0
+        record = throughput_cell(rng, backend("gguf-cpu"), decode=90 / slow, prefill=230 / slow, cv=0.02)
+        if night >= 6:
+            record["resolved"]["contention"] = {"verdict": "busy", "reasons": ["other processes used 1.8 of 2 cores"]}
+        paths.append(write_run(tmp_path / SUITE / f"202611{10 + night:02d}-020000", [record],
+                               started_at=f"2026-11-{10 + night:02d}T02:00:00+00:00"))
+    assert main(["history", str(tmp_path / SUITE), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    decode = next(t for t in doc["trends"] if t["metric"] == "decode_tok_s")
+    assert decode["change_points"] == [] and decode["values"][-1] == pytest.approx(30, rel=0.1)
+    assert decode["busy"] == [""] * 6 + ["other processes used 1.8 of 2 cores"] * 2
+    model_bytes = next(t for t in doc["trends"] if t["metric"] == "model_bytes")
+    assert model_bytes["busy"] == [""] * 8  # not a timing: never busy
+    assert main(["history", str(tmp_path / SUITE)]) == 0
+    assert " (busy)" in capsys.readouterr().out.split("### decode_tok_s")[1]
+
+    runs = [read_run(p) for p in paths]
+    gates = Gates({}, {}, {})
+    quiet_only = noise.history_before(runs[:6] + runs[7:], runs[7], gates, "h")
+    assert noise.history_before(runs, runs[7], gates, "h").spreads == quiet_only.spreads
+
+
+@pytest.mark.parametrize("last", ["0", "-1", "two"])
+def test_last_must_be_a_whole_number_of_runs(last, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser, before any run is read
+        main(["history", str(tmp_path), "--last", last])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness history: error: argument --last: {last!r}: expected a whole number ≥ 1")
+
+
+def test_markup_in_names_is_no_html_in_history_and_compare_markdown(tmp_path, capsys):
+    """Their markdown lands in CI job summaries and PR comments: a name holding markup stays text there."""
+    first, second = hostile_nights(tmp_path / "runs")
+    assert main(["history", str(tmp_path / "runs")]) == 0
+    assert main(["compare", str(first), str(second), "--all"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "x'>&lt;img src=x" in out and f"`{XSS}`" in out  # as text, or inside a code span (inert)
+    text = re.sub(r"(`+).*?\1", "", out)
+    for crafted in (XSS, SCRIPT_XSS, "<img", "<script"):
+        assert crafted not in text, crafted

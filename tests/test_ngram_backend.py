@@ -1,6 +1,10 @@
 """The ngram backend through the real runner: trains once, caches, scores beside an LLM on the same
 tokens, refuses perplexity for stupid back-off, generates."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +65,35 @@ def test_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.integration
+def test_two_runs_started_together_on_a_fresh_cache_train_the_model_once(tmp_path):
+    """Two runs sharing one HARNESS_CACHE, started at once, as separate processes: both finish, one trains the
+    model, the other waits for it (or finds it) and scores with the same counts."""
+    path = write_suite(tmp_path, {"w3": {"ngram": {"order": 3, "train": DOCS}}},
+                       [{"model": "w3", "backend": "ngram", "task": "ppl"}])
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    runs = [subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / out)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for out in "ab"]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    records = [json.loads(p.read_text()) for out in "ab" for p in (tmp_path / out / "cells").glob("*.json")]
+    assert sorted(r["resolved"]["backend"]["trained_now"] for r in records) == [False, True]
+    assert metric(table(tmp_path / "a"), "w3", "token_ppl") == metric(table(tmp_path / "b"), "w3", "token_ppl")
+
+
+def test_a_truncated_trained_model_is_trained_again_not_fatal(tmp_path, monkeypatch, capsys):
+    """A cut-short .npz (a full disk, an interrupted copy) used to fail every later cell with a BadZipFile that
+    named no file: it is trained again, with one line naming it."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    first = loaded_backend(tmp_path, order=2)
+    path = Path(first.model.path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = NgramBackend(NgramSettings(type="ngram"), first.model)
+    assert again.load(0).details["trained_now"] is True
+    assert f"harness: cache entry {path} is damaged (BadZipFile: " in capsys.readouterr().err
+    np.testing.assert_array_equal(again.lm.stream, first.lm.stream)
+    assert NgramBackend(NgramSettings(type="ngram"), first.model).load(0).details["trained_now"] is False
+
+
 def test_model_unit_scores_the_llms_own_tokens(tmp_path):
     path = write_suite(tmp_path, {
         "smollm2": {"gguf": SMOLLM2_PKG},

@@ -45,3 +45,14 @@ def test_probe_runs_and_is_cached_for_a_day(monkeypatch, tmp_path):
     clock[0] += probe.MAX_AGE_S + 1
     assert not probe.probe(1, now=lambda: clock[0], **sizes)["cached"]
     assert "cpu: read" in probe.probe_line(first)
+
+
+def test_a_damaged_probe_file_is_measured_again(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    sizes = {"nbytes": 2**20, "gemm_n": 32, "repeats": 1}
+    path = probe._cache_path(probe.cache_key(1))
+    path.parent.mkdir(parents=True)
+    path.write_text('{"key": ')  # cut short
+    assert not probe.probe(1, **sizes)["cached"]
+    assert f"cache entry {path} is damaged" in capsys.readouterr().err
+    assert probe.probe(1, **sizes)["cached"]

@@ -6,6 +6,7 @@ executor, recomputes only what is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,7 +132,7 @@ def test_a_request_no_node_can_meet_is_bad_input_before_anything_runs(cluster, t
     assert capsys.readouterr().err == (
         f"harness: error: {path}: backends.gguf: cell smol/gguf/ppl needs 4 CPUs; no node of the Ray cluster has "
         "that (2 nodes, the largest 1 CPUs and 0 GPUs)\n")
-    assert not (out / "run.json").exists() and not list((out / "cells").glob("*"))
+    assert not out.exists()  # refused before the run folder is made
 
 
 def _driver(path: Path, out: Path, address: str, *extra: str) -> subprocess.Popen:
@@ -259,3 +260,98 @@ def test_smollm2_through_ray_equals_the_local_executor(cluster, tmp_path):
     for cell_id, record in by_ray.items():
         if record.cell["task"] == "ppl":  # llama.cpp on one thread: the same logits, window by window
             assert record.samples == by_local[cell_id].samples
+
+
+@pytest.mark.ray
+def test_an_address_where_nothing_listens_fails_in_one_line_within_the_default_connect_timeout(tmp_path):
+    """Ray alone retries for a quarter of an hour (20 tries of ~40 s); the default gives up after 60 s."""
+    path = suite(tmp_path, [2], ["ppl"])
+    driver = _driver(path, tmp_path / "run", "127.0.0.1:1")
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 4, out
+    assert out.splitlines()[-1] == ("harness: error: Ray cluster at 127.0.0.1:1: nothing answered within 60 s "
+                                    "(executor.connect_timeout_s): connection refused (ECONNREFUSED)"), out
+
+
+@pytest.mark.ray
+def test_sigterm_stops_a_ray_run_as_it_stops_a_local_one(cluster, tmp_path):
+    """ray.init puts in a SIGTERM handler of its own (sys.exit, then a C++ stack dump); ours must stay."""
+    out = tmp_path / "run"
+    driver = _driver(suite(tmp_path, [2, 3, 4], ["ppl"]), out, cluster.address)
+    running = _wait_for_workers(cluster, driver)
+    driver.send_signal(signal.SIGTERM)
+    text, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, text
+    assert text.splitlines()[-1] == "harness: interrupted by SIGTERM; finished cells are kept (resume with --resume)"
+    assert "SIGTERM received" not in text, text
+    assert json.loads((out / "run.json").read_text())["ended_at"]
+    time.sleep(1)
+    assert not [w for w in running if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+def _private_driver(path: Path, out: Path, cache: Path) -> subprocess.Popen:
+    """``harness run --executor ray`` on a private cluster of its own, Ray's files under ``cache``."""
+    env = {**os.environ, "HARNESS_CACHE": str(cache),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--out", str(out), "--executor", "ray"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _descendants(driver: subprocess.Popen, name: str) -> list[psutil.Process]:
+    """The driver's descendant processes named ``name``, or running that module (python -m)."""
+    found = []
+    for p in psutil.Process(driver.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.name() == name or name in p.cmdline():
+                found.append(p)
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("victim", ["gcs_server", "raylet"])
+def test_a_lost_cluster_fails_the_cells_it_held_and_the_run_ends_in_order(victim, tmp_path):
+    """The head's GCS or raylet killed mid-run: Ray would end the driver (exit 1, no record for the cells it
+    held); every cell gets a record instead, those held failed with the reason, exit 3, ended_at written."""
+    cache = Path(tempfile.mkdtemp(prefix="hc-"))  # short enough for Ray's socket paths under it
+    path, out = suite(tmp_path, [2, 3, 4], ["ppl"]), tmp_path / "run"
+    driver = _private_driver(path, out, cache)
+    while driver.poll() is None and not (workers := _descendants(driver, "harness.run.worker")):
+        time.sleep(0.1)
+    [process] = _descendants(driver, victim)
+    process.kill()
+    text, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 3, text
+    by_id = records(out)
+    assert len(by_id) == 3, text
+    lost = [r for r in by_id.values() if not r.ok]
+    assert lost and all(r.reason.startswith("Ray cluster lost: ") for r in lost), [r.reason for r in lost]
+    assert json.loads((out / "run.json").read_text())["ended_at"]
+    time.sleep(1)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.ray
+def test_a_killed_driver_leaves_no_process_of_its_private_cluster(tmp_path):
+    """kill -9 of the harness: the GCS and raylet die with it (Ray's PR_SET_PDEATHSIG), the harness's reaper
+    takes the rest (Ray's agents would wait ~60 s on the dead GCS first)."""
+    cache = Path(tempfile.mkdtemp(prefix="hc-"))
+    driver = _private_driver(suite(tmp_path, [2, 3, 4], ["ppl"]), tmp_path / "run", cache)
+    while driver.poll() is None and not _descendants(driver, "harness.run.worker"):
+        time.sleep(0.1)
+    cluster = psutil.Process(driver.pid).children(recursive=True)
+    assert any(p.name() == "ray::DashboardAgent" for p in cluster)  # the slowest to go
+    driver.kill()
+    driver.communicate(timeout=60)
+
+    def left() -> list[str]:
+        names = []
+        for p in cluster:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    names.append(p.name())
+        return names
+
+    deadline = time.monotonic() + 30  # without the reaper the agents stay for more than 60 s
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left()

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
+from runs import SCRIPT_XSS, XSS, backend, failed_cell, hostile_nights, perplexity_cell, throughput_cell, write_run
 
 from harness.cli import main
 from harness.core.metrics import Measurement
@@ -129,3 +129,20 @@ def test_labels_of_points_at_the_same_place_do_not_overprint():
     offsets = {a.get_text(): a.xyann[1] for a in ax.texts}
     assert offsets["gguf-cpu"] != offsets["gpt4all-cpu"] and offsets["hf-fp32"] == 3
     assert ax.lines[0].get_marker() in (None, "None", "")
+
+
+def test_plots_of_tasks_whose_names_clash_get_a_file_each_and_names_stay_text(tmp_path):
+    """Tasks 'p 1' and 'p_1' once shared report_files/perplexity-p_1.png; a task or model holding markup
+    is text in report.html and no HTML in report.md."""
+    run = hostile_nights(tmp_path, n=1)[0]
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    images = re.findall(r"!\[[^\n]*\]\((report_files/[^)]+\.png)\)", md)
+    assert len(images) == len(set(images)) == 4  # a perplexity plot per task, and the memory view's
+    assert sorted(p.name for p in (run / "report_files").iterdir()) == sorted(i.split("/")[1] for i in images)
+    assert "report_files/perplexity-p_1.png" in images
+    page = (run / "report.html").read_text()
+    for crafted in (XSS, SCRIPT_XSS, "<img src=x", "<script"):
+        assert crafted not in page and crafted not in md, crafted
+    assert "x&#x27;&gt;&lt;img src=x onerror=window.__pwned=1&gt;" in page
+    assert "x'>&lt;img src=x onerror=window.__pwned=1>" in md

@@ -19,8 +19,10 @@ change is more than noise on its own. A history of runs (:mod:`harness.analysis.
 lacks: the night-to-night spread, which widens the threshold to at least k·σ and, for a run with one
 process, is the test. Verdicts: improved, regressed, unchanged, new, missing, failed, and changed (a count that
 differs, or a timing past its threshold that too few processes measured and no history calibrates: shown,
-never gating).
-Regressed or failed rows make the exit code 1.
+never gating), and ``not comparable (machine busy)``: a timing measured on a busy machine on either side
+(:mod:`harness.core.contention`) is never called regressed or improved; the row keeps what the gate would
+have said (``ignoring_busy``).
+Regressed or failed rows make the exit code 1; ``--require-quiet`` makes a not comparable row an error too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import pandas as pd
 from harness.analysis.gates import Gates
 from harness.analysis.noise import UNCALIBRATED, History, Spread
 from harness.core import markdown, stats
+from harness.core.contention import busy_reason
 from harness.core.errors import UserError
 from harness.core.format import fmt_value
 from harness.core.gates import COUNT, EXACT, NOISY, STDERR, Policy
@@ -47,14 +50,16 @@ KEY = ("model", "backend", "task", "dataset")
 
 FAILED_V, REGRESSED, MISSING, NEW, CHANGED, IMPROVED, UNCHANGED = (
     "failed", "regressed", "missing", "new", "changed", "improved", "unchanged")
+NOT_COMPARABLE = "not comparable (machine busy)"
 #: worst first
-VERDICTS = (FAILED_V, REGRESSED, MISSING, NEW, CHANGED, IMPROVED, UNCHANGED)
+VERDICTS = (FAILED_V, REGRESSED, MISSING, NEW, CHANGED, NOT_COMPARABLE, IMPROVED, UNCHANGED)
 #: verdicts that make the exit code 1
 GATING = (FAILED_V, REGRESSED)
 
 #: params that are measurements of the run, not settings: memory figures, timings, cache hits; and where the
 #: cell ran, which :func:`hardware_notes` reads (a cluster node's id changes at every start)
-MEASURED = re.compile(r"^resolved\.memory|_s$|_mb$|\.trained_now$|^resolved\.(rounds|interleaved)$|^resolved\.where\.")
+MEASURED = re.compile(r"^resolved\.memory|_s$|_mb$|\.trained_now$|^resolved\.(rounds|interleaved)$|^resolved\.where\."
+                      r"|^resolved\.contention\.")
 #: what names a machine's hardware in a record's ``resolved.where`` (the run's environment lacks a hostname)
 HARDWARE = ("hostname", "cpu", "gpu")
 
@@ -80,6 +85,8 @@ class Row:
     gate: str = ""
     sigma: float | None = None  # the night-to-night spread that calibrated the threshold, relative to its level
     note: str = ""
+    busy: str = ""  # why the machine was busy (BASE, NEW or both), for a timing not comparable
+    ignoring_busy: str | None = None  # the verdict the gate would give a not comparable row on the figures alone
 
     @property
     def label(self) -> str:
@@ -98,6 +105,10 @@ class Comparison:
     @property
     def regressions(self) -> int:
         return sum(r.verdict in GATING for r in self.rows)
+
+    @property
+    def not_comparable(self) -> int:
+        return sum(r.verdict == NOT_COMPARABLE for r in self.rows)
 
     def counts(self) -> dict[str, int]:
         return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
@@ -299,6 +310,8 @@ def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.Da
               for m in old_m.index.intersection(new_m.index)
               if gates.policy(m).kind == COUNT and old_m.loc[m, "value"] != new_m.loc[m, "value"]]
     note = "; ".join(notes + counts)
+    busy = "; ".join(f"{side}: {reason}" for side, reason in (("BASE", busy_reason(old.iloc[0]["params"])),
+                                                              ("NEW", busy_reason(now.iloc[0]["params"]))) if reason)
     rows = []
     for metric in list(new_m.index) + [m for m in old_m.index if m not in new_m.index]:
         row = new_m.loc[metric] if metric in new_m.index else old_m.loc[metric]
@@ -314,7 +327,11 @@ def _compare_cell(base: RunTables, new: RunTables, old: pd.DataFrame, now: pd.Da
         judged = judge(policy, hib, before, after, per_process(before["value"], old_s.get(metric), old_p),
                        per_process(after["value"], new_s.get(metric), new_p), gates.alpha,
                        history.spread(key, metric) if history is not None else None)
-        rows.append(Row(judged.pop("verdict"), *key[:3], key[3] or None, **common, **judged))
+        verdict = judged.pop("verdict")
+        if busy and policy.kind == NOISY:  # a figure of a busy machine says nothing about the code
+            judged.update(busy=f"machine busy: {busy}", ignoring_busy=verdict)
+            verdict = NOT_COMPARABLE
+        rows.append(Row(verdict, *key[:3], key[3] or None, **common, **judged))
     return rows
 
 
@@ -332,14 +349,24 @@ def _calibration_note(result: Comparison) -> str:
     return UNCALIBRATED if result.history is None else result.history.describe()
 
 
+def _busy_note(result: Comparison) -> str:
+    if not result.not_comparable:
+        return ""
+    cells = sorted({r.label for r in result.rows if r.verdict == NOT_COMPARABLE})
+    return (f"{result.not_comparable} timing rows not comparable: the machine was busy on one side or both "
+            f"({', '.join(cells)}); they are not judged (`--require-quiet` makes this an error). ")
+
+
 def to_markdown(result: Comparison, show_all: bool = False) -> str:
     counts = result.counts()
-    head = (f"**{result.new.suite}**: `{result.base.run_id}` (base) → `{result.new.run_id}` (new): "
+    head = (f"**{markdown.text(result.new.suite)}**: {markdown.code(result.base.run_id)} (base) → "
+            f"{markdown.code(result.new.run_id)} (new): "
             + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". "
-            + ("**Regression.**" if result.regressions else "No regression.") + " " + _calibration_note(result))
+            + ("**Regression.**" if result.regressions else "No regression.") + " " + _busy_note(result)
+            + _calibration_note(result))
     shown = [r for r in result.rows if show_all or r.verdict != UNCHANGED]
     table = [[r.verdict, r.label, r.metric or "", fmt_value(r.base), fmt_value(r.new), _change_text(r), r.test,
-              r.gate, r.note] for r in shown]
+              r.gate, "; ".join(n for n in (r.busy, r.note) if n)] for r in shown]
     hidden = len(result.rows) - len(shown)
     tail = f"\n\n{hidden} unchanged rows not shown (--all shows them)." if hidden else ""
     if not table:
@@ -363,6 +390,6 @@ def to_json(result: Comparison) -> str:
     calibration = {"history": history.source if history else None,
                    "runs": len(history.runs) if history and history.spreads else 0, "note": _calibration_note(result)}
     doc = {"base": run(result.base), "new": run(result.new), "alpha": result.alpha, "calibration": calibration,
-           "regressions": result.regressions, "counts": result.counts(),
+           "regressions": result.regressions, "not_comparable": result.not_comparable, "counts": result.counts(),
            "rows": [{k: _jsonable(v) for k, v in asdict(r).items()} for r in result.rows]}
     return json.dumps(doc, indent=2)

@@ -5,11 +5,14 @@ to every timing), then the command line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+
+from pydantic import ValidationError
 
 from harness.core.errors import UserError
 from harness.core.gates import EXACT, NOISY, Policy, exact
-from harness.core.suite_gates import TIMINGS
+from harness.core.suite_gates import TIMINGS, Gate
 from harness.tasks import METRICS
 
 #: significance level of the Mann-Whitney U test (asv's default)
@@ -22,6 +25,21 @@ def default(metric: str) -> Policy:
     """The metric's own gate (its record's), or :data:`FALLBACK`."""
     record = METRICS.get(metric)
     return FALLBACK if record is None else record.gate
+
+
+def recorded_gates(info: dict) -> dict[str, dict]:
+    """The ``gates`` a run's ``run.json`` recorded, checked as a suite's are: a value edited by hand (or
+    written by something else) is one line of bad input, not a comparison that crashes."""
+    gates = {}
+    for metric, gate in (info.get("gates") or {}).items():
+        try:
+            gates[metric] = Gate.model_validate(gate).model_dump(exclude_none=True)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in ("gates", metric, *error["loc"]))
+            raise UserError(f"run.json of run {info.get('run_id')}: {where}: {error['msg']}, "
+                            f"got {error.get('input')!r:.40}") from None
+    return gates
 
 
 def kind_of(metric: str) -> str:
@@ -59,8 +77,8 @@ def parse_overrides(values: list[str], option: str, minimum: float) -> dict[str 
             value = float(number)
         except ValueError:
             raise UserError(f"{option} {text}: expected [METRIC=]NUMBER") from None
-        if value < minimum or (option == "--threshold" and value == minimum):
-            raise UserError(f"{option} {text}: expected a number {'>' if option == '--threshold' else '≥'} "
+        if not math.isfinite(value) or value < minimum or (option == "--threshold" and value == minimum):
+            raise UserError(f"{option} {text}: expected a finite number {'>' if option == '--threshold' else '≥'} "
                             f"{minimum:g}")
         if metric and metric not in METRICS:
             raise UserError(f"{option} {text}: unknown metric {metric!r}")

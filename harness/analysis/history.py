@@ -12,14 +12,16 @@ segment of its own. A split is kept only when
 3. it persists: a two-run segment (whose median is the mean of its runs, so one outlier could make the
    level) has both runs on its side of the midpoint between the levels.
 
-A step in the last run is therefore reported the night after, once it has held for two runs.
+A step in the last run is therefore reported the night after, once it has held for two runs. A timing
+measured on a busy machine (:mod:`harness.core.contention`) is shown but left out of the change points, as
+it is of the night-to-night spread (:mod:`harness.analysis.noise`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +29,10 @@ import pandas as pd
 
 from harness.analysis.gates import Gates
 from harness.core import markdown
+from harness.core.contention import busy_reason
 from harness.core.errors import UserError
 from harness.core.format import fmt_value
-from harness.core.gates import COUNT, EXACT, Policy
+from harness.core.gates import COUNT, EXACT, NOISY, Policy
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
 
@@ -155,6 +158,33 @@ def series(runs: list[RunTables]) -> pd.DataFrame:
     return wide.reindex(columns=[r.run_id for r in runs])
 
 
+def busy_series(runs: list[RunTables]) -> pd.DataFrame:
+    """Shaped like :func:`series`: why the machine was busy while each cell ran ("" when quiet)."""
+    frames = []
+    for run in runs:
+        ok = run.results[(run.results["status"] == OK) & run.results["metric"].notna()]
+        reasons = {p: busy_reason(p) or "" for p in ok["params"].unique()}
+        frames.append(ok.assign(run_id=run.run_id, dataset=ok["dataset"].astype("object").fillna(""),
+                                busy=ok["params"].map(reasons))[KEY + ["run_id", "busy"]])
+    long = pd.concat(frames, ignore_index=True).drop_duplicates(KEY + ["run_id"])
+    return long.pivot(index=KEY, columns="run_id", values="busy")
+
+
+def busy_timings(runs: list[RunTables], gates: Gates, wide: pd.DataFrame) -> pd.DataFrame:
+    """Shaped like ``wide`` (:func:`series`): why each timing was measured on a busy machine ("" when quiet,
+    and for every metric that is not a timing)."""
+    reasons = busy_series(runs).reindex(index=wide.index, columns=wide.columns).fillna("")
+    noisy = [gates.policy(key[4]).kind == NOISY for key in wide.index]
+    return reasons.where(pd.Series(noisy, index=wide.index), "", axis=0)
+
+
+def quiet_series(runs: list[RunTables], gates: Gates) -> pd.DataFrame:
+    """:func:`series` with every timing measured on a busy machine left out (NaN): what the night-to-night
+    spread is computed on."""
+    wide = series(runs)
+    return wide.mask(busy_timings(runs, gates, wide) != "")
+
+
 @dataclass
 class Trend:
     model: str
@@ -165,6 +195,8 @@ class Trend:
     values: list[float | None]
     change_points: list[ChangePoint]
     higher_is_better: bool | None
+    #: per run: why the machine was busy ("" when quiet or not a timing); such a value is not judged
+    busy: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -178,41 +210,48 @@ class Trend:
 
 def history(runs: list[RunTables], gates: Gates) -> list[Trend]:
     wide = series(runs)
+    busy = busy_timings(runs, gates, wide)
+    quiet = wide.mask(busy != "")
     run_ids = list(wide.columns)
     direction = {}
     for run in runs:
         for metric, hib in run.results.dropna(subset=["metric"]).groupby("metric")["higher_is_better"].first().items():
             direction[metric] = None if pd.isna(hib) else bool(hib)
     trends = []
-    for key, row in wide.iterrows():
+    for (key, row), judged, reasons in zip(wide.iterrows(), quiet.to_numpy(dtype=np.float64), busy.to_numpy(),
+                                           strict=True):
         values = row.to_numpy(dtype=np.float64)
-        idx = np.flatnonzero(~np.isnan(values))
-        x = values[idx]
+        idx = np.flatnonzero(~np.isnan(judged))
+        x = judged[idx]
         cuts = change_points(x, gates.policy(key[4]))
         bounds = [0, *cuts, len(x)]
         points = [ChangePoint(int(idx[k]), run_ids[idx[k]], float(np.median(x[bounds[i]:k])),
                               float(np.median(x[k:bounds[i + 2]]))) for i, k in enumerate(cuts)]
         trends.append(Trend(*key, values=[None if math.isnan(v) else float(v) for v in values],
-                            change_points=points, higher_is_better=direction.get(key[4])))
+                            change_points=points, higher_is_better=direction.get(key[4]), busy=list(reasons)))
     return trends
 
 
 def to_markdown(runs: list[RunTables], trends: list[Trend], last: int = 10) -> str:
     run_ids = [r.run_id for r in runs]
     shown = run_ids[-last:]
-    lines = [f"**{runs[0].suite}**: {len(runs)} runs, `{run_ids[0]}` … `{run_ids[-1]}`.", ""]
+    lines = [f"**{markdown.text(runs[0].suite)}**: {len(runs)} runs, {markdown.code(run_ids[0])} … "
+             f"{markdown.code(run_ids[-1])}.", ""]
     steps = [(t, p) for t in trends for p in t.change_points]
     if steps:
-        lines += ["Change points (a step that persisted for at least two runs):", ""]
-        lines += [f"- {t.verdict(p)}: {t.label} {t.metric} {fmt_value(p.before)} → {fmt_value(p.after)} "
-                  f"({p.change * 100:+.1f}%) from run `{p.run_id}`" for t, p in steps]
+        lines += ["Change points (a step that persisted for at least two runs; timings marked busy were measured "
+                  "on a busy machine and are left out):", ""]
+        lines += [f"- {t.verdict(p)}: {markdown.text(f'{t.label} {t.metric}')} {fmt_value(p.before)} → "
+                  f"{fmt_value(p.after)} ({p.change * 100:+.1f}%) from run {markdown.code(p.run_id)}" for t, p in steps]
     else:
         lines.append("No change points.")
     for metric in dict.fromkeys(t.metric for t in trends):
         group = [t for t in trends if t.metric == metric]
-        lines += ["", f"### {metric}", ""]
-        table = [[t.label, *(fmt_value(v) for v in t.values[-last:]),
-                  "; ".join(f"{p.change * 100:+.1f}% at `{p.run_id}`" for p in t.change_points)] for t in group]
+        lines += ["", f"### {markdown.text(metric)}", ""]
+        table = [[t.label, *(fmt_value(v) + (" (busy)" if b else "") for v, b in zip(
+                      t.values[-last:], (t.busy or [""] * len(t.values))[-last:], strict=True)),
+                  "; ".join(f"{p.change * 100:+.1f}% at {markdown.code(p.run_id)}" for p in t.change_points)]
+                 for t in group]
         lines.append(markdown.table(table, ["cell", *shown, "change points"]))
     return "\n".join(lines) + "\n"
 

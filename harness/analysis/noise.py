@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.analysis.gates import Gates, kind_of
-from harness.analysis.history import noise, run_dirs, series
+from harness.analysis.history import noise, quiet_series, run_dirs
 from harness.core.errors import UserError
 from harness.core.gates import MIN_RUNS, NOISY
 from harness.results.store import RunTables, read_run
@@ -91,7 +91,7 @@ def history_before(runs: list[RunTables], new: RunTables, gates: Gates, source: 
     before = before[-max(gates.policy(m).runs for m in METRICS if kind_of(m) == NOISY):]
     spreads = {}
     if before:
-        for key, row in series(before).iterrows():
+        for key, row in quiet_series(before, gates).iterrows():  # a busy night's timing is not the noise
             policy = gates.policy(key[4])
             values = row.iloc[-policy.runs:].dropna().to_numpy(dtype=np.float64)
             if policy.kind == NOISY and len(values) >= MIN_RUNS:

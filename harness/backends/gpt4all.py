@@ -28,7 +28,9 @@ from harness.core.errors import require
 from harness.core.roofline import gguf_shape
 from harness.core.types import LoadInfo
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_file
+from harness.sources.gguf_header import read_header
 
 #: pre-tokenizer names newer than gpt4all 2.8.2's llama.cpp -> a name it knows with the same split
 #: (llama.cpp's llama-vocab.cpp gives smollm and command-r the same regexes and no space cleaning)
@@ -68,10 +70,9 @@ class Gpt4AllBackend(Backend):
         if pre not in EQUIVALENT_PRE_TOKENIZERS:
             return {"gguf_for_gpt4all": str(self._path)}
         renamed = EQUIVALENT_PRE_TOKENIZERS[pre]
-        target = cache_dir() / "gpt4all-gguf" / f"{self.model.sha256[:32]}-pre-{renamed}.gguf"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            rewrite_gguf(self._path, target, metadata={"tokenizer.ggml.pre": renamed})
+        target = cached(cache_dir() / "gpt4all-gguf" / f"{self.model.sha256[:32]}-pre-{renamed}.gguf",
+                        lambda tmp: rewrite_gguf(self._path, tmp, metadata={"tokenizer.ggml.pre": renamed}),
+                        read_header).path
         self._path = target
         return {"gguf_for_gpt4all": str(target), "derived_from_sha256": self.model.sha256,
                 "derivation": f"tokenizer.ggml.pre {pre!r} -> {renamed!r}", "derived_sha256": sha256_file(target)}

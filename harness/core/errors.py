@@ -22,7 +22,9 @@ def located(file, key: str):
 
 def warn(message: str) -> None:
     """Something a user must hear about that does not stop the command (a damaged record set aside)."""
-    print(f"harness: warning: {message}", file=sys.stderr, flush=True)
+    from harness.core.terminal import printable
+
+    print(f"harness: warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 class Unavailable(Exception):

@@ -6,10 +6,11 @@ import os
 import resource
 import sys
 import threading
+from pathlib import Path
 
 import psutil
 
-#: DESIGN's minimum; every wake-up takes a core from the work being measured (2 cores here)
+#: the minimum docs/metrics.md promises; every wake-up takes a core from the work being measured (2 cores here)
 SAMPLE_HZ = 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -80,6 +81,94 @@ def ru_maxrss_bytes() -> int:
     """ru_maxrss is KiB on Linux, bytes on macOS."""
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return value if sys.platform == "darwin" else value * 1024
+
+
+def _memory_cgroup() -> tuple[Path, Path] | None:
+    """This process's memory cgroup folder and the root of its hierarchy (cgroup v2, or v1's memory
+    controller), None where there is none to read. Inside a container the path in /proc/self/cgroup may be
+    the host's: then the root."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            root = Path("/sys/fs/cgroup")
+        elif "memory" in controllers.split(","):
+            root = Path("/sys/fs/cgroup/memory")
+        else:
+            continue
+        for folder in (root / path.lstrip("/"), root):
+            if (folder / "memory.events").is_file() or (folder / "memory.oom_control").is_file():
+                return folder, root
+    return None
+
+
+def oom_kills() -> int | None:
+    """How many processes of this process's memory cgroup the kernel's OOM killer has killed so far (read
+    before and after a cell: a SIGKILL with the count up was the OOM killer's); None where unknown."""
+    found = _memory_cgroup()
+    if found is None:
+        return None
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            for line in (found[0] / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def memory_limit_bytes() -> int | None:
+    """The tightest memory limit of this process's cgroup and its ancestors (v2 memory.max, v1
+    memory.limit_in_bytes); None where there is none or it cannot be read."""
+    found, limits = _memory_cgroup(), []
+    if found is None:
+        return None
+    folder, root = found
+    for level in [folder, *folder.parents]:
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            try:
+                text = (level / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2**62:  # v1 says "no limit" with a number near 2**63
+                limits.append(int(text))
+        if level == root:
+            break
+    return min(limits, default=None)
+
+
+def out_of_memory_reason(kills_before: int | None) -> str | None:
+    """A SIGKILLed cell's reason when the OOM killer's count rose since ``kills_before``, else None."""
+    after = oom_kills()
+    if kills_before is None or after is None or after <= kills_before:
+        return None
+    limit = memory_limit_bytes()
+    return "killed: out of memory" + (f" (limit {limit / 2**20:.0f} MiB)" if limit else " (the kernel's OOM killer)")
+
+
+def out_of_memory_cause(exc: BaseException) -> str | None:
+    """What ran out when ``exc`` is the process running out of memory (an address-space limit, ``ulimit -v``,
+    shows as any of these, depending on what asked for it), else None."""
+    if isinstance(exc, MemoryError):
+        return "MemoryError"
+    if isinstance(exc, ImportError) and "failed to map segment" in str(exc):  # the loader's words
+        return f"cannot map the library of {exc.name}"
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return "cannot start a thread"
+    return None
+
+
+def out_of_memory_line(cause: str = "MemoryError") -> str:
+    """What running out of memory says in one line, with the address-space limit (``ulimit -v``) where one is
+    set: the usual cause, and not the machine's memory."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = "" if soft == resource.RLIM_INFINITY else f"; the address-space limit (ulimit -v) is {soft / 2**20:.0f} MiB"
+    return f"out of memory ({cause}{limit})"
 
 
 def rss_mb() -> float:

@@ -27,6 +27,9 @@ class Metric:
     short: str = ""
     #: a ratio in [0, 1], shown as a percentage in the console
     fraction: bool = False
+    #: shown with its standard error in the console (an accuracy on a few hundred documents is uncertain in its
+    #: first digit)
+    with_stderr: bool = False
 
     def __post_init__(self):
         if not isinstance(self.gate, Policy):

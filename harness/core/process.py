@@ -29,6 +29,9 @@ PR_SET_PDEATHSIG = 1
 
 #: signals received while a child was being started, raised once it is recorded (None: not starting one)
 _held: list[int] | None = None
+#: the signal last turned into :class:`Interrupted`: a C extension that checks for signals itself (Ray's
+#: waits) raises a bare KeyboardInterrupt in its place
+last_signal: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,6 +44,8 @@ class Interrupted(KeyboardInterrupt):
 
 def interrupt(signum, frame) -> None:
     """The signal handler of SIGINT, SIGTERM and SIGHUP."""
+    global last_signal
+    last_signal = signum
     if _held is not None:
         _held.append(signum)
         return
@@ -72,12 +77,23 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def drop_current_directory() -> None:
+    """What ``python -P`` does (3.11+), for every Python version: ``python -m`` puts the current directory first
+    on ``sys.path``, so a ``./torch.py`` (or a ``./evilmod.py`` a suite names) would be imported in place of an
+    installed package. Called first by each ``-m`` entry point (again by one run through another: a folder
+    that ``PYTHONPATH`` names on purpose stays)."""
+    chosen = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    if sys.path and sys.path[0] in ("", os.getcwd()) and os.path.abspath(sys.path[0]) not in chosen:
+        del sys.path[0]
+
+
 def child_command(module: str, *args: str) -> list[str]:
     """``python -m MODULE ARGS`` as a process that dies with this one."""
     return [sys.executable, "-m", "harness.core.process", str(os.getpid()), module, *args]
 
 
 if __name__ == "__main__":
+    drop_current_directory()
     die_with_parent(int(sys.argv[1]))
     sys.argv = [sys.argv[2], *sys.argv[3:]]
     runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)

@@ -10,6 +10,12 @@ from typing import Generic, TypeVar
 T = TypeVar("T", bound=type)
 
 
+def did_you_mean(name: object, known) -> str:
+    """``; did you mean 'NEAREST'?`` when one of the ``known`` names is close to NAME (a typo), else ''."""
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
 class Registry(Mapping[str, T], Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
@@ -30,9 +36,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def unknown(self, name: object) -> str:
         """What to tell a user who asked for NAME: the known names, and the nearest one if any is close."""
-        near = difflib.get_close_matches(str(name), list(self._classes), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        return f"expected one of {sorted(self._classes)}, got {name!r}{hint}"
+        return f"expected one of {sorted(self._classes)}, got {name!r}{did_you_mean(name, self._classes)}"
 
     def __getitem__(self, name: str) -> T:
         return self._classes[name]

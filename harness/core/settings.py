@@ -6,9 +6,9 @@ when its value differs from the default: a suite that does not use a new key kee
 had, so ``--resume``, ``compare`` and ``history`` keep matching older runs.
 """
 
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 _WHEN_SET = "when-set"
 
@@ -23,8 +23,29 @@ def is_new_key(model: type[BaseModel], name: str) -> bool:
     return isinstance(extra, dict) and extra.get("cell_id") == _WHEN_SET
 
 
+def _admits(annotation: Any, kinds: tuple) -> bool:
+    """Whether a field's type admits one of ``kinds`` as such (``int | None``, ``Annotated[float, ...]``)."""
+    if annotation in kinds:
+        return True
+    return get_origin(annotation) is not Literal and any(_admits(arg, kinds) for arg in get_args(annotation))
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; so are ``.inf``/``.nan`` for a number (a timeout of ``.inf`` would reach
+    run.json as ``Infinity``, which is not JSON) and ``true``/``false`` for a number (pydantic would read
+    ``max_tokens: true`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(value, bool) else None
+                if field and _admits(field.annotation, (int, float)) and not _admits(field.annotation, (bool, Any)):
+                    raise ValueError(f"{name}: expected a number, not {str(value).lower()}")
+        return data
 
     @model_serializer(mode="wrap")
     def _new_keys_left_out_at_default(self, handler):

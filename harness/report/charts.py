@@ -72,9 +72,11 @@ def panel_figure(panel: Panel) -> dict:
         y = numbers(series.y)
         ys += y
         hover = [f"{html.escape(label)}<br>" if label else "" for label in (series.labels or [""] * len(y))]
-        trace = {"x": numbers(series.x) if series.kind != "bar" else list(series.x), "y": y,
-                 "name": series.name or panel.title, "showlegend": bool(series.name), "marker": {"color": color},
-                 "hovertext": [h + html.escape(series.name) for h in hover], "legendgroup": series.name,
+        # plotly reads names, labels and bar categories as its subset of HTML: escaped, as text
+        x = numbers(series.x) if series.kind != "bar" else [html.escape(str(v)) for v in series.x]
+        trace = {"x": x, "y": y, "name": html.escape(series.name or panel.title), "showlegend": bool(series.name),
+                 "marker": {"color": color}, "hovertext": [h + html.escape(series.name) for h in hover],
+                 "legendgroup": html.escape(series.name),
                  "hovertemplate": "%{hovertext}<br>x %{x}<br>y %{y:.4g}<extra></extra>"}
         if series.low is not None and any(v is not None for v in numbers(series.low)):
             trace["error_y"] = {"type": "data", "symmetric": False,
@@ -88,7 +90,8 @@ def panel_figure(panel: Panel) -> dict:
             mode = ("lines+markers" if series.markers else "lines") if series.kind == "line" else "markers"
             trace.update(type="scatter", mode=mode
                          + ("+text" if series.labels else ""), marker={"color": color, "size": 8},
-                         line={"color": color}, text=series.labels, textposition="top right",
+                         line={"color": color}, text=[html.escape(label) for label in series.labels or []] or None,
+                         textposition="top right",
                          textfont={"size": 10})
         data.append(trace)
     log = panel.yscale == "log" or (panel.yscale == "symlog" and all(v is None or v > 0 for v in ys))
@@ -99,14 +102,20 @@ def panel_figure(panel: Panel) -> dict:
     return {"data": data, "layout": fig_layout}
 
 
+#: what must not appear as itself in JSON inside ``<script>``: ``</script>`` ends the element and ``<!--``
+#: changes how the rest is parsed; JSON's ``\\uXXXX`` gives the same string to the script
+SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
+
+
 def script_json(value) -> str:
-    """JSON safe inside a ``<script>`` element."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """JSON safe inside a ``<script>`` element (non-ASCII as ``\\uXXXX`` too: no U+2028 line break)."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return text.translate(str.maketrans(SCRIPT_UNSAFE))
 
 
 def chart_div(chart_id: str, figure: dict, css: str = "chart") -> str:
-    return (f"<div class='{css}' id='{chart_id}'></div>"
-            f"<script>harness.plot({json.dumps(chart_id)},{script_json(figure)})</script>")
+    return (f"<div class='{html.escape(css)}' id='{html.escape(chart_id)}'></div>"
+            f"<script>harness.plot({script_json(chart_id)},{script_json(figure)})</script>")
 
 
 def sparkline(values: list[float], marks: list[tuple[int, str]], title: str, width: int = 120,

@@ -7,9 +7,7 @@ section per view (:mod:`harness.report.views`) that applies to the run.
 from __future__ import annotations
 
 import base64
-import errno
 import html
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core import markdown
-from harness.core.files import atomic_write, atomic_write_text
-from harness.report.console import family_tables
+from harness.core.filenames import file_stems
+from harness.core.files import atomic_write, atomic_write_text, check_output
+from harness.report.console import busy_summary, family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
@@ -42,8 +41,9 @@ def build(run: RunTables) -> list[Section]:
     sections = [Section(f"{run.suite} — {run.run_id}", header)]
     if frame.empty:
         return sections + [Section("Results", ["The run has no cells."])]
+    busy = busy_summary(frame)
     sections.append(Section("Results", [block for family, table in family_tables(frame)
-                                        for block in (f"**{family}**", table)]))
+                                        for block in (f"**{family}**", table)] + ([busy] if busy else [])))
     not_ok = frame[frame["status"] != OK].drop_duplicates("cell_id")
     if len(not_ok):
         sections.append(Section("Cells that did not run", [not_ok[CELL + ["status", "reason"]]]))
@@ -51,7 +51,17 @@ def build(run: RunTables) -> list[Section]:
     for v in VIEWS.values():
         if v.metrics & set(ok["metric"]):
             sections.append(Section(v.title, v.build(ok)))
+    name_plots([block for section in sections for block in section.blocks])
     return sections
+
+
+def name_plots(blocks: list) -> list:
+    """Give each plot among ``blocks`` a file stem of its own (PNG file, chart element id): plot names hold
+    task names from the suite (``perplexity-p 1`` and ``perplexity-p_1`` must not share one file)."""
+    plots = [b for b in blocks if isinstance(b, Plot)]
+    for plot, stem in zip(plots, file_stems([p.name for p in plots]), strict=True):
+        plot.name = stem
+    return blocks
 
 
 def ok_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -67,14 +77,15 @@ def _md_table(frame: pd.DataFrame) -> str:
 def to_markdown(sections: list[Section], files_dir: str) -> str:
     out = []
     for i, section in enumerate(sections):
-        out.append(("# " if i == 0 else "## ") + section.title)
+        out.append(("# " if i == 0 else "## ") + markdown.text(section.title))
         for block in section.blocks:
             if isinstance(block, Plot):
-                out.append(f"![{block.caption}]({files_dir}/{block.name}.png)")
+                alt = re.sub(r"([\\\[\]])", r"\\\1", markdown.text(block.caption))
+                out.append(f"![{alt}]({files_dir}/{block.name}.png)")
             elif isinstance(block, pd.DataFrame):
                 out.append(_md_table(block))
             else:
-                out.append(block)
+                out.append(markdown.text(block))
     return "\n\n".join(out) + "\n"
 
 
@@ -140,12 +151,12 @@ FILES_DIR = "report_files"
 def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.md (+ its PNGs under report_files/) and report.html into ``out_dir`` (the run dir)."""
     run = read_run(run_dir)
+    if out_dir is not None:  # the run directory itself may be reached through a link (results/latest)
+        check_output(out_dir, folder=True)
     out_dir = Path(out_dir or run_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     sections = build(run)
-    for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):
-        block.name = re.sub(r"[^A-Za-z0-9_.-]", "_", block.name)
+    check_output(out_dir / FILES_DIR, folder=True)
+    for block in (b for s in sections for b in s.blocks if isinstance(b, Plot)):  # names: stems (build)
         atomic_write(out_dir / FILES_DIR / f"{block.name}.png", lambda p, png=block.png: p.write_bytes(png))
     md, page = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md, to_markdown(sections, FILES_DIR))

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,11 +29,13 @@ import pandas as pd
 
 from harness.analysis.gates import Gates
 from harness.analysis.history import KEY, ChangePoint, Trend, history, passes_gate, run_dirs
+from harness.core import canary
 from harness.core.errors import UserError
+from harness.core.filenames import file_stems, stem_map
 from harness.core.format import fmt_value
 from harness.report import charts
 from harness.report.console import task_type
-from harness.report.render import blocks_html, build, ok_rows, to_html
+from harness.report.render import blocks_html, build, name_plots, ok_rows, to_html
 from harness.report.views import VIEWS, Plot
 from harness.results.store import RunTables, read_run
 from harness.tasks import METRICS, TASKS
@@ -79,7 +80,7 @@ td.metric{white-space:nowrap}
 td.metric svg{display:block}
 .last{font-weight:600;margin-right:.3em}
 .improved{color:#1a7f37;font-weight:600}.regressed{color:#cf222e;font-weight:600}
-.changed{color:#9a6700;font-weight:600}.same{color:#57606a}
+.changed{color:#9a6700;font-weight:600}.same{color:#57606a}.busy{color:#57606a;font-style:italic}
 td.env-changed{background:#fff8c5}
 .chart{height:460px}
 .legend{color:#57606a;font-size:13px}
@@ -149,6 +150,10 @@ class Line:
     high: list[float | None]
     family: str
     gates: Gates
+    #: per night: why the machine was busy during the figure ("" when quiet), which then is never judged
+    busy: list[str]
+    #: per night: the machine canary's median time (:mod:`harness.core.canary`), for interleaved cells
+    canary: list[float | None]
 
     @property
     def metric(self) -> str:
@@ -175,6 +180,22 @@ class Site:
     lines: list[Line]
     suites: list[str]
     views: dict[str, str] = field(default_factory=dict)  # report view -> its page's body (views with plots)
+    #: metric -> the stem of its page under metrics/ (names from results are never paths as they are)
+    metric_pages: dict[str, str] = field(init=False)
+    #: (suite, task, dataset) -> the element id of its chart on a metric page, one per key
+    chart_ids: dict[tuple[str, str, str], str] = field(init=False)
+
+    def __post_init__(self):
+        self.metric_pages = stem_map(sorted({line.metric for line in self.lines}))
+        keys = sorted({_chart_key(line) for line in self.lines})
+        self.chart_ids = dict(zip(keys, file_stems(["-".join(p for p in key if p) for key in keys]), strict=True))
+
+    def metric_href(self, metric: str, up: str = "") -> str:
+        return f"{up}metrics/{self.metric_pages[metric]}.html"
+
+    def chart_href(self, line: Line, up: str = "") -> str:
+        """The link to a line's chart on its metric's page (an attribute value: escaped by the caller)."""
+        return f"{self.metric_href(line.metric, up)}#{self.chart_ids[_chart_key(line)]}"
 
 
 def load_nights(paths: list[Path]) -> list[Night]:
@@ -186,14 +207,9 @@ def load_nights(paths: list[Path]) -> list[Night]:
     if not runs:
         raise UserError(f"{' '.join(map(str, paths))}: no runs")
     runs.sort(key=lambda r: (r.info.get("started_at") or "", r.run_id))
-    nights, names = [], set()
-    for run in runs:
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", run.run_id)
-        while name in names:  # the same run id in two folders
-            name += "_"
-        names.add(name)
-        nights.append(Night(run, f"runs/{name}.html", _when(run), _env(run)))
-    return nights
+    # the same run id in two folders gets two pages
+    return [Night(run, f"runs/{stem}.html", _when(run), _env(run))
+            for run, stem in zip(runs, file_stems([r.run_id for r in runs]), strict=True)]
 
 
 def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
@@ -207,6 +223,9 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         long[KEY + ["run_id"]].itertuples(index=False, name=None), long["ci_low"], long["ci_high"], strict=True)}
     family = {cell: task_type(params) for cell, params in zip(
         long[KEY[:4]].itertuples(index=False, name=None), long["params"], strict=True)}
+    canaries = {params: canary.of_run(params) for params in long["params"].unique()}
+    machine = {key: canaries[params] for key, params in zip(
+        long[KEY[:4] + ["run_id"]].itertuples(index=False, name=None), long["params"], strict=True)}
     lines = []
     for trend in history([n.run for n in nights], gates):
         have = [i for i, v in enumerate(trend.values) if v is not None]
@@ -214,7 +233,8 @@ def _lines(suite: str, nights: list[Night], gates: Gates) -> list[Line]:
         bounds = [ci.get(key + (nights[i].run_id,), (None, None)) for i in have]
         lines.append(Line(suite, trend, [nights[i] for i in have], [trend.values[i] for i in have],
                           charts.numbers(lo for lo, _ in bounds), charts.numbers(hi for _, hi in bounds),
-                          family[key[:4]], gates))
+                          family[key[:4]], gates, [trend.busy[i] for i in have],
+                          [machine.get(key[:4] + (nights[i].run_id,)) for i in have]))
     return lines
 
 
@@ -231,8 +251,9 @@ def collect(paths: list[Path], make_gates: Callable[[dict], Gates]) -> Site:
 
 # --- pages --------------------------------------------------------------------------------------------------
 
-def _slug(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p)).strip("-")
+def _e(value) -> str:
+    """Text or an attribute value (quoted either way) as HTML: names come from results, which travel."""
+    return html.escape(str(value), quote=True)
 
 
 def _pct(before: float, after: float) -> str:
@@ -247,10 +268,10 @@ def _nav(site: Site, up: str) -> str:
     links = [("index.html", "Overview")]
     links += [(f"{name}.html", name.capitalize()) for name in site.views]
     links.append(("runs.html", "Runs and machines"))
-    metrics = sorted({line.metric for line in site.lines})
-    options = "".join(f"<a href='{up}metrics/{m}.html'>{m}</a>" for m in metrics)
-    return ("<nav>" + "".join(f"<a href='{up}{page}'>{title}</a>" for page, title in links)
-            + f"<details><summary>Metrics ({len(metrics)})</summary><div class='menu'>{options}</div></details></nav>")
+    options = "".join(f"<a href='{_e(site.metric_href(m, up))}'>{_e(m)}</a>" for m in site.metric_pages)
+    return ("<nav>" + "".join(f"<a href='{up}{page}'>{_e(title)}</a>" for page, title in links)
+            + f"<details><summary>Metrics ({len(site.metric_pages)})</summary><div class='menu'>{options}</div>"
+            "</details></nav>")
 
 
 def _page(site: Site, title: str, body: str, depth: int = 0, plots: bool = True) -> str:
@@ -264,7 +285,7 @@ def _page(site: Site, title: str, body: str, depth: int = 0, plots: bool = True)
 
 
 def _run_link(night: Night, up: str = "", text: str | None = None) -> str:
-    return f"<a href='{up}{night.page}'>{html.escape(text or night.run_id)}</a>"
+    return f"<a href='{_e(up + night.page)}'>{_e(text or night.run_id)}</a>"
 
 
 def _label(line: Line, datasets: bool) -> str:
@@ -277,13 +298,14 @@ def _change_cells(line: Line, up: str) -> str:
     unit = METRICS[line.metric].unit if line.metric in METRICS else ""
     out = [f"<span class='last' title='{html.escape(unit)}'>{fmt_value(last)}</span>"]
     if len(line.values) > 1:
-        prev = line.values[-2]
-        out.append(f"<span class='{line.verdict(prev, last)}' title='since {line.nights[-2].run_id}'>"
+        prev, busy = line.values[-2], "; ".join(dict.fromkeys(b for b in line.busy[-2:] if b))
+        verdict, why = ("busy", f" not comparable (machine busy: {busy})") if busy else (line.verdict(prev, last), "")
+        out.append(f"<span class='{verdict}' title='since {_e(line.nights[-2].run_id + why)}'>"
                    f"{_pct(prev, last)}</span>")
     if line.trend.change_points:
         cp = line.trend.change_points[-1]
         night = line.nights[line.point_of(cp)]
-        out.append(f"<a class='{line.trend.verdict(cp)} step' href='{up}{night.page}' title='step of "
+        out.append(f"<a class='{line.trend.verdict(cp)} step' href='{_e(up + night.page)}' title='step of "
                    f"{cp.change * 100:+.1f}% from run {html.escape(cp.run_id)}'>{_pct(cp.before, last)} since "
                    f"{html.escape(_short(night.when)[5:10])}</a>")
     return " ".join(out)
@@ -296,8 +318,8 @@ def overview(site: Site) -> str:
     if steps:
         items = "".join(
             f"<li><span class='{line.trend.verdict(cp)}'>{line.trend.verdict(cp)}</span> "
-            f"<a href='metrics/{line.metric}.html#{_chart_id(line)}'>{html.escape(_label(line, True))} "
-            f"{line.metric}</a> {fmt_value(cp.before)} → {fmt_value(cp.after)} ({cp.change * 100:+.1f}%) from "
+            f"<a href='{_e(site.chart_href(line))}'>{_e(_label(line, True))} "
+            f"{_e(line.metric)}</a> {fmt_value(cp.before)} → {fmt_value(cp.after)} ({cp.change * 100:+.1f}%) from "
             f"{_run_link(line.nights[line.point_of(cp)])}</li>" for line, cp in steps[:30])
         parts.append(f"<h2>Change points, latest first</h2><ul class='steps'>{items}</ul>")
     else:
@@ -317,7 +339,7 @@ def overview(site: Site) -> str:
             for line in mine:
                 by_cell.setdefault(line.cell, {})[line.metric] = line
             datasets = len({cell[3] for cell in by_cell}) > 1
-            head = "".join(f"<th><a href='metrics/{m}.html'>{m}</a></th>" for m in metrics)
+            head = "".join(f"<th><a href='{_e(site.metric_href(m))}'>{_e(m)}</a></th>" for m in metrics)
             rows = []
             for cell, per in by_cell.items():
                 tds = []
@@ -329,7 +351,7 @@ def overview(site: Site) -> str:
                     marks = [(line.point_of(cp), line.trend.verdict(cp)) for cp in line.trend.change_points]
                     spark = charts.sparkline(line.values, marks, f"{m}: {len(line.values)} runs, last "
                                              f"{fmt_value(line.values[-1])}")
-                    tds.append(f"<td class='metric'><a href='metrics/{m}.html#{_chart_id(line)}'>{spark}</a>"
+                    tds.append(f"<td class='metric'><a href='{_e(site.chart_href(line))}'>{spark}</a>"
                                f"<div>{_change_cells(line, '')}</div></td>")
                 label = "/".join(cell[:3]) + (f" on {cell[3]}" if datasets and cell[3] else "")
                 rows.append(f"<tr><th class='cell'>{html.escape(label)}</th>{''.join(tds)}</tr>")
@@ -338,12 +360,14 @@ def overview(site: Site) -> str:
     legend = ("<p class='legend'>Each cell: the series (dashed: change points), the last value, its change since "
               "the previous night and since the last change point, "
               + ", ".join(f"<span class='{v}'>{v}</span>" for v in ("improved", "regressed", "changed"))
-              + " by the metric's direction and gate, <span class='same'>grey</span> within it.</p>")
+              + " by the metric's direction and gate, <span class='same'>grey</span> within it, <span class='busy'>"
+              "italic</span> not comparable (the machine was busy: hover for why).</p>")
     return _page(site, "Nightly dashboard", legend + "\n".join(parts), plots=False)
 
 
-def _chart_id(line: Line) -> str:
-    return _slug(line.suite, line.trend.task, line.trend.dataset)
+def _chart_key(line: Line) -> tuple[str, str, str]:
+    """The chart a line is drawn in: one per suite, task and dataset."""
+    return line.suite, line.trend.task, line.trend.dataset
 
 
 def _series_traces(line: Line, color: str, name: str) -> list[dict]:
@@ -353,18 +377,21 @@ def _series_traces(line: Line, color: str, name: str) -> list[dict]:
     for i, night in enumerate(line.nights):
         lo, hi = line.low[i], line.high[i]
         notes = [] if i == 0 else env_changes(line.nights[i - 1].env, night.env)
-        custom.append([night.run_id, night.commit[:12] or "?",
-                       f"CI [{fmt_value(lo)}, {fmt_value(hi)}]<br>" if lo is not None and hi is not None else "",
+        busy, machine = line.busy[i], line.canary[i]
+        custom.append([html.escape(night.run_id), html.escape(night.commit[:12]) or "?",
+                       (f"<b>machine busy</b>: {html.escape(busy)}<br>" if busy else "")
+                       + (f"machine canary {machine * 1e3:.3g} ms<br>" if machine else "")
+                       + (f"CI [{fmt_value(lo)}, {fmt_value(hi)}]<br>" if lo is not None and hi is not None else ""),
                        "".join(f"<br>changed: {html.escape(n)}" for n in notes), "../" + night.page])
-    symbols = ["diamond" if c[3] else "circle" for c in custom]
+    symbols = ["x" if busy else "diamond" if c[3] else "circle" for busy, c in zip(line.busy, custom, strict=True)]
     traces = [charts.band(x, line.low, line.high, color, name)] if any(v is not None for v in line.low) else []
     traces.append({
-        "type": "scatter", "mode": "lines+markers", "x": x, "y": charts.numbers(line.values), "name": name,
+        "type": "scatter", "mode": "lines+markers", "x": x, "y": charts.numbers(line.values), "name": html.escape(name),
         "legendgroup": name, "customdata": custom, "line": {"color": color, "width": 1.5},
         "marker": {"color": color, "size": [10 if s == "diamond" else 6 for s in symbols], "symbol": symbols},
         "hovertemplate": f"<b>{html.escape(name)}</b><br>run %{{customdata[0]}}<br>%{{x}}<br>commit "
-                         f"%{{customdata[1]}}<br>{line.metric} %{{y:.5g}}<br>%{{customdata[2]}}%{{customdata[3]}}"
-                         "<extra></extra>"})
+                         f"%{{customdata[1]}}<br>{html.escape(line.metric)} %{{y:.5g}}<br>%{{customdata[2]}}"
+                         "%{customdata[3]}<extra></extra>"})
     return traces
 
 
@@ -394,11 +421,12 @@ def metric_page(site: Site, metric: str) -> str:
     direction = {True: "higher is better", False: "lower is better"}.get(higher, "no direction")
     parts = [f"<p>{html.escape(unit)}; {direction}; a change counts when {html.escape(policy.describe())}. "
              "Drag to zoom (double-click resets), hover a point for its run, click it for the run's report. "
-             "Band: the CI; ringed: a change point; diamond: the machine or a library changed before that run."
+             "Band: the CI; ringed: a change point; diamond: the machine or a library changed before that run; "
+             "cross: measured on a busy machine (never judged, left out of the change points)."
              "</p>"]
     groups: dict[str, list[Line]] = {}
     for line in lines:
-        groups.setdefault(_chart_id(line), []).append(line)
+        groups.setdefault(site.chart_ids[_chart_key(line)], []).append(line)
     several = len(site.suites) > 1
     for chart_id, group in groups.items():
         first = group[0]
@@ -422,7 +450,7 @@ def metric_page(site: Site, metric: str) -> str:
                  f"{html.escape('/'.join(line.cell[:2]))}: {fmt_value(cp.before)} → {fmt_value(cp.after)} "
                  f"({cp.change * 100:+.1f}%) from {_run_link(line.nights[line.point_of(cp)], '../')}</li>"
                  for line in group for cp in line.trend.change_points]
-        parts.append(f"<section id='{chart_id}'>{charts.chart_div(chart_id + '-chart', figure)}"
+        parts.append(f"<section id='{_e(chart_id)}'>{charts.chart_div(chart_id + '-chart', figure)}"
                      + (f"<ul class='steps'>{''.join(steps)}</ul>" if steps else "") + "</section>")
     return _page(site, f"{metric}", "\n".join(parts), depth=1)
 
@@ -430,7 +458,7 @@ def metric_page(site: Site, metric: str) -> str:
 def _plot_html(plot: Plot) -> str:
     """A view's plot drawn by plotly, its panels side by side."""
     return "<div class='panels'>" + "".join(
-        charts.chart_div(_slug(plot.name, str(i)), charts.panel_figure(panel), "panel")
+        charts.chart_div(f"{plot.name}-{i}", charts.panel_figure(panel), "panel")  # name: a unique stem
         for i, panel in enumerate(plot.panels)) + "</div>"
 
 
@@ -448,7 +476,7 @@ def view_body(site: Site, name: str) -> str | None:
     nights = _latest_by_lane(site, view.metrics)
     if not nights:
         return None
-    blocks = view.build(pd.concat([ok_rows(n.run.results) for n in nights], ignore_index=True))
+    blocks = name_plots(view.build(pd.concat([ok_rows(n.run.results) for n in nights], ignore_index=True)))
     if not any(isinstance(b, Plot) for b in blocks):
         return None
     source = "From " + ", ".join(f"{_run_link(n)} ({html.escape(str(n.run.suite))}, {_short(n.when)})"
@@ -506,8 +534,8 @@ def render(site: Site, kept: dict[str, str] | None = None) -> dict[str, str]:
             site.views[name] = body
     pages = {f"{name}.html": _page(site, VIEWS[name].title, body) for name, body in site.views.items()}
     pages["runs.html"] = runs_page(site)
-    for metric in dict.fromkeys(line.metric for line in site.lines):
-        pages[f"metrics/{metric}.html"] = metric_page(site, metric)
+    for metric in site.metric_pages:
+        pages[site.metric_href(metric)] = metric_page(site, metric)
     for night in site.nights:
         pages[night.page] = kept.get(night.page) or run_page(night)
     pages["index.html"] = overview(site)
@@ -524,10 +552,11 @@ def plotly_js() -> str:
 
 def _code_key() -> str:
     """The code a run's page comes from: an earlier page is kept only while it is unchanged."""
-    from harness.report import console, render, views
+    from harness.core import filenames
+    from harness.report import console, markdown, render, views
 
     digest = hashlib.sha256()
-    for module in (views, render, console, charts, sys.modules[__name__]):
+    for module in (views, render, console, charts, markdown, filenames, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -554,6 +583,18 @@ def _kept_pages(out: Path, keys: dict[str, str]) -> dict[str, str]:
             if before.get(page) == key and (out / page).is_file()}
 
 
+def _new_folder_beside(out: Path) -> Path:
+    """An empty folder beside ``out`` with the mode a new folder gets (0777 less the umask: a web server may
+    read the site), not ``mkdtemp``'s 0700."""
+    while True:
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return tmp
+
+
 def write_site(paths: list[Path], out: Path, make_gates: Callable[[dict], Gates]) -> Site:
     """Build the site in a folder beside ``out`` and swap it in, so a reader never sees half a site; an
     existing ``out`` is replaced only if it is such a site (or empty), and its unchanged run pages kept."""
@@ -565,7 +606,7 @@ def write_site(paths: list[Path], out: Path, make_gates: Callable[[dict], Gates]
     kept = _kept_pages(out, keys)
     js = plotly_js()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = _new_folder_beside(out)
     try:
         (tmp / "assets").mkdir()
         (tmp / "assets" / "plotly.min.js").write_text(js, encoding="utf-8")
@@ -573,6 +614,8 @@ def write_site(paths: list[Path], out: Path, make_gates: Callable[[dict], Gates]
         (tmp / "assets" / "site.css").write_text(SITE_CSS, encoding="utf-8")
         for rel, text in render(site, kept).items():
             path = tmp / rel
+            if not path.resolve().is_relative_to(tmp.resolve()):  # every page's name is a stem: never
+                raise RuntimeError(f"page {rel!r} would be written outside the site")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         (tmp / MARK).write_text(json.dumps({"note": "written by harness dashboard; replaced by its next run",

@@ -12,18 +12,23 @@ from pathlib import Path
 
 from harness import __version__
 
+#: the checkout the harness runs from (its commit is recorded)
+HARNESS_CHECKOUT = Path(__file__).resolve().parent.parent
 
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
+
+def git_commit(checkout: Path = HARNESS_CHECKOUT) -> str | None:
+    """The harness checkout's commit, ``-dirty`` if tracked files changed; read without the index refresh
+    ``git status`` otherwise writes (``.git/index.lock``): a run writes nothing into the checkout, nor races
+    the user's own git."""
+    git = ["git", "--no-optional-locks", "-C", str(checkout)]
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -51,7 +56,7 @@ def environment() -> dict:
     import psutil
 
     return {
-        "harness_version": __version__, "git_commit": _git_commit(), "python": sys.version.split()[0],
+        "harness_version": __version__, "git_commit": git_commit(), "python": sys.version.split()[0],
         "platform": platform.platform(), "libraries": versions, "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": _gpu(),

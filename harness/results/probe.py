@@ -1,7 +1,8 @@
 """The machine's ceilings: sustained memory read bandwidth and dense matrix throughput (GEMM) per dtype.
 
 Throughput cells divide what they achieved by these (MBU, MFU). The probe runs once per run and is cached
-for a day per host, thread count and library versions (``harness probe`` reruns it).
+for a day per host, thread count and library versions (``harness probe`` reruns it): a cache entry
+(:mod:`harness.sources.cache_entry`), so runs started together measure once, not over each other.
 
 Bandwidth kernel: ``np.bitwise_or.reduce`` over a uint64 array far larger than the last-level cache, one
 slice per thread (numpy releases the GIL in reductions), best of ``repeats`` passes. It reads each byte
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.files import atomic_write_text
+from harness.core.files import read_json_object
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import Stale, cached
 
 #: a cached probe older than this is measured again
 MAX_AGE_S = 86400
@@ -170,17 +172,20 @@ def probe(threads: int, rerun: bool = False, now: Timer = time.time, **sizes) ->
     """The cached probe for this host and thread count if younger than a day (and not ``rerun``), else a
     fresh one, cached. ``cached`` says which; ``measured_at`` is when it ran (epoch seconds)."""
     key = cache_key(threads)
-    path = _cache_path(key)
-    if not rerun and path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("key") == key and now() - stored["measured_at"] < MAX_AGE_S:
-            return {**stored, "cached": True}
-    start = time.perf_counter()
-    result = {"key": key, "measured_at": now(), **measure(threads, **sizes)}
-    result["probe_s"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result, indent=1))
-    return {**result, "cached": False}
+
+    def build(tmp: Path) -> None:
+        start = time.perf_counter()
+        result = {"key": key, "measured_at": now(), **measure(threads, **sizes)}
+        tmp.write_text(json.dumps({**result, "probe_s": time.perf_counter() - start}, indent=1), encoding="utf-8")
+
+    def check(path: Path) -> dict:
+        stored = read_json_object(path, "a machine probe")
+        if stored.get("key") != key or now() - stored["measured_at"] >= MAX_AGE_S:
+            raise Stale
+        return stored
+
+    entry = cached(_cache_path(key), build, check, refresh=rerun)
+    return {**entry.value, "cached": entry.build_s is None}
 
 
 def ceilings(machine: dict | None, device: str, dtype: str) -> tuple[float | None, float | None]:

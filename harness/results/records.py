@@ -7,11 +7,84 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from harness.core.filenames import PLAIN
 from harness.core.files import Damaged, atomic_write_text, read_json_object
+from harness.core.metrics import METRICS
 from harness.results.schema import SCHEMA, migrate
 
 OK, FAILED, TIMEOUT, SKIPPED = "ok", "failed", "timeout", "skipped"
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Names(_Strict):
+    """What the tables and every reader take from a record's ``cell``."""
+
+    suite: str
+    model: str
+    backend: str
+    task: str
+    dataset: str | None
+
+
+class _Row(_Strict):
+    """One measurement: a registered metric (names reach file names and web pages) and numbers."""
+
+    metric: str
+    value: float
+    unit: str | None = None
+    higher_is_better: bool | None = None
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    stderr: float | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _registered(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"{metric!r} is not a metric of harness.core.metrics")
+        return metric
+
+
+class _Shape(_Strict):
+    """A record file as the harness writes it: a record from elsewhere (a copied shard) that does not fit
+    is damaged, set aside like a truncated one, never half-read into the tables."""
+
+    cell_id: str
+    cell: _Names
+    params: dict
+    status: Literal["ok", "failed", "timeout", "skipped"]
+    reason: str | None = None
+    measurements: list[_Row] = []
+    samples: dict[str, list[float]] = {}
+    resolved: dict = {}
+    fingerprints: dict | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    round: int | None = None
+
+    @field_validator("cell_id")
+    @classmethod
+    def _plain(cls, cell_id: str) -> str:
+        if not PLAIN.fullmatch(cell_id):  # it names the cell's files
+            raise ValueError(f"{cell_id!r} is not a cell id (letters, digits, '_.-')")
+        return cell_id
+
+
+def _problem(exc: ValidationError) -> str:
+    """The first thing wrong with a record, in one line."""
+    error = exc.errors()[0]
+    where = ".".join(map(str, error["loc"])) or "record"
+    if error["type"] in ("model_type", "dict_type"):
+        return f"{where}: expected a JSON object, got {error['input']!r:.40}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 @dataclass
@@ -50,11 +123,11 @@ class CellRecord:
     @classmethod
     def from_json(cls, data: dict, path: Path) -> CellRecord:
         data = migrate(data, path)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         try:
-            return cls(**known)
-        except TypeError as exc:  # a required field missing
-            raise Damaged(path, f"not a cell record ({exc})") from None
+            _Shape.model_validate(data)
+        except ValidationError as exc:
+            raise Damaged(path, f"not a cell record ({_problem(exc)})") from None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def cell_record_path(run_dir: Path, cell_id: str, round_: int | None = None) -> Path:

@@ -13,10 +13,14 @@ Layout of a run directory::
 from __future__ import annotations
 
 import json
+import numbers
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.core.errors import UserError, warn
 from harness.core.files import atomic_write_text, atomic_writes, read_json_object
@@ -39,6 +43,23 @@ def _rows(record: CellRecord, run_id: str) -> list[dict]:
     return [{**base, **m} for m in record.measurements]
 
 
+#: the columns of results.parquet that hold numbers (a table edited or written by another tool may hold text)
+NUMBERS = ("value", "n", "ci_low", "ci_high", "stderr")
+
+
+def check_numbers(frame: pd.DataFrame, columns, path: Path) -> None:
+    """UserError naming the file and column where a column of numbers holds anything else (``"12.5"``, a
+    bool): read silently, it would compare or plot as text."""
+    for column in columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            continue
+        wrong = [v for v in series.dropna() if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+        if wrong:
+            raise UserError(f"{path}: column '{column}' holds {type(wrong[0]).__name__} values ({wrong[0]!r}), "
+                            "expected numbers")
+
+
 def results_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
     rows = [row for record in records for row in _rows(record, run_id)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
@@ -53,6 +74,19 @@ def samples_frame(records: list[CellRecord], run_id: str) -> pd.DataFrame:
     rows = [(run_id, r.cell_id, name, i, float(v))
             for r in records for name, values in r.samples.items() for i, v in enumerate(values)]
     return pd.DataFrame(rows, columns=["run_id", "cell_id", "sample", "index", "value"])
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A table of a run, read without Arrow's dataset scanner: the tables are small, and under an address-space
+    limit (``ulimit -v``) that leaves no room for a thread's stack the scanner waits for ever on a thread that
+    never started. Where Arrow still fails to start one, that is the environment's, as a MemoryError."""
+    try:
+        with pq.ParquetFile(path) as table:
+            return table.read(use_threads=False).to_pandas(use_threads=False)
+    except pa.ArrowException as exc:
+        if "launch worker thread" not in str(exc):
+            raise
+        raise MemoryError(str(exc)) from None
 
 
 def write_tables(run_dir: Path, run_id: str, order: list[str] | None = None) -> pd.DataFrame:
@@ -71,9 +105,25 @@ def write_run_json(run_dir: Path, info: dict) -> None:
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, sort_keys=True, default=str))
 
 
+#: the JSON type of each ``run.json`` key its readers index into (a copied or hand-edited file may hold anything)
+RUN_JSON_TYPES = {"run_id": str, "suite": str, "environment": dict, "models": dict, "datasets": dict, "cells": list,
+                  "gates": dict, "overrides": list, "started_at": str, "ended_at": str}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "an array"}
+
+
 def read_run_json(path: Path) -> dict:
-    """``run.json`` migrated to the current schema, or UserError naming the file."""
-    return migrate(read_json_object(path, "the run's metadata"), path)
+    """``run.json`` migrated to the current schema, or UserError naming the file (and the key whose value
+    is not what the readers expect)."""
+    info = migrate(read_json_object(path, "the run's metadata"), path)
+    for key, kind in RUN_JSON_TYPES.items():
+        value = info.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise UserError(f"{path}: {key}: expected {_JSON_NAMES[kind]}, got {type(value).__name__} {value!r:.40}")
+    if not all(isinstance(c, str) for c in info.get("cells") or []):
+        raise UserError(f"{path}: cells: expected an array of cell ids (strings)")
+    if not all(isinstance(g, dict) for g in (info.get("gates") or {}).values()):
+        raise UserError(f"{path}: gates: expected an object of metric -> {{tolerance, threshold, ...}}")
+    return info
 
 
 @dataclass
@@ -111,13 +161,15 @@ def read_run(run_dir: Path) -> RunTables:
             tables[name] = read_run_json(path)
             continue
         try:
-            tables[name] = pd.read_parquet(path)
+            tables[name] = read_parquet(path)
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                             ) from None
     missing = set(COLUMNS) - set(tables["results.parquet"].columns)
     if missing:
         raise UserError(f"{run_dir / 'results.parquet'}: missing columns {', '.join(sorted(missing))}")
+    for name, columns in (("results.parquet", NUMBERS), ("samples.parquet", ("index", "value"))):
+        check_numbers(tables[name], columns, run_dir / name)
     run = RunTables(run_dir, tables["run.json"], tables["results.parquet"], tables["samples.parquet"])
     for problem in record_problems(run):
         warn(problem)
@@ -135,5 +187,5 @@ def record_problems(run: RunTables) -> list[str]:
     if absent:
         problems.append(f"{run.path / 'results.parquet'}: lacks {len(absent)} cell(s) whose records are in cells/ "
                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): the tables are older than "
-                        f"the records; `harness run SUITE --resume --out {run.path}` rebuilds them")
+                        f"the records; `harness run SUITE --resume --out {shlex.quote(str(run.path))}` rebuilds them")
     return problems

@@ -35,6 +35,10 @@ class Job:
     #: corpus texts shipped with the job, by source (a worker on another machine: see
     #: :func:`harness.sources.corpora.use_texts`); empty: the worker reads the sources itself
     texts: dict[str, Path] = field(default_factory=dict)
+    #: the suite's ``busy:`` thresholds (:class:`harness.core.contention.BusySettings`), for the verdict
+    busy: dict = field(default_factory=dict)
+    #: what the wait for a quiet machine before this job found (``--wait-quiet``); None: no wait
+    wait: dict | None = None
 
     @property
     def cell_id(self) -> str:
@@ -45,13 +49,18 @@ class Job:
         """The name of this job's files: the cell id, plus the round of an interleaved cell."""
         return self.cell_id if self.round is None else f"{self.cell_id}.round{self.round}"
 
+    @property
+    def scratch_dir(self) -> Path:
+        """The cell's temp folder, beside its outcome: its launcher removes it when the cell ends."""
+        return self.outcome_path.with_name(f"{self.stem}.scratch")
+
     def to_json(self) -> dict:
         return {"cell": self.cell.model_dump(mode="json"), "round": self.round, "base_dir": str(self.base_dir),
                 "corpora": str(self.corpora) if self.corpora else None, "model": _model_json(self.model),
                 "reference_model": _model_json(self.reference_model) if self.reference_model else None,
                 "outcome_path": str(self.outcome_path), "artifacts_dir": str(self.artifacts_dir),
                 "started_at": self.started_at, "probes": self.probes,
-                "texts": {k: str(v) for k, v in self.texts.items()}}
+                "texts": {k: str(v) for k, v in self.texts.items()}, "busy": self.busy, "wait": self.wait}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
@@ -60,7 +69,8 @@ class Job:
                    reference_model=_model(data["reference_model"]) if data["reference_model"] else None,
                    outcome_path=Path(data["outcome_path"]), artifacts_dir=Path(data["artifacts_dir"]),
                    started_at=data["started_at"], probes=data.get("probes"),
-                   texts={k: Path(v) for k, v in data.get("texts", {}).items()})
+                   texts={k: Path(v) for k, v in data.get("texts", {}).items()}, busy=data.get("busy", {}),
+                   wait=data.get("wait"))
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_json(), indent=1))

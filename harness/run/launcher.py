@@ -15,8 +15,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.core.files import Damaged
+from harness.core.files import Damaged, check_output
+from harness.core.memory import oom_kills, out_of_memory_reason
 from harness.core.process import child_command, starting_child
+from harness.core.terminal import console_text
 from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
 
@@ -70,7 +72,8 @@ class Launcher(ABC):
 
 
 def job_label(job: Job) -> str:
-    return job.cell.label + (f" (round {job.round + 1})" if job.round is not None else "")
+    """A job as the console shows it (names escaped: they come from a suite)."""
+    return console_text(job.cell.label) + (f" (round {job.round + 1})" if job.round is not None else "")
 
 
 def record_without_worker(job: Job, reason: str, status: str = FAILED, duration_s: float | None = None) -> CellRecord:
@@ -105,6 +108,7 @@ class ProcessLauncher(Launcher):
         self._job: Job | None = None
         self._proc: subprocess.Popen | None = None
         self._started = 0.0
+        self._oom_kills: int | None = None
 
     @property
     def running(self) -> list[Job]:
@@ -119,6 +123,9 @@ class ProcessLauncher(Launcher):
         job_path = self.scratch(job.stem)
         job.write(job_path)
         log_path = self.log_path(job)
+        check_output(log_path)  # opened, not replaced: a FIFO would block, a link write elsewhere
+        check_output(job.artifacts_dir, folder=True)
+        self._oom_kills = oom_kills()
         with starting_child(), open(log_path, "wb") as log:
             # the worker dies with this process; its session lets a timeout kill whatever it started
             self._proc = subprocess.Popen(child_command("harness.run.worker", str(job_path)), stdout=log,
@@ -143,16 +150,19 @@ class ProcessLauncher(Launcher):
         if outcome is not None:
             record, artifacts = outcome
         else:
-            reason, status = how_it_ended(returncode, timed_out, self.timeout_s, log_path)
+            oom = out_of_memory_reason(self._oom_kills) if returncode == -signal.SIGKILL and not timed_out else None
+            reason, status = how_it_ended(returncode, timed_out, self.timeout_s, log_path, oom)
             record, artifacts = record_without_worker(job, reason, status, duration_s=duration), {}
         job.outcome_path.unlink(missing_ok=True)
-        shutil.rmtree(job.artifacts_dir, ignore_errors=True)
+        for folder in (job.artifacts_dir, job.scratch_dir):
+            shutil.rmtree(folder, ignore_errors=True)
         return [Finished(job, record, artifacts, log_path)]
 
     def cancel_all(self) -> None:
         if self._proc is not None:
             self._kill()
             self.scratch(self._job.stem).unlink(missing_ok=True)
+            shutil.rmtree(self._job.scratch_dir, ignore_errors=True)
             self._job = self._proc = None
 
     def _kill(self) -> None:
@@ -163,11 +173,15 @@ class ProcessLauncher(Launcher):
         self._proc.wait()
 
 
-def how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: Path) -> tuple[str, str]:
-    """(reason, status) of a worker that left no record."""
+def how_it_ended(returncode: int, timed_out: bool, timeout_s: float, log_path: Path,
+                 out_of_memory: str | None = None) -> tuple[str, str]:
+    """(reason, status) of a worker that left no record; ``out_of_memory``: the reason when the kernel's OOM
+    killer was known to have killed it (:func:`harness.core.memory.out_of_memory_reason`)."""
     if timed_out:
         return f"timed out after {timeout_s:g} s", TIMEOUT
-    if returncode < 0:
+    if out_of_memory:
+        reason = out_of_memory
+    elif returncode < 0:
         reason = f"crashed: killed by {signal.Signals(-returncode).name}"
     elif returncode == WORKER_COULD_NOT_WRITE:
         reason = "crashed: could not write its record (a full disk or an unwritable run directory)"

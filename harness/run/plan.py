@@ -12,6 +12,8 @@ from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located
+from harness.core.files import check_output, output_folder
+from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ResolvedModel, check_gguf, locate, resolve, resolve_ngram, trained_context
 from harness.suite.cells import Cell
@@ -32,6 +34,8 @@ class RunOptions:
     results_root: Path = Path("results")
     #: the command line's executor (None: the suite's)
     executor: ExecutorSettings | None = None
+    #: ``--wait-quiet`` seconds (None: the suite's ``busy.wait_quiet_s``)
+    wait_quiet_s: float | None = None
 
 
 @dataclass
@@ -70,6 +74,11 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
                         corpus = load_corpus(source, DatasetSpec(source=source), base_dir, corpora)
                     train_texts[source] = corpus.fingerprint()
     check_context(suite, cells, suite_path, trained)
+    for name, spec in suite.tasks.items():  # a cell's task is the suite's task name, or it plus a variant's suffix
+        if not any(c.task == name or c.task.startswith(name + ".") for c in cells):
+            continue
+        with located(suite_path, f"tasks.{name}"):
+            TASKS[spec.type].check_inputs(spec, base_dir)
     loaded = {}
     for name in sorted({c.dataset for c in cells if c.dataset}):
         spec = suite.datasets[name]
@@ -109,7 +118,8 @@ def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
 
 
 def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path | None) -> Plan:
-    """Resolve models and corpora and create the run directory; raises UserError on bad input."""
+    """Resolve models and corpora and choose the run directory (:func:`ensure_writable` creates it, once the
+    executor has taken the cells too); raises UserError on bad input."""
     path, base_dir = options.suite_path, options.suite_path.resolve().parent
     local, train_texts = check_inputs(suite, cells, path, corpora)
     models, datasets = {}, {}
@@ -129,7 +139,7 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
             corpus = local.get(name) or load_corpus(name, suite.datasets[name], base_dir, corpora)
         datasets[name] = corpus.fingerprint()
     run_dir = choose_run_dir(suite, options)
-    ensure_writable(run_dir)
+    check_foreign(run_dir)  # the folder itself is made by the runner, once the executor has accepted the cells
     return Plan(run_dir, models, datasets)
 
 
@@ -154,13 +164,15 @@ def choose_run_dir(suite: Suite, options: RunOptions) -> Path:
 
 
 def ensure_writable(run_dir: Path) -> None:
-    """The run directory exists and takes files. ``--out`` under a file is bad input (exit 2); a folder
-    the user may not write, a read-only or full disk is the environment's (OSError: exit 4)."""
+    """The run directory and its folders exist and take files. ``--out`` under a file, or anything there
+    that is not a folder (a symbolic link included), is bad input (exit 2); a folder the user may not write,
+    a read-only or full disk is the environment's (OSError: exit 4)."""
     try:
-        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / "cells", run_dir / "logs"):
+            output_folder(folder)
+        check_output(run_dir / "artifacts", folder=True)  # made by the first cell that keeps a file
         probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # a new file: never through a link
         probe.unlink()
     except (NotADirectoryError, FileExistsError) as exc:
         raise UserError(f"output directory {run_dir} is not writable ({exc.strerror})") from None

@@ -16,29 +16,37 @@ before anything runs (Ray would keep it pending forever).
 
 Faults. A worker that crashes or times out is recorded as on one machine. A task whose Ray worker or node
 dies is retried once, on another node where one can run it, then recorded ``failed`` with the Ray error's
-class. Ctrl-C cancels what is queued and kills what runs: the worker process dies with its Ray task
-(``PR_SET_PDEATHSIG``).
+class. A lost cluster (its GCS silent, or the raylet on the driver's machine dead) ends every job the driver
+holds ``failed`` before Ray ends the driver's process. Ctrl-C, SIGTERM and SIGHUP cancel what is queued and
+kill what runs: the worker process dies with its Ray task (``PR_SET_PDEATHSIG``). What a private cluster
+leaves when the driver is killed, a reaper process kills.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError, located, require
-from harness.core.files import atomic_write_text
+from harness.core.files import atomic_write_text, scratch_dir
+from harness.core.process import Interrupted
 from harness.results.environment import machine
 from harness.results.records import FAILED, CellRecord
 from harness.run.job import Job
@@ -64,9 +72,21 @@ OBJECT_STORE_MIN, OBJECT_STORE_ROOM = 75 * 2**20, 128 * 2**20
 #: a Unix socket path holds 107 bytes; Ray's session folder adds this much to its temporary folder
 SOCKET_PATH_MAX, SESSION_SOCKET_SUFFIX = 107, 66
 #: the Ray errors of a worker or node that died under a task: the cell itself is not to blame
-RETRIED = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OutOfMemoryError")
+RETRIED = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError")
+#: how long the driver waits for the cluster's GCS to answer before it counts the cluster as lost (Ray ends
+#: the driver's process 60 s after it lost its GCS: what the driver holds must be recorded before that)
+GCS_CHECK_S = 5.0
 #: how often the driver looks at the cluster while nothing returns (a node that left, a job it can place)
 POLL_S = 5.0
+#: the signals the harness stops on in order (:func:`harness.core.process.interrupt`)
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: how many times ``ray.init`` tries to reach a cluster's GCS (Ray's default: 20, ~40 s each where none answers)
+RAY_CONNECT_TRIES = "RAY_gcs_server_port_wait_time_s"
+
+
+class ClusterLost(Exception):
+    """The driver lost the cluster: its GCS does not answer, or the raylet on the driver's machine died
+    (Ray ends a driver that submits to a dead raylet). Every job held ends failed; none is sent again."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,15 @@ class RayLauncher(Launcher):
         self._pins: dict[str, str] = {}  # cell id -> the node its rounds run on
         self._nodes: dict[str, Node] = {}
         self._ray = None
+        #: kills what is left of a private cluster once this process is gone
+        self._reaper: subprocess.Popen | None = None
+        #: jobs that ended while being submitted (no node can run them any more, the cluster was lost)
+        self._ended_early: list[Finished] = []
+        #: why the cluster is lost, once it is: "Ray cluster lost: ..."
+        self._lost: str | None = None
+        #: the node of this machine and its raylet's address: Ray ends a driver that touches a dead raylet
+        self._own_node: str | None = None
+        self._own_raylet: tuple[str, int] | None = None
         self._switch = (os.environ.get(LOOPBACK_SWITCH), None)
         try:
             self._ray = self._connect(sum(len(t) for t in texts.values()))
@@ -152,6 +181,8 @@ class RayLauncher(Launcher):
             self.close()
             raise
         self._task = self._ray.remote(max_retries=0)(run_on_node)  # retried here, on another node
+        own = next(n for n in self._ray.nodes() if n["NodeID"] == self._ray.get_runtime_context().get_node_id())
+        self._own_node, self._own_raylet = own["NodeID"], (own["NodeManagerAddress"], own["NodeManagerPort"])
         hosts = sorted({n.host for n in self._nodes.values()})
         console.print(f"ray: {len(self._nodes)} node{'s' * (len(self._nodes) != 1)} on {len(hosts)} "
                       f"machine{'s' * (len(hosts) != 1)} ({', '.join(hosts)}), "
@@ -162,7 +193,9 @@ class RayLauncher(Launcher):
 
     def _connect(self, text_bytes: int):
         """Join the cluster at the settings' address, or start a private one on this machine (127.0.0.1
-        only, temporary files under the cache, the object store capped to what the run ships)."""
+        only, temporary files under the cache, the object store capped to what the run ships). Our
+        interrupt handlers stay: ``ray.init`` puts in one of its own for SIGTERM (``sys.exit``), which would
+        skip the orderly stop (exit 130, finished cells kept, ``ended_at`` written)."""
         address = self.settings.address
         private = address is None
         loopback = private or address.rsplit(":", 1)[0].strip("[]") in ("localhost", "::1") or address.startswith(
@@ -176,20 +209,70 @@ class RayLauncher(Launcher):
             self._switch = (self._switch[0], ray_constants.ENABLE_RAY_CLUSTER)
             ray_constants.ENABLE_RAY_CLUSTER = False
         quiet = {"log_to_driver": False, "logging_level": "error"}
-        if private:
-            store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                     _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
-            return ray
+        handlers = {s: signal.getsignal(s) for s in INTERRUPTS} if in_main_thread() else {}
         try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"--address {address}: cannot join a Ray cluster there ({first})") from None
+            if private:
+                store = max(OBJECT_STORE_MIN, text_bytes + OBJECT_STORE_ROOM)
+                before = set(psutil.Process().children(recursive=True))
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                         _temp_dir=str(ray_temp_dir()), object_store_memory=store, **quiet)
+                self._reaper = reaper([p for p in psutil.Process().children(recursive=True) if p not in before])
+            else:
+                self._join(ray, address, quiet)
+        except SystemExit as exc:  # Ray's SIGTERM handler, while ray.init ran
+            if exc.code == signal.SIGTERM:
+                raise Interrupted(signal.SIGTERM) from None
+            raise
+        finally:
+            for signum, handler in handlers.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(signum, handler)
         return ray
 
+    def _join(self, ray, address: str, quiet: dict) -> None:
+        """``ray.init`` at an address, once something answers there within the connect timeout (Ray itself
+        would try 20 times, ~40 s each, where nothing listens), and then with one try of Ray's own."""
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            gcs = canonicalize_bootstrap_address(address)  # auto: where `ray start` left its address
+            host, port = gcs.rsplit(":", 1)
+            wait_for_listener(host.strip("[]"), int(port), self.settings.connect_timeout_s,
+                              f"Ray cluster at {address}")
+            tries = os.environ.get(RAY_CONNECT_TRIES)
+            os.environ[RAY_CONNECT_TRIES] = tries or "1"
+            try:
+                ray.init(address=address, **quiet)
+            finally:
+                if tries is None:
+                    os.environ.pop(RAY_CONNECT_TRIES, None)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # ConnectionRefusedError is ours: exit 4
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise UserError(f"--address {address}: cannot join a Ray cluster there "
+                            f"({first_line(exc) or type(exc).__name__})") from None
+
     def _refresh(self) -> None:
+        self._check_cluster()
         self._nodes = {n.id: n for n in alive_nodes(self._ray)}
+
+    def _check_cluster(self) -> None:
+        """Raise ClusterLost when the raylet on this machine refuses connections (it died: Ray ends this
+        process as soon as it learns of that, ~15 s later) or the GCS does not answer within GCS_CHECK_S (Ray's
+        own calls would wait for it until Ray ends this process)."""
+        from ray._private.worker import global_worker
+        from ray.exceptions import RayError
+
+        if self._own_raylet is not None:
+            try:
+                socket.create_connection(self._own_raylet, timeout=GCS_CHECK_S).close()
+            except ConnectionRefusedError:
+                raise ClusterLost("the raylet on this machine died (nothing listens at "
+                                  f"{self._own_raylet[0]}:{self._own_raylet[1]})") from None
+        try:
+            global_worker.gcs_client.internal_kv_get(b"harness-alive", timeout=GCS_CHECK_S)
+        except RayError as exc:
+            raise ClusterLost(f"its GCS does not answer ({type(exc).__name__}: {first_line(exc)})") from None
 
     def _check(self, cells: list[Cell], suite_path: Path) -> None:
         """Every cell fits some node (else Ray would leave it pending for ever): bad input, before any runs."""
@@ -210,9 +293,12 @@ class RayLauncher(Launcher):
                           for n in self._nodes.values()]}
 
     def close(self) -> None:
-        """Leave the cluster (a private one stops) and put Ray's loopback switch back."""
+        """Leave the cluster (a private one stops, even lost) and put Ray's loopback switch back."""
         if self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
+        if self._reaper is not None:  # it kills whatever of the private cluster is left, then ends
+            self._reaper.stdin.close()
+            self._reaper.wait()
         env, constant = self._switch
         if env is None:
             os.environ.pop(LOOPBACK_SWITCH, None)
@@ -227,7 +313,7 @@ class RayLauncher(Launcher):
 
     @property
     def running(self) -> list[Job]:
-        return [f.job for f in self._flights]
+        return [f.job for f in self._flights] + [e.job for e in self._ended_early]
 
     def status_line(self) -> str:
         started = [f for f in self._flights if f.node is not None]
@@ -238,10 +324,27 @@ class RayLauncher(Launcher):
 
     def submit(self, job: Job) -> None:
         self._flights.append(_Flight(job, self.demands[job.cell_id]))
-        self._dispatch()
+        self._ended_early += self._unless_lost(self._dispatch)
 
     def wait_any(self) -> list[Finished]:
+        if self._ended_early:
+            finished, self._ended_early = self._ended_early, []
+            return finished
+        return self._unless_lost(self._wait)
+
+    def _unless_lost(self, step) -> list[Finished]:
+        """A step that talks to the cluster; once the cluster is lost, every job held ends failed instead."""
+        if self._lost is None:
+            try:
+                return step()
+            except ClusterLost as exc:
+                self._lost = f"Ray cluster lost: {exc}"
+                self.console.print(f"[red]{self._lost}; every cell still held ends failed[/red]", highlight=False)
+        return [self._fail(f, self._lost) for f in list(self._flights)]
+
+    def _wait(self) -> list[Finished]:
         ray = self._ray
+        self._check_cluster()  # returns keep coming while the GCS is gone, until Ray ends this process
         while True:
             finished = self._dispatch()
             refs = [f.ref for f in self._flights if f.ref is not None]
@@ -264,7 +367,7 @@ class RayLauncher(Launcher):
 
     def cancel_all(self) -> None:
         """Cancel what is queued, kill what runs (its worker process dies with it), and wait for both."""
-        refs = [f.ref for f in self._flights if f.ref is not None]
+        refs = [f.ref for f in self._flights if f.ref is not None] if self._lost is None else []
         for ref in refs:
             self._ray.cancel(ref, force=True)
         deadline = time.time() + 30
@@ -350,6 +453,9 @@ class RayLauncher(Launcher):
             return self._fail(flight, "the Ray task ended without a result")
         except RayError as exc:
             name = type(exc.cause).__name__ if isinstance(exc, RayTaskError) and exc.cause else type(exc).__name__
+            if name == "LocalRayletDiedError" or (name == "NodeDiedError" and flight.node
+                                                   and flight.node.id == self._own_node):
+                raise ClusterLost(f"the raylet on this machine died ({name}: {first_line(exc)})") from None
             return self._fault(flight, exc, name)
         if report["kind"] == "started":
             node_id = report["where"]["ray_node_id"]
@@ -385,7 +491,7 @@ class RayLauncher(Launcher):
         """A Ray worker or node died under the job: once, run it again (elsewhere where it can); else, and
         for every other Ray error, the job failed with the error's class."""
         where = f"{name} on {flight.node.host}" if flight.node else name
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         if name in RETRIED and flight.retried_after is None:
             self._release(flight)
             flight.retried_after, flight.avoid = where, flight.node.id if flight.node else None
@@ -394,7 +500,7 @@ class RayLauncher(Launcher):
             self.console.print(f"[yellow]{job_label(flight.job)}: {where}: running it once more[/yellow]")
             return None
         again = f" (retried once after {flight.retried_after})" if flight.retried_after else ""
-        return self._fail(flight, f"{where}: {first[:300]}{again}")
+        return self._fail(flight, f"{where}: {first}{again}")
 
     def _fail(self, flight: _Flight, reason: str) -> Finished:
         self._remove(flight)
@@ -408,10 +514,66 @@ class RayLauncher(Launcher):
         self._flights.remove(flight)
 
 
+def first_line(exc: Exception) -> str:
+    """What a Ray error says first (its messages run to many lines), at most 300 characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def alive_nodes(ray) -> list[Node]:
     return [Node(n["NodeID"], (n.get("Labels") or {}).get(HOST_LABEL) or n["NodeManagerHostname"],
                  n["NodeManagerHostname"], int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
             for n in ray.nodes() if n["Alive"]]
+
+
+def wait_for_listener(host: str, port: int, timeout_s: float, what: str) -> None:
+    """Return once something accepts a TCP connection at ``host:port``; an environment error (OSError, exit
+    4) naming ``what`` and the setting when nothing did within ``timeout_s`` (a head still starting gets
+    the time to)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1 < deadline:
+                time.sleep(1)
+                continue
+            code = exc.errno if exc.errno in errno.errorcode else errno.ETIMEDOUT  # a timeout has none
+            raise OSError(code, os.strerror(code), f"{what}: nothing answered within {timeout_s:g} s "
+                          "(executor.connect_timeout_s)") from None
+
+
+#: what :func:`reaper` runs: wait until the driver is gone, then kill the processes named by
+#: ``PID:CREATE_TIME`` arguments that still run (the same processes: a pid may have been reused)
+REAPER = """
+import sys, psutil
+sys.stdin.buffer.read()
+for arg in sys.argv[1:]:
+    pid, created = arg.split(":")
+    try:
+        p = psutil.Process(int(pid))
+        if repr(p.create_time()) == created:
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def reaper(processes: list[psutil.Process]) -> subprocess.Popen:
+    """A process that kills a private cluster's processes once the driver is gone, however it went (SIGKILL
+    too: its end of the pipe closes then). The GCS and raylet die with the driver (Ray arms
+    PR_SET_PDEATHSIG), but Ray's agents then wait ~60 s on the dead GCS before they exit."""
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            alive.append(f"{p.pid}:{p.create_time()!r}")
+    return subprocess.Popen([sys.executable, "-c", REAPER, *alive], stdin=subprocess.PIPE, start_new_session=True)
+
+
+def in_main_thread() -> bool:
+    """Signal handlers are the main thread's to set."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def ray_temp_dir() -> Path:
@@ -454,9 +616,9 @@ def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float, code
 
     where = {**machine(), "ray_node_id": ray.get_runtime_context().get_node_id()}
     yield {"kind": "started", "where": where}
-    with tempfile.TemporaryDirectory(prefix="harness-cell-") as tmp:
+    with scratch_dir("harness-cell-") as tmp:  # a cancelled task's folder goes with the next task here
         yield run_here(Job.from_json(job_data), {s: ray.get(ref) for s, ref in texts.items()}, specs, timeout_s,
-                       code, Path(tmp), where["hostname"])
+                       code, tmp, where["hostname"])
 
 
 @functools.cache

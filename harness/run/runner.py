@@ -10,6 +10,7 @@ share cores and memory and spoil each other's speed figures.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS
+from harness.core import contention
 from harness.core.cpus import available_cpus
-from harness.core.files import atomic_write_text
+from harness.core.errors import warn
+from harness.core.files import atomic_write_text, check_output
+from harness.core.terminal import console_text
 from harness.results import store
 from harness.results.environment import environment
 from harness.results.probe import probe, probe_line
@@ -36,7 +40,8 @@ from harness.results.records import (
 from harness.run import rounds
 from harness.run.job import Job, now
 from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
-from harness.run.plan import Plan, RunOptions, prepare
+from harness.run.plan import Plan, RunOptions, ensure_writable, prepare
+from harness.run.resume import changed_inputs, described_inputs
 from harness.run.rundir import RunDirLock, take_over
 from harness.sources.corpora import corpora_dir
 from harness.suite.cells import Cell, expand
@@ -66,22 +71,38 @@ class Runner:
         self.corpora = corpora_dir(options.corpora)
         self.timeout_s = options.timeout_s or suite.timeout_s
         self.executor = options.executor or suite.executor
+        self.wait_quiet_s = suite.busy.wait_quiet_s if options.wait_quiet_s is None else options.wait_quiet_s
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
-        with RunDirLock(plan.run_dir):
-            return self._run(plan)
+        # a cluster that cannot run a cell is bad input: refused before the run directory is made
+        launcher = self._launcher(plan.run_dir, plan)
+        try:
+            ensure_writable(plan.run_dir)
+            with RunDirLock(plan.run_dir):
+                return self._run(plan, launcher)
+        except Exception as exc:
+            exc.run_dir = plan.run_dir  # where the command line puts the traceback of a harness bug
+            raise
+        finally:
+            launcher.close()
 
-    def _run(self, plan: Plan) -> RunSummary:
+    def _run(self, plan: Plan, launcher: Launcher) -> RunSummary:
         run_dir = plan.run_dir
-        launcher = self._launcher(run_dir, plan)  # a cluster that cannot run a cell is bad input: before any run
-        self.info = {**self._run_info(plan, take_over(run_dir, self.suite.name)), "executor": launcher.describe()}
+        previous = take_over(run_dir, self.suite.name, self.options.resume)
+        self.info = {**self._run_info(plan, previous), "executor": launcher.describe()}
         self.probes = self._probe()
         if self.probes is not None:
             self.info["environment"]["probe"] = self.probes
         store.write_run_json(run_dir, self.info)
         self.plan, self.summary = plan, RunSummary(run_dir)
-        done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} if self.options.resume else set()
+        self.stale: set[str] = set()  # finished cells whose inputs changed since: they run again
+        done = set()
+        if self.options.resume:
+            for change in changed_inputs(run_dir, self.cells, plan):
+                warn(change.line())
+                self.stale |= change.cells
+            done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} - self.stale
         plain = [c for c in self.cells if not rounds.interleaved(c)]
         mixed = [c for c in self.cells if rounds.interleaved(c)]
         todo = [c for c in mixed if c.cell_id not in done]
@@ -97,18 +118,26 @@ class Runner:
                     self._run_phase(phase, launcher, done)
             except BaseException:  # Ctrl-C, SIGTERM, a full disk: take every cell's process down with us
                 launcher.cancel_all()
+                with suppress(OSError):  # a full disk may be why the run stops: that error is the one to tell
+                    self._ended(run_dir)
                 raise
             finally:
                 launcher.close()
+        per_cell = {cell.cell_id: [read_record(cell_record_path(run_dir, cell.cell_id, r))
+                                   for r in range(rounds.rounds_of(cell))] for cell in todo}
+        medians = rounds.canary_medians([r for records in per_cell.values() for r in records])
         for cell in todo:
-            record = rounds.merge(cell, [read_record(cell_record_path(run_dir, cell.cell_id, r))
-                                         for r in range(rounds.rounds_of(cell))])
+            record = rounds.merge(cell, per_cell[cell.cell_id], medians, self.suite.busy)
             write_cell_record(run_dir, record)
             self.summary.count(record.status)
         store.write_tables(run_dir, run_dir.name, self.info["cells"])
+        self._ended(run_dir)
+        return self.summary
+
+    def _ended(self, run_dir: Path) -> None:
+        """``run.json`` says when the run ended, however it ended."""
         self.info["ended_at"] = now()
         store.write_run_json(run_dir, self.info)
-        return self.summary
 
     def _launcher(self, run_dir: Path, plan: Plan) -> Launcher:
         if self.executor.type == "ray":
@@ -122,9 +151,10 @@ class Runner:
         return {**previous, "run_id": plan.run_dir.name, "suite": self.suite.name,
                 "suite_file": str(self.options.suite_path), "overrides": self.options.overrides,
                 "environment": environment(), "started_at": previous.get("started_at", now()), "ended_at": None,
-                "models": {k: v.fingerprint() for k, v in plan.models.items()}, "datasets": plan.datasets,
+                **described_inputs(previous, plan, self.suite),
                 "cells": [c.cell_id for c in expand(self.suite)], "timeout_s": self.timeout_s,
-                "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()}}
+                "gates": {k: v.model_dump(exclude_none=True) for k, v in self.suite.gates.items()},
+                "busy": {**self.suite.busy.model_dump(), "wait_quiet_s": self.wait_quiet_s}}
 
     def _probe(self) -> dict[str, dict] | None:
         """The machine's ceilings for each CPU thread count the throughput cells use (cached a day), or None
@@ -155,7 +185,7 @@ class Runner:
                 if skipped is not None:
                     self._land(Finished(skipped.job, skipped.record))
                     continue
-                launcher.submit(self._job(cell, round_))
+                launcher.submit(self._job(cell, round_, self._wait_for_quiet(cell, round_)))
             self.progress.update(self.bar, description=launcher.status_line())
             if launcher.running:
                 for finished in launcher.wait_any():
@@ -167,16 +197,37 @@ class Runner:
         if round_ is None:
             return cell.cell_id in done
         path = cell_record_path(self.plan.run_dir, cell.cell_id, round_)
-        return path.exists() and read_record(path).ok
+        return cell.cell_id not in self.stale and path.exists() and read_record(path).ok
 
-    def _job(self, cell: Cell, round_: int | None) -> Job:
+    def _wait_for_quiet(self, cell: Cell, round_: int | None) -> dict | None:
+        """``--wait-quiet``: before a timing cell (or round) on this machine, wait until the machine has been
+        quiet for a short window, up to the limit; what the wait found goes to the cell's verdict."""
+        if not self.wait_quiet_s or not TASKS[cell.task_spec.type].timing or self.executor.type != "local":
+            return None
+        what = cell.label + ("" if round_ is None else f" round {round_}")
+        said = []
+
+        def say(message: str) -> None:
+            if not said:
+                self.console.print(f"{what}: {message}", highlight=False, soft_wrap=True)
+            said.append(message)
+            self.progress.update(self.bar, description=message)
+
+        wait = contention.wait_until_quiet(self.wait_quiet_s, self.suite.busy, say)
+        if said or not wait["quiet"]:
+            outcome = ("quiet" if wait["quiet"] else f"still busy ({wait['reason']}), flagged busy")
+            self.console.print(f"{what}: after {wait['waited_s']:.0f} s of waiting the machine is {outcome}",
+                               highlight=False, soft_wrap=True)
+        return wait
+
+    def _job(self, cell: Cell, round_: int | None, wait: dict | None = None) -> Job:
         models = self.plan.models
         stem = cell.cell_id if round_ is None else f"{cell.cell_id}.round{round_}"
         cells_dir = self.plan.run_dir / "cells"
         return Job(cell=cell, round=round_, base_dir=self.base_dir, corpora=self.corpora, model=models[cell.model],
                    reference_model=models[cell.reference.model] if cell.reference else None,
                    outcome_path=cells_dir / f"{stem}.outcome.json", artifacts_dir=cells_dir / f"{stem}.artifacts",
-                   started_at=now(), probes=self.probes)
+                   started_at=now(), probes=self.probes, busy=self.suite.busy.model_dump(), wait=wait)
 
     def _capability_skip(self, cell: Cell, round_: int | None) -> Finished | None:
         """A skipped record, without starting a process, for a backend that lacks what the task needs."""
@@ -192,12 +243,15 @@ class Runner:
         """Write a finished job's artifacts and record; refresh the tables when a whole cell ended."""
         job, record, run_dir = finished.job, finished.record, self.plan.run_dir
         for name, text in finished.artifacts.items():
-            atomic_write_text(artifact_path(run_dir, job.cell_id, name), text)
+            path = artifact_path(run_dir, job.cell_id, name)
+            check_output(path.parent, folder=True)  # not a link planted in a copied run folder
+            atomic_write_text(path, text)
         write_cell_record(run_dir, record)
         if job.round is None:
             self.summary.count(record.status)
             store.write_tables(run_dir, run_dir.name, self.info["cells"])
         if record.status != OK:
             log = f" (log: {finished.log_path})" if finished.log_path else ""
-            self.console.print(f"[red]{job.cell.label}: {record.status}: {record.reason}[/red]{log}")
+            line = console_text(f"{job.cell.label}: {record.status}: {record.reason}")
+            self.console.print(f"[red]{line}[/red]{console_text(log)}")
         self.progress.advance(self.bar)

@@ -9,6 +9,7 @@ as a crash.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.backends.base import Backend
+from harness.core import contention
+from harness.core.canary import canary
 from harness.core.errors import Unavailable, describe_os_error
 from harness.core.files import atomic_write_text
-from harness.core.memory import PeakRSS, hwm_bytes, rss_mb, ru_maxrss_bytes
+from harness.core.memory import PeakRSS, hwm_bytes, out_of_memory_cause, out_of_memory_line, rss_mb, ru_maxrss_bytes
 from harness.core.metrics import Measurement
 from harness.results.environment import machine
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
@@ -32,6 +35,8 @@ from harness.tasks import TASKS
 def run_job(job: Job) -> dict:
     """Load the backend, run the task, return the record's fields (status ok)."""
     cell = job.cell
+    threads = BACKENDS[cell.backend_spec.type].cpu_threads(cell.backend_spec) or len(os.sched_getaffinity(0))
+    canary_s = canary(threads) if job.round is not None else None  # before anything of the cell's own runs
     use_texts(job.texts)
     task_cls = TASKS[cell.task_spec.type]
     settings = cell.task_spec if job.round is None else task_cls.one_round(cell.task_spec)
@@ -47,10 +52,17 @@ def run_job(job: Job) -> dict:
     prepared = backend.prepare()
     with PeakRSS() as memory:
         rss_before = rss_mb()
+        before = contention.read()  # the timed section: the load (load_s) and the task
         info = backend.load(task.context_tokens())
         rss_loaded = rss_mb()
-        task.loaded, task.machine, task.base_dir = info, job.probes, job.base_dir
+        job.scratch_dir.mkdir(parents=True, exist_ok=True)
+        task.loaded, task.machine, task.base_dir, task.scratch_dir = info, job.probes, job.base_dir, job.scratch_dir
         result = task.run(backend, corpus)
+        measured = contention.deltas(before, contention.read(), threads)
+    if canary_s is not None:
+        measured["canary_s"] = canary_s
+    if job.wait:
+        measured["wait"] = job.wait
     device = backend.device_memory()
     backend.close()
     overflow = {}
@@ -78,8 +90,11 @@ def run_job(job: Job) -> dict:
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,
                                 "hwm_mb": hwm_bytes() / 2**20, "ru_maxrss_mb": ru_maxrss_bytes() / 2**20, **device},
-                     "where": machine()},
+                     "where": machine(),
+                     "contention": contention.judge(measured, contention.BusySettings(**job.busy),
+                                                    contention.wait_reason(job.wait))},
         "fingerprints": {"model": backend.model.fingerprint(),
+                         "reference": job.reference_model.fingerprint() if job.reference_model else None,
                          "dataset": corpus.fingerprint() if corpus else None},
     }
 
@@ -119,9 +134,15 @@ def failure_reason(exc: Exception) -> str:
     else its type and the first line of its message."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return describe_os_error(exc)
+    cause = out_of_memory_cause(exc)
+    if cause is not None:
+        return out_of_memory_line(cause)
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first_line}"
 
 
 if __name__ == "__main__":
+    from harness.core.process import drop_current_directory
+
+    drop_current_directory()
     sys.exit(main(sys.argv[1:]))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from harness.core.errors import UserError, require
+from harness.core.paths import expand_user
 from harness.core.settings import StrictModel
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.hub import quiet_hub
@@ -78,7 +79,7 @@ def use_texts(texts: dict[str, Path]) -> None:
 
 def corpora_dir(override: str | Path | None = None) -> Path | None:
     value = override or os.environ.get(CORPORA_ENV)
-    return Path(value).expanduser() if value else None
+    return expand_user(value) if value else None
 
 
 def _split(ref: str, default: str) -> tuple[str, str]:
@@ -98,8 +99,10 @@ def _builtin(ref: str) -> str:
 def _read_file(path: Path) -> str:
     if path.is_dir():
         raise UserError(f"{path} is a directory, expected a text file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"file not found: {path}")
+    if not path.is_file():  # a FIFO would block the read, a device never end
+        raise UserError(f"{path}: not a regular file, expected a text file")
     try:
         return path.read_bytes().decode("utf-8")  # bytes as they are: no newline translation
     except UnicodeDecodeError as exc:
@@ -107,10 +110,18 @@ def _read_file(path: Path) -> str:
 
 
 def corpora_path(ref: str, corpora: Path | None) -> Path:
+    """A file under the corpora directory, and only there: a suite travels between people, so
+    ``corpora:../../etc/passwd`` (or a link that leads out) must not read any file of the machine."""
     if corpora is None:
         raise UserError(f"corpora:{ref} needs a corpora directory: "
                         f"pass --corpora DIR or set {CORPORA_ENV}")
-    return corpora / ref
+    relative = PurePosixPath(ref)
+    if not ref or relative.is_absolute() or ".." in relative.parts:
+        raise UserError(f"corpora:{ref}: expected a path inside the corpora directory, without '..'")
+    path = corpora / relative
+    if not path.resolve().is_relative_to(corpora.resolve()):
+        raise UserError(f"corpora:{ref}: {path} links to {path.resolve()}, outside the corpora directory {corpora}")
+    return path
 
 
 def _hub(ref: str) -> str:
@@ -142,7 +153,7 @@ def load_corpus(name: str, spec: DatasetSpec, base_dir: Path, corpora: Path | No
     elif kind == "builtin":
         text = _builtin(ref)
     elif kind == "file":
-        text = _read_file(base_dir / Path(ref).expanduser())  # ~ is the user's home, not a folder beside the suite
+        text = _read_file(base_dir / expand_user(ref))  # ~ is the user's home, not a folder beside the suite
     elif kind == "corpora":
         text = _read_file(corpora_path(ref, corpora))
     elif kind == "hf":

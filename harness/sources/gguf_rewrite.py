@@ -9,7 +9,6 @@ llama.cpp (gpt4all's) load a model whose tokenizer it knows under another name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,8 @@ def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
                  dequantize_to: Literal["f32", "f16"] | None = None) -> Path:
     """Write ``target`` from ``source`` with the ``metadata`` values replaced (same types) and, with
     ``dequantize_to``, every tensor dequantized (1-D tensors stay F32, as llama.cpp's converter keeps
-    norms and biases). Written to a temp file and renamed, so a reader never sees half a file."""
+    norms and biases). ``target`` is written in place: a cache entry's temp path
+    (:func:`harness.sources.cache_entry.cached` publishes it whole)."""
     gguf = require("gguf", "gguf", "writing a GGUF file")
     from gguf.quants import dequantize
 
@@ -49,8 +49,7 @@ def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
     unknown = set(metadata) - set(reader.fields)
     if unknown - {"general.file_type"}:
         raise KeyError(f"{source} has no metadata field {sorted(unknown)[0]}")
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(target, reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name in _WRITER_FIELDS or name in metadata:
             continue
@@ -70,5 +69,4 @@ def rewrite_gguf(source: Path, target: Path, metadata: dict | None = None,
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.replace(tmp, target)
     return target

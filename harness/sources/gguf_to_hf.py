@@ -3,9 +3,10 @@
 transformers loads a GGUF only dequantized (``gguf_file=``), refuses a quantization config on such a
 model and cannot ``save_pretrained`` it. So the weights it dequantized are copied into a fresh
 ``*ForCausalLM`` built from the same config and saved with the tokenizer as float32 (the exact values
-of the dequantized blocks). The directory is cached under the GGUF's sha256 and built in a separate
-process (``python -m harness.sources.gguf_to_hf GGUF OUT``, which dies with the cell that waits for it), so
-the cell that needs it first does not carry the conversion's memory in its own peak RSS.
+of the dequantized blocks). The directory is a cache entry (:mod:`harness.sources.cache_entry`) under the
+GGUF's sha256, built in a separate process (``python -m harness.sources.gguf_to_hf GGUF OUT``, which dies with
+the cell that waits for it), so the cell that needs it first does not carry the conversion's memory in its own
+peak RSS.
 
 The tokenizer is transformers' conversion of the GGUF's vocabulary with llama.cpp's pre-tokenizer for
 the file set in (:mod:`harness.sources.gguf_pretokenizer`): transformers alone splits some texts otherwise.
@@ -15,14 +16,14 @@ What was set is written beside it (``gguf_tokenizer.json``) for the cell's param
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from harness.core.files import Damaged, read_json_object
 from harness.core.process import child_command
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import cached
 
 #: bump when the directory's layout or the conversion changes, so stale directories are rebuilt
 #: (2: llama.cpp's pre-tokenizer, gguf_tokenizer.json)
@@ -37,18 +38,44 @@ def materialized_dir(gguf_sha256: str) -> Path:
 
 def ensure_materialized(gguf_path: Path, gguf_sha256: str) -> tuple[Path, float]:
     """The HF directory for this GGUF and the seconds spent building it now (0 when cached)."""
-    target = materialized_dir(gguf_sha256)
-    if (target / "config.json").exists():
-        return target, 0.0
-    start = time.perf_counter()
-    done = subprocess.run(child_command("harness.sources.gguf_to_hf", str(gguf_path), str(target)),
+    entry = cached(materialized_dir(gguf_sha256), lambda tmp: _convert(gguf_path, tmp), check_materialized)
+    return entry.path, entry.build_s or 0.0
+
+
+def _convert(gguf_path: Path, out: Path) -> None:
+    """:func:`materialize` in a process of its own."""
+    done = subprocess.run(child_command("harness.sources.gguf_to_hf", str(gguf_path), str(out)),
                           stderr=subprocess.PIPE, text=True)
     sys.stderr.write(done.stderr)
     if done.returncode != 0:
         last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
         raise RuntimeError(f"converting {gguf_path} to a Hugging Face directory failed "
                            f"(exit code {done.returncode}): {last.strip()}")
-    return target, time.perf_counter() - start
+
+
+def check_materialized(hf_dir: Path) -> None:
+    """A whole converted directory: its config and tokenizer record parse, its weights are all there."""
+    read_json_object(hf_dir / "config.json", "a model config")
+    read_json_object(hf_dir / TOKENIZER_RECORD, "the GGUF tokenizer's record")
+    weights = sorted(hf_dir.glob("*.safetensors"))
+    if not weights:
+        raise Damaged(hf_dir, "no *.safetensors weights")
+    for path in weights:
+        check_safetensors(path)
+
+
+def check_safetensors(path: Path) -> None:
+    """The file is as long as its header says (a u64 header length, the JSON header, then the tensors)."""
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError:
+            raise Damaged(path, "its safetensors header does not parse") from None
+    end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+    size = path.stat().st_size
+    if size != 8 + length + end:
+        raise Damaged(path, f"its tensors need {8 + length + end:,} bytes, the file has {size:,}")
 
 
 def tokenizer_record(hf_dir: Path) -> dict:
@@ -71,13 +98,12 @@ def save_tokenizer(gguf_path: Path, target: Path) -> dict:
 
 
 def materialize(gguf_path: Path, target: Path) -> None:
-    """Write model and tokenizer of ``gguf_path`` to ``target`` atomically (a temp dir renamed)."""
+    """Write model and tokenizer of ``gguf_path`` into the new folder ``target`` (the cache entry's temp path:
+    :func:`ensure_materialized` publishes it whole)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_tokenizer(gguf_path, tmp)  # first: a pre-tokenizer it cannot reproduce stops the conversion early
+    save_tokenizer(gguf_path, target)  # first: a pre-tokenizer it cannot reproduce stops the conversion early
     folder, name = str(gguf_path.parent), gguf_path.name
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                   **_dequantized())
@@ -87,9 +113,7 @@ def materialize(gguf_path: Path, target: Path) -> None:
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh.config.name_or_path = str(gguf_path)
-    fresh.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    fresh.save_pretrained(target)
 
 
 def _dequantized() -> dict:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from harness.core.files import atomic_write_text, output_folder
+
 CLOZE, ROLLING = "harness_cloze", "harness_rolling"
 LOCAL_TASKS = (CLOZE, ROLLING)
 #: sentences of the passage before the true continuation (fewer at a paragraph's start are not used)
@@ -103,16 +105,14 @@ ROLLING_BODY = {"output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_
 def write_task(out_dir: Path, name: str, docs: list[dict], body: dict) -> None:
     """One task: its documents as ``NAME.jsonl`` and its YAML as ``NAME.yaml``, in ``out_dir``."""
     data = out_dir / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(_task_yaml(name, data, body), sort_keys=False),
-                                          encoding="utf-8")
+    atomic_write_text(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    atomic_write_text(out_dir / f"{name}.yaml", yaml.safe_dump(_task_yaml(name, data, body), sort_keys=False))
 
 
 def write_local_tasks(out_dir: Path, text: str, n: int = 500, seed: int = 1234) -> Path:
     """Both tasks' YAMLs and data under ``out_dir`` (absolute data paths: lm-eval reads them from any
     folder); returns ``out_dir``, the ``include_path`` to hand lm-eval."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(Path(out_dir)).resolve()
     for name, docs, body in ((CLOZE, cloze_docs(text, n, seed), CLOZE_BODY), (ROLLING, rolling_docs(text, n),
                                                                               ROLLING_BODY)):
         if not docs:

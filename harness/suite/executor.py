@@ -28,6 +28,9 @@ class ExecutorSettings(StrictModel):
         "timing", description="ray: which cells get a machine to themselves (no other timing cell on the host, "
         "no other cell on the node): timing = throughput cells and cells whose backend threads are unset; "
         "all = every cell")
+    connect_timeout_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="ray with an address: how long to wait for the cluster to "
+        "answer before giving up (an environment error, exit 4)")
 
     @model_validator(mode="after")
     def _address_is_rays(self):

@@ -7,14 +7,19 @@ Every error a user can make in a suite is caught here, before anything runs, and
 from __future__ import annotations
 
 import os
+import stat
+import types
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
 from harness.backends import BACKENDS
 from harness.core.errors import UserError
+from harness.core.paths import expand_user
+from harness.core.registry import did_you_mean
 from harness.suite.schema import Suite
 from harness.tasks import TASKS
 
@@ -77,12 +82,44 @@ def _clean_loc(loc: tuple, raw: dict) -> tuple:
     return loc
 
 
+def _keys_at(loc: tuple, raw: dict) -> list[str]:
+    """The keys the settings object at ``loc`` (a cleaned error location) accepts: walk the suite's schema
+    along it, picking a backend's or task's settings class by the ``type`` the suite gives."""
+    annotation, node = Suite, raw
+    for part in (*loc, None):
+        while True:  # Annotated / Optional / unions down to one class or container
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            origin = typing.get_origin(annotation)
+            if origin is typing.Annotated:
+                annotation = args[0]
+            elif origin in (typing.Union, types.UnionType):
+                models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                typed = [m for m in models if isinstance(node, dict) and "type" in m.model_fields
+                         and node.get("type") in typing.get_args(m.model_fields["type"].annotation)]
+                annotation = (typed or models or [args[0]])[0]
+            else:
+                break
+        if part is None:
+            return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(
+                annotation, BaseModel) else []
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field else None
+        elif typing.get_origin(annotation) in (dict, list):
+            annotation = typing.get_args(annotation)[-1 if typing.get_origin(annotation) is dict else 0]
+        else:
+            return []
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+    return []
+
+
 def _describe(error: dict, raw: dict) -> str:
     loc = _clean_loc(tuple(error["loc"]), raw)
     where = _format_loc(loc) or "(top level)"
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
-        return f"{where}: unknown key"
+        return f"{where}: unknown key{did_you_mean(loc[-1], _keys_at(loc[:-1], raw))}"
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
@@ -120,17 +157,20 @@ def apply_overrides(path: Path, raw: dict, overrides: list[str]) -> dict:
 def parse_suite(path: Path, overrides: list[str] = ()) -> tuple[Suite, dict]:
     """Read and validate a suite file (with command-line overrides), or raise UserError with one line
     naming file and key."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     try:
-        size, limit = path.stat().st_size, _limit(MAX_SUITE_MB_ENV, MAX_SUITE_MB)
-        if size > limit * 1e6:
-            raise UserError(f"{path}: the suite file has {size / 1e6:.1f} MB, more than the limit of {limit:g} MB "
-                            f"(set {MAX_SUITE_MB_ENV} to raise it)")
+        info, limit = path.stat(), _limit(MAX_SUITE_MB_ENV, MAX_SUITE_MB)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read, a device never end
+            raise UserError(f"{path}: not a regular file, expected a suite file (YAML)")
+        if info.st_size > limit * 1e6:
+            raise UserError(f"{path}: the suite file has {info.st_size / 1e6:.1f} MB, more than the limit of "
+                            f"{limit:g} MB (set {MAX_SUITE_MB_ENV} to raise it)")
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{path}: suite file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise UserError(f"{path}: cannot read suite file ({exc})") from None
+    # any other OSError (permission denied, an I/O error) is the environment's: exit 4 with its one line
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, field_validator
 
 from harness.backends import BACKENDS
+from harness.core.contention import BusySettings
 from harness.core.settings import StrictModel
 from harness.core.suite_gates import Gate, check_gates
 from harness.sources.corpora import DatasetSpec
@@ -57,6 +58,8 @@ class Suite(StrictModel):
                                    "overriding the metric's own gate (its record, harness.core.metrics.Metric)")
     probe: bool = Field(True, description="measure the machine's memory bandwidth and GEMM rate once per run "
                         "(cached a day) for the throughput cells' MBU and MFU; a run-level key, no cell id moves")
+    busy: BusySettings = Field(default_factory=BusySettings, description="when a timing counts as measured on a "
+                               "busy machine, and the wait for a quiet one; a run-level key, no cell id moves")
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings,
                                        description="where cells run (--executor and --address win); "
                                        "not part of any cell id")

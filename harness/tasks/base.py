@@ -83,6 +83,9 @@ class Task(ABC):
         self.machine: dict[str, dict] | None = None
         #: the suite file's folder, for paths a task's settings name (set by the worker)
         self.base_dir: Path | None = None
+        #: a folder of the cell's own for temp files, removed when the cell ends, killed or not (set by the
+        #: worker; None: the system's temp folder)
+        self.scratch_dir: Path | None = None
 
     @abstractmethod
     def context_tokens(self) -> int:
@@ -97,6 +100,12 @@ class Task(ABC):
         """Capabilities a cell with these settings needs: :attr:`requires`, unless what the task asks of a
         backend depends on its settings."""
         return cls.requires
+
+    @classmethod  # noqa: B027 (most tasks name no inputs but their dataset)
+    def check_inputs(cls, settings: TaskSettings, base_dir: Path) -> None:
+        """What ``validate`` can check of the inputs a task's settings name besides its dataset (folders,
+        names an outside library must know), without running anything; raises UserError. ``base_dir``: the
+        suite file's folder."""
 
     @classmethod
     def rounds(cls, settings: TaskSettings) -> int | None:

@@ -2,7 +2,7 @@
 repetition penalty and beam search, with the backend's own sampler or the harness's.
 
 Each (strategy, sampler, chat) of the suite is one cell. A cell generates ``samples`` continuations
-of every prompt and reports (DESIGN.md's names):
+of every prompt and reports (defined in docs/metrics.md):
 
 - ``distinct_1``, ``distinct_2``: distinct word uni-/bigrams over all the cell's words (Li et al.'s
   corpus-level distinct-n), on whitespace-separated words so that models with different tokenizers

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +28,11 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.backends.base import Backend
 from harness.core.capabilities import LMEVAL_NEEDS, lmeval_missing
-from harness.core.errors import Unavailable, require
+from harness.core.errors import Unavailable, UserError, require
 from harness.core.gates import BY_STDERR, exact
 from harness.core.metrics import METRICS, Measurement, Metric, register
+from harness.core.registry import did_you_mean
+from harness.sources.cache import cache_dir
 from harness.sources.corpora import Corpus
 from harness.sources.lmeval_tasks import CLOZE, LOCAL_TASKS, ROLLING, VERSION, write_local_tasks
 from harness.tasks.base import Task, TaskResult, TaskSettings
@@ -82,14 +85,28 @@ class LmEvalSettings(TaskSettings):
         return [] if paths is None else [paths] if isinstance(paths, str) else list(paths)
 
 
+def include_folder(path: str, base_dir: Path) -> Path:
+    """An ``include_path`` entry: an existing folder inside the suite file's folder ``base_dir``."""
+    folder = (base_dir / path).resolve()
+    if not folder.is_relative_to(base_dir.resolve()) or folder == Path(folder.anchor):
+        raise UserError(f"include_path: {path!r} is outside the suite's folder {base_dir}: lm-eval task YAMLs "
+                        "must sit beside the suite")
+    if not folder.is_dir():
+        raise UserError(f"include_path: {path!r}: no such folder ({folder})")
+    return folder
+
+
 PREFIX = "lmeval_"
 #: lm-eval's own metric names, prefixed so that none is mistaken for the harness's (its bits_per_byte counts a
 #: document's bytes, ours a window scheme's); accuracies are judged by their stderr, perplexities as ours
 register(
-    *(Metric(PREFIX + name, "ratio", True, BY_STDERR)
-      for name in ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "mcc")),
-    *(Metric(PREFIX + name, unit, False, exact(0.001)) for name, unit in (
-        ("perplexity", "ppl"), ("word_perplexity", "ppl"), ("byte_perplexity", "ppl"), ("bits_per_byte", "bits/byte"))),
+    Metric(PREFIX + "acc", "ratio", True, BY_STDERR, short="acc", fraction=True, with_stderr=True),
+    Metric(PREFIX + "acc_norm", "ratio", True, BY_STDERR, short="acc norm", fraction=True, with_stderr=True),
+    *(Metric(PREFIX + name, "ratio", True, BY_STDERR) for name in ("acc_mutual_info", "exact_match", "f1", "mcc")),
+    Metric(PREFIX + "perplexity", "ppl", False, exact(0.001)),
+    Metric(PREFIX + "word_perplexity", "ppl", False, exact(0.001), short="word ppl"),
+    Metric(PREFIX + "byte_perplexity", "ppl", False, exact(0.001)),
+    Metric(PREFIX + "bits_per_byte", "bits/byte", False, exact(0.001), short="bits/byte"),
 )
 
 
@@ -98,6 +115,7 @@ class LmEvalTask(Task):
     settings_class = LmEvalSettings
     #: what a task needs depends on its requests, known once lm-eval has loaded it (:meth:`requirements`)
     requires = frozenset()
+    summary = ("lmeval_acc", "lmeval_acc_norm", "lmeval_bits_per_byte", "lmeval_word_perplexity", "peak_rss_mb")
     settings: LmEvalSettings
 
     @classmethod
@@ -105,6 +123,24 @@ class LmEvalTask(Task):
         """The local tasks' needs are known before any process starts; lm-eval's own tasks are checked in
         the cell, once lm-eval has read their output type."""
         return frozenset().union(*(LOCAL_NEEDS.get(name, frozenset()) for name in settings.tasks))
+
+    @classmethod
+    def check_inputs(cls, settings: LmEvalSettings, base_dir: Path) -> None:
+        """Include paths are folders inside the suite's folder (a suite must not make lm-eval read task YAMLs,
+        which name datasets and code, from anywhere on the machine), and lm-eval knows every task."""
+        includes = [include_folder(path, base_dir) for path in settings.include_paths]
+        wanted = [name for name in settings.tasks if name not in LOCAL_TASKS]
+        if not wanted:
+            return
+        require("lm_eval", "lmeval", "task type lm-eval")
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager(include_path=[str(p) for p in includes] or None)
+        known = {*manager.all_tasks, *manager.all_groups, *manager.all_tags}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise UserError(f"tasks: lm-eval knows no task {unknown[0]!r} (include_path: "
+                            f"{', '.join(map(str, includes)) or 'none'}){did_you_mean(unknown[0], sorted(known))}")
 
     def context_tokens(self) -> int:
         return self.settings.max_length
@@ -114,8 +150,8 @@ class LmEvalTask(Task):
         if len(self.settings.tasks) != 1:  # a cell holds one lm-eval task; more means the suite was not expanded
             raise ValueError("an lm-eval cell runs one task")
         base = self.base_dir or Path.cwd()
-        includes = [str((base / p).resolve()) for p in self.settings.include_paths]
-        return evaluate_cell(backend, self.settings, corpus, includes)
+        includes = [str(include_folder(p, base)) for p in self.settings.include_paths]
+        return evaluate_cell(backend, self.settings, corpus, includes, self.scratch_dir)
 
 
 #: lm-eval's name for a metric without a filter
@@ -123,21 +159,23 @@ NO_FILTER = "none"
 
 
 def evaluate_cell(backend: Backend, settings: LmEvalSettings, corpus: Corpus | None,
-                  include_paths: list[str]) -> TaskResult:
+                  include_paths: list[str], scratch_dir: Path | None = None) -> TaskResult:
     """One suite cell of lm-eval: load the task, check the backend can serve its requests, evaluate (the
     backend handed to lm-eval as :class:`harness.lmeval.model.HarnessLM`), and turn lm-eval's results into
-    the harness's rows."""
+    the harness's rows. ``scratch_dir``: the cell's temp folder, which holds the local tasks (removed even if
+    the cell is killed)."""
+    keep_datasets_in_harness_cache()
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from harness.lmeval.model import HarnessLM
 
     (name,) = settings.tasks
-    with tempfile.TemporaryDirectory(prefix="harness-lmeval-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="harness-lmeval-", dir=scratch_dir) as scratch:
         local = {}
         if corpus is not None:
-            write_local_tasks(Path(scratch), corpus.text, settings.local_docs, settings.seed)
-            include_paths = [scratch, *include_paths]
+            write_local_tasks(scratch, corpus.text, settings.local_docs, settings.seed)
+            include_paths = [str(scratch), *include_paths]
             local = {"local_tasks_version": VERSION, "local_docs": settings.local_docs, "seed": settings.seed}
         manager = TaskManager(include_path=include_paths or None)
         if name not in {*manager.all_tasks, *manager.all_groups, *manager.all_tags, *LOCAL_TASKS}:
@@ -153,7 +191,7 @@ def evaluate_cell(backend: Backend, settings: LmEvalSettings, corpus: Corpus | N
                                           limit=settings.limit, task_manager=manager, log_samples=False,
                                           bootstrap_iters=settings.bootstrap_iters)
         elapsed = time.perf_counter() - start
-        digest = config_hash(results.get("configs", {}).get(name, {}), scratch)
+        digest = config_hash(results.get("configs", {}).get(name, {}), str(scratch))
     measurements, unreported = measurements_from(results, name)
     return TaskResult(measurements=measurements, resolved={
         "lm_eval": lm_eval.__version__, "lmeval_task": name, "output_types": output_types,
@@ -161,6 +199,13 @@ def evaluate_cell(backend: Backend, settings: LmEvalSettings, corpus: Corpus | N
         "num_fewshot": results.get("n-shot", {}).get(name), "n_samples": results.get("n-samples", {}).get(name),
         "max_length": settings.max_length, "evaluate_s": elapsed, **local,
         **({"unreported_metrics": unreported} if unreported else {})})
+
+
+def keep_datasets_in_harness_cache() -> None:
+    """The tables ``datasets`` builds for lm-eval (the local tasks' JSON lines, a hub task's downloads) go to the
+    harness cache, not ``~/.cache/huggingface``, unless ``HF_DATASETS_CACHE`` says where; for this process (the
+    cell's) only, before ``datasets`` is imported."""
+    os.environ.setdefault("HF_DATASETS_CACHE", str(cache_dir() / "hf-datasets"))
 
 
 def config_hash(config: dict, scratch: str) -> str:

@@ -1,6 +1,6 @@
 """Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
 
-Definitions (DESIGN.md): tokenize the whole text once, cut it into windows by one of three schemes
+Definitions (docs/metrics.md): tokenize the whole text once, cut it into windows by one of three schemes
 (:mod:`harness.core.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
 tokens); word_ppl = exp(Σ nll / words), only when every token is scored (rolling). Words are counted as
@@ -58,7 +58,7 @@ class PerplexitySettings(TaskSettings):
 #: real regression such as a flash-attention or build change moves perplexity by 0.5-1%; the same build repeats
 #: to 1e-6)
 register(
-    Metric("token_ppl", "ppl", False, exact(0.001), short="token ppl"),
+    Metric("token_ppl", "ppl", False, exact(0.001), short="token ppl", with_stderr=True),
     Metric("bits_per_byte", "bits/byte", False, exact(0.001), short="bits/byte"),
     Metric("word_ppl", "ppl", False, exact(0.001), short="word ppl"),
     Metric("nll_mean", "nats/token", False, exact(0.001)),

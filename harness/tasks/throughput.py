@@ -1,6 +1,6 @@
 """Throughput: prefill and decode speed, time to first token, inter-token latency.
 
-Definitions (DESIGN.md): prefill tok/s = prompt tokens / prefill time; decode tok/s = (new − 1) /
+Definitions (docs/metrics.md): prefill tok/s = prompt tokens / prefill time; decode tok/s = (new − 1) /
 (total − TTFT); TTFT from the request to the first token; ITL = the gaps between consecutive tokens.
 Each repeat generates exactly ``new_tokens`` greedy tokens (EOS ignored, as llama-bench does) after a
 prompt of exactly ``prompt_tokens`` tokens: the first tokens of a corpus, or random ids like

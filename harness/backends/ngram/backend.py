@@ -1,8 +1,9 @@
 """Backend ``ngram``: a count-based language model the harness trains from the suite's corpora.
 
 Training happens in the cell's own process the first time a model is needed (so it runs under the
-cell's timeout and its cost is visible); the trained arrays are cached by
-:func:`harness.sources.models.resolve_ngram`'s key and loaded by every later cell and run.
+cell's timeout and its cost is visible); the trained arrays are a cache entry
+(:mod:`harness.sources.cache_entry`) under :func:`harness.sources.models.resolve_ngram`'s key, loaded by every
+later cell and run (and trained again if the file is damaged).
 A count model has no context limit: a window only bounds what it sees.
 """
 
@@ -25,6 +26,7 @@ from harness.core.decoding import Decoding, Generation
 from harness.core.sampling import HARNESS_ORDER, HarnessSampler
 from harness.core.tokenizer import Tokenizer
 from harness.core.types import LoadInfo, Window
+from harness.sources.cache_entry import cached
 from harness.sources.corpora import DatasetSpec, load_corpus
 from harness.sources.models import NgramSpec
 
@@ -58,14 +60,9 @@ class NgramBackend(Backend):
         recipe = self.model.recipe
         self.spec = NgramSpec.model_validate(recipe["spec"])
         start = time.perf_counter()
-        path = Path(self.model.path)
-        trained = not path.exists()
-        if trained:
-            self.lm, self.tokenizer = self._train(recipe)
-            self.lm.save(path)
-        else:
-            self.lm = NgramModel.load(path)
-            self.tokenizer = self._tokenizer(recipe)
+        entry = cached(Path(self.model.path), lambda tmp: self._train(recipe).save(tmp), NgramModel.load)
+        path, self.lm, trained = entry.path, entry.value, entry.build_s is not None
+        self.tokenizer = self._tokenizer(recipe)
         train_s = self.lm.meta["train_s"]
         load_s = time.perf_counter() - start
         return LoadInfo(load_s=load_s, model_bytes=self.lm.n_bytes(), details={
@@ -85,7 +82,7 @@ class NgramBackend(Backend):
 
         return gguf_tokenizer(recipe["tokenizer_path"])
 
-    def _train(self, recipe: dict) -> tuple[NgramModel, Tokenizer]:
+    def _train(self, recipe: dict) -> NgramModel:
         start = time.perf_counter()
         meta = {}
         if self.spec.unit == "word":
@@ -101,7 +98,7 @@ class NgramBackend(Backend):
         del encoded
         lm = build(stream, self.spec.order, tokenizer.vocab_size, boundary)
         lm.meta = {**meta, "train_s": time.perf_counter() - start}
-        return lm, tokenizer
+        return lm
 
     @staticmethod
     def _texts(recipe: dict) -> Iterator[str]:

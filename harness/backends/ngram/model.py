@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.files import atomic_write
-
 ABSENT = np.iinfo(np.int64).min
 #: stupid back-off's fixed weight (Brants et al., 2007)
 STUPID_BACKOFF_ALPHA = 0.4
@@ -202,17 +200,15 @@ class NgramModel:
         return int(sum(a.nbytes for a in arrays))
 
     def save(self, path: Path) -> None:
+        """Written in place: the backend saves into a cache entry's temp path, published whole."""
         arrays = {"stream": self.stream, "discounts": self.discounts}
         for k, lvl in enumerate(self.levels, start=1):
             arrays.update({f"{name}_{k}": a for name, a in vars(lvl).items() if a is not None})
         meta = {**self.meta, "order": self.order, "vocab_size": self.vocab_size, "boundary": self.boundary}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-
-        atomic_write(path, write)
+        with open(path, "wb") as fh:  # np.savez adds no .npz to an open file's name
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> NgramModel:
