@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.analysis import compare
 from harness.analysis.gates import Gates
-from harness.analysis.history import series
+from harness.analysis.history import quiet_series
 from harness.analysis.noise import Spread, night_to_night
 from harness.core import markdown
 from harness.core.format import fmt_value
@@ -79,7 +79,7 @@ def calibrate(runs: list[RunTables], gates: Gates) -> Calibration:
                 cells["/".join(k[:3])].append(k[4])
             flagged_pairs.append((base.run_id, new.run_id, [f"{c} {', '.join(m)}" for c, m in cells.items()]))
     rows = []
-    for key, row in series(runs).iterrows():
+    for key, row in quiet_series(runs, gates).iterrows():
         values = row.to_numpy(dtype=np.float64)
         changes = [_apart(a, b) for a, b in pairwise(values) if not (math.isnan(a) or math.isnan(b))]
         policy = gates.policy(key[4])
