@@ -552,8 +552,8 @@ def plotly_js() -> str:
 
 def _code_key() -> str:
     """The code a run's page comes from: an earlier page is kept only while it is unchanged."""
-    from harness.core import filenames
-    from harness.report import console, markdown, render, views
+    from harness.core import filenames, markdown
+    from harness.report import console, render, views
 
     digest = hashlib.sha256()
     for module in (views, render, console, charts, markdown, filenames, sys.modules[__name__]):
