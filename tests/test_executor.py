@@ -17,7 +17,8 @@ from harness.analysis import compare
 from harness.analysis.gates import Gates
 from harness.cli import main
 from harness.results.store import read_run
-from harness.run.ray_launcher import Demand, code_fingerprint, demand, run_here
+from harness.run.ray_node import code_fingerprint, run_here
+from harness.run.ray_placement import Demand, demand
 from harness.suite.cells import expand
 from harness.suite.parse import parse_suite
 

@@ -625,13 +625,13 @@ def memory_cgroup(tmp_name: str, limit: int) -> Path:
 
 
 def test_a_worker_killed_by_its_memory_limit_is_reported_out_of_memory(tmp_path):
-    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the launcher does."""
+    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the executor does."""
     limit = 100 * 2**20
     cgroup = memory_cgroup(f"harness-test-{os.getpid()}", limit)
     code = ("import signal, subprocess, sys\n"
             "from pathlib import Path\n"
             "from harness.core.memory import oom_kills, out_of_memory_reason\n"
-            "from harness.run.launcher import how_it_ended\n"
+            "from harness.run.executor import how_it_ended\n"
             "before = oom_kills()\n"
             "hog = 'x = bytearray(400 * 2**20); x[::4096] = bytes(len(x[::4096]))'\n"
             "code = subprocess.run([sys.executable, '-c', hog]).returncode\n"

@@ -28,7 +28,8 @@ from harness.results.records import read_cell_records, read_record
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the ray extra: pip install -e '.[ray]'")
 
-from harness.run.ray_launcher import HOST_LABEL, LOOPBACK_SWITCH  # noqa: E402
+from harness.run.ray_executor import LOOPBACK_SWITCH  # noqa: E402
+from harness.run.ray_placement import HOST_LABEL  # noqa: E402
 
 TRAIN = "builtin:stdlib-docs#train"
 QUALITY = ("token_ppl", "nll_mean", "bits_per_byte", "word_ppl", "tokens_scored", "bytes_scored", "model_bytes")
