@@ -111,10 +111,10 @@ def mean_kld(reference: Path, candidate: Path, text: str, n_ctx: int, chunks: in
     """Mean KLD of ``candidate`` against ``reference`` over chunked windows of ``text`` (the harness's kld
     arithmetic, llama.cpp computing both)."""
     from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
+    from harness.core.windows import chunked
     from harness.sources.fingerprint import sha256_file
     from harness.sources.models import ResolvedModel
     from harness.tasks.kld import PositionStats
-    from harness.tasks.windows import chunked
 
     rows, windows = [], None
     for path in (reference, candidate):

@@ -189,13 +189,14 @@ def cmd_compare(args, console: Console) -> int:
 
 def _calibrate(args) -> int:
     """``compare --calibrate DIR``: what unchanged runs look like to the gates (A/A)."""
-    from harness.analysis import history, noise
+    from harness.analysis import calibration, history
 
     if args.base is not None or args.history or args.format not in ("markdown", "json"):
         raise UserError("compare --calibrate DIR: takes no BASE/NEW nor --history, and writes markdown or json")
     runs = history.load_runs(args.calibrate)
-    result = noise.calibrate(runs, _gates(args, runs[-1].info))
-    _emit(noise.calibration_json(result) if args.format == "json" else noise.calibration_markdown(result), args.out)
+    result = calibration.calibrate(runs, _gates(args, runs[-1].info))
+    _emit(calibration.calibration_json(result) if args.format == "json" else calibration.calibration_markdown(result),
+          args.out)
     return EXIT_OK
 
 
@@ -251,7 +252,7 @@ def _gate_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def cmd_probe(args, console: Console) -> int:
-    from harness.backends.llamacpp.backend import available_cpus
+    from harness.core.cpus import available_cpus
     from harness.results.probe import probe, probe_line
 
     cpus = available_cpus()

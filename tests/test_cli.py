@@ -5,12 +5,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
 
+from harness.backends import BACKENDS
 from harness.cli import main
 from suites import smollm2_suite, write_suite
 
@@ -49,7 +51,13 @@ BAD_SUITES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_SUITES))
+#: found after the suite's backend packages are checked (the suite's backend is llama.cpp's)
+AFTER_THE_BACKEND_CHECK = {"missing model file", "missing package", "missing corpus file", "unknown builtin",
+                           "corpora without dir"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.gguf) if c in AFTER_THE_BACKEND_CHECK else c
+                                  for c in sorted(BAD_SUITES)])
 @pytest.mark.parametrize("command", ["run", "validate"])
 def test_bad_suite_is_one_line_exit_2_and_no_output(case, command, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HARNESS_CORPORA", raising=False)
@@ -72,6 +80,7 @@ def test_malformed_yaml_names_line_and_column(tmp_path, capsys):
     assert f"{path}: line 4, column 1: invalid YAML" in line
 
 
+@pytest.mark.gguf
 def test_not_a_gguf_file(tmp_path, capsys):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 this is a zip, not a model")
@@ -94,6 +103,8 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")
@@ -184,9 +195,18 @@ def test_list_and_python_dash_m():
     assert "llamacpp" in proc.stdout and "perplexity" in proc.stdout and "builtin:stdlib-docs" in proc.stdout
 
 
-SHIPPED_SUITES = sorted((REPO / "suites").glob("*.yaml"))
+def extras_of(suite: Path) -> list[str]:
+    """The install extras a suite's validation needs: its backends' packages, and models shipped as packages."""
+    data = yaml.safe_load(suite.read_text())
+    extras = {extra for spec in data["backends"].values()
+              for _, extra in BACKENDS[spec["type"]].dependencies_for(spec)}
+    return sorted(extras | ({"models"} if "pkg:" in json.dumps(data["models"]) else set()))
 
 
-@pytest.mark.parametrize("suite", SHIPPED_SUITES, ids=lambda p: p.stem)
+SHIPPED_SUITES = [pytest.param(path, id=path.stem, marks=[getattr(pytest.mark, e) for e in extras_of(path)])
+                  for path in sorted((REPO / "suites").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("suite", SHIPPED_SUITES)
 def test_shipped_suites_validate(suite, corpora_dir):
     assert main(["validate", str(suite), "--corpora", str(corpora_dir)]) == 0

@@ -12,12 +12,13 @@ import pytest
 from runs import backend, failed_cell, perplexity_cell, throughput_cell, write_run
 
 from harness.analysis import compare
-from harness.analysis.gates import DEFAULTS, Gates
+from harness.analysis.gates import Gates
 from harness.cli import main
 from harness.results import store as results
 from harness.results.records import SKIPPED, read_cell_records, write_cell_record
 from harness.results.store import read_run
 from harness.suite.parse import parse_suite
+from harness.tasks import METRICS
 
 PPL_SEED = 7  # the same per-window NLL every night: perplexity is deterministic for an unchanged tree
 
@@ -113,7 +114,7 @@ def test_significance_follows_asv_rule_on_one_figure_per_process():
         assert compare.significance(low, one, 0.002) == (None, f"5 vs {len(one)} processes: untestable", None)
     base = pd.Series({"value": 100.0, "ci_low": np.float64(99), "ci_high": np.float64(101)})
     new = pd.Series({"value": 70.0, "ci_low": np.float64(69), "ci_high": np.float64(71)})
-    judged = compare.judge(DEFAULTS["decode_tok_s"], True, base, new, np.array([100.0]), np.array([70.0]), 0.002)
+    judged = compare.judge(METRICS["decode_tok_s"].gate, True, base, new, np.array([100.0]), np.array([70.0]), 0.002)
     assert (judged["verdict"], judged["test"]) == ("changed", "1 vs 1 processes: untestable")
 
 
@@ -148,7 +149,7 @@ def test_ratio_below_threshold_is_unchanged_even_if_significant(tmp_path):
     samples = rng.normal(100, 0.5, 12)
     base = {"value": 100.0, "ci_low": 99.5, "ci_high": 100.5}
     new = {"value": 95.0, "ci_low": 94.5, "ci_high": 95.5}
-    policy = DEFAULTS["decode_tok_s"]
+    policy = METRICS["decode_tok_s"].gate
     judged = compare.judge(policy, True, base, new, samples, samples * 0.95, alpha=0.002)
     assert judged["verdict"] == "unchanged" and judged["p_value"] < 1e-4  # 5% < the 10% threshold
     judged = compare.judge(policy, True, base, {**new, "value": 85.0}, samples, samples * 0.85, alpha=0.002)
@@ -157,11 +158,11 @@ def test_ratio_below_threshold_is_unchanged_even_if_significant(tmp_path):
     assert judged["verdict"] == "improved"
     # one measurement each, no CI: past the threshold it is shown as changed, never gated
     one = {"value": 100.0, "ci_low": None, "ci_high": None}
-    judged = compare.judge(DEFAULTS["scored_tok_s"], True, one, {**one, "value": 70.0}, [], [], alpha=0.002)
+    judged = compare.judge(METRICS["scored_tok_s"].gate, True, one, {**one, "value": 70.0}, [], [], alpha=0.002)
     assert judged["verdict"] == "changed" and judged["test"] == "0 vs 0 processes: untestable"
-    judged = compare.judge(DEFAULTS["scored_tok_s"], True, one, {**one, "value": 90.0}, [], [], alpha=0.002)
+    judged = compare.judge(METRICS["scored_tok_s"].gate, True, one, {**one, "value": 90.0}, [], [], alpha=0.002)
     assert judged["verdict"] == "unchanged"
-    ppl = DEFAULTS["token_ppl"]
+    ppl = METRICS["token_ppl"].gate
     for factor, verdict in ((1.0005, "unchanged"), (1.005, "regressed"), (0.99, "improved")):
         judged = compare.judge(ppl, False, {"value": 10.0}, {"value": 10 * factor}, [], [], 0.002)
         assert judged["verdict"] == verdict, factor

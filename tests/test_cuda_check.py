@@ -63,6 +63,8 @@ def test_token_prefix_ends_the_line_of_the_last_token():
         cuda_check.tokens_prefix(raw, encode, pieces.__getitem__, n_tokens=7)
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_token_file_holds_the_first_8192_tokens(smollm2_path, corpora_dir, tmp_path):
     """The file is WikiText-2 raw test's first 35,825 bytes and llama.cpp reads the text's first 8,192 tokens from
     it (``prepare`` also checks transformers' tokenizer of the GGUF, which takes half a minute to build)."""

@@ -15,8 +15,9 @@ import pytest
 from runs import ESCAPE, SCRIPT_XSS, VARIANTS, XSS, dashboard_nights, hostile_nights, perplexity_cell, write_run
 
 from harness.cli import main
-from harness.report.console import fmt_value
+from harness.core.format import fmt_value
 
+pytestmark = pytest.mark.dashboard
 pytest.importorskip("plotly", reason="the dashboard needs plotly: pip install -e '.[dashboard]'")
 
 STEP_AT = 5

@@ -15,7 +15,7 @@ from runs import XSS, dashboard_nights, hostile_nights
 
 from harness.cli import main
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.dashboard]
 
 NIGHTS = 8
 STEP_AT = 5

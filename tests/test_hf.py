@@ -10,12 +10,13 @@ import pytest
 
 from harness.core.errors import Unavailable
 from harness.core.types import Window
+from harness.core.windows import chunked, rolling, sliding
 from harness.sources.models import ModelSpec, resolve
-from harness.tasks.windows import chunked, rolling, sliding
 from suites import run_suite
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.hf
+torch = pytest.importorskip("torch", reason="needs the hf extra (pip install -e '.[hf]')")
+transformers = pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
 from harness.backends.hf.backend import BnbQuantization, HfBackend, HfSettings, load_kwargs  # noqa: E402
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
@@ -209,6 +210,7 @@ def test_bf16_scores_stay_close_to_fp32(llama_dir):
     assert math.exp(-b.mean()) == pytest.approx(math.exp(-a.mean()), rel=0.02)
 
 
+@pytest.mark.bnb
 def test_bnb_nf4_on_cpu_quantizes_and_scores(llama_dir):
     pytest.importorskip("bitsandbytes")
     quant = BnbQuantization(method="bnb", bits=4, quant_type="nf4")
@@ -224,6 +226,7 @@ def test_bnb_nf4_on_cpu_quantizes_and_scores(llama_dir):
     assert backend.load(context_tokens=64).details["n_params"] == fp32.load(context_tokens=64).details["n_params"]
 
 
+@pytest.mark.bnb
 def test_nf4_mfu_is_measured_against_the_dtype_bitsandbytes_computes_in(llama_dir):
     """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer at its first forward and computes it in
     bf16 whatever the compute dtype: its MFU must be against the bf16 GEMM ceiling (against fp32 it read 105%)."""
@@ -239,6 +242,7 @@ def test_nf4_mfu_is_measured_against_the_dtype_bitsandbytes_computes_in(llama_di
     assert _backend(llama_dir).load(context_tokens=64).shape.compute_dtype == "fp32"
 
 
+@pytest.mark.bnb
 def test_quantization_settings_become_bitsandbytes_config():
     pytest.importorskip("bitsandbytes")
     nf4 = load_kwargs(HfSettings(type="hf", device="cuda", dtype="float16", quantization={
@@ -289,6 +293,7 @@ def test_window_labels_match_the_padding_free_forward(llama_dir):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's skip")
+@pytest.mark.bnb
 def test_suite_runs_hf_cells_and_skips_cuda_with_its_reason(llama_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     import json
@@ -349,6 +354,7 @@ def _quantization_state_bytes(model, double_quant: bool) -> int:
     return total
 
 
+@pytest.mark.bnb
 def test_bnb_model_bytes_count_the_quantization_state(llama_dir):
     """get_memory_footprint() misses absmax and code books (NF4 and double-quantized NF4 read the same):
     model_bytes adds them, equal to their count by arithmetic."""

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from stress_text import stress_text
 
+from harness.core.windows import chunked
 from harness.tasks.kld import PositionStats
-from harness.tasks.windows import chunked
 
-pytestmark = pytest.mark.integration
-pytest.importorskip("transformers")
+pytestmark = [pytest.mark.integration, pytest.mark.hf, pytest.mark.gguf]
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ from stress_text import stress_text
 
 from harness.cli import main
 from harness.core.errors import UserError
+from harness.core.windows import chunked
 from harness.sources.hf_to_gguf import check_convertible, interleave_rotary
 from harness.sources.models import ModelSpec, resolve
 from harness.tasks.kld import PositionStats
-from harness.tasks.windows import chunked
 
+pytestmark = [pytest.mark.hf, pytest.mark.gguf, pytest.mark.models]
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")

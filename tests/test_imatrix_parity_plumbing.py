@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+pytestmark = [pytest.mark.gguf]
 gguf = pytest.importorskip("gguf")
 _spec = importlib.util.spec_from_file_location("imatrix_parity", REPO / "benchmarks" / "imatrix_parity.py")
 parity = importlib.util.module_from_spec(_spec)

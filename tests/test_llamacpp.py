@@ -5,10 +5,10 @@ import pytest
 from scipy.special import log_softmax
 
 from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
+from harness.core.windows import chunked
 from harness.sources.models import ModelSpec, resolve
-from harness.tasks.windows import chunked
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gguf]
 
 
 @pytest.fixture(scope="module")

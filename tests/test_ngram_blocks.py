@@ -7,6 +7,8 @@ from test_ngram_model import B, zipf_stream
 
 import harness.backends.ngram.build as ngram_model
 
+pytestmark = pytest.mark.ngram
+
 
 @pytest.mark.parametrize("chunk", [1, 7])
 def test_small_blocks_build_the_same_model(monkeypatch, chunk):

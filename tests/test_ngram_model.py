@@ -10,6 +10,8 @@ from kn_reference import ReferenceKN
 from harness.backends.ngram.build import build, modified_kn_discounts
 from harness.backends.ngram.model import NgramModel
 
+pytestmark = pytest.mark.ngram
+
 B, A, BB, C = 0, 1, 2, 3  # boundary, "a", "b", "c"
 
 

@@ -12,7 +12,7 @@ from harness.cli import main
 from harness.sources.gguf_rewrite import tensor_types
 from harness.sources.models import ModelSpec, resolve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gguf]
 
 
 def test_rungs_are_quantized_once_and_cached(tmp_path):

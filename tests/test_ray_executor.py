@@ -25,9 +25,11 @@ from conftest import REPO, SMOLLM2_PKG
 from harness.cli import main
 from harness.results.records import read_cell_records, read_record
 
+pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the ray extra: pip install -e '.[ray]'")
 
-from harness.run.ray_launcher import HOST_LABEL, LOOPBACK_SWITCH  # noqa: E402
+from harness.run.ray_executor import LOOPBACK_SWITCH  # noqa: E402
+from harness.run.ray_placement import HOST_LABEL  # noqa: E402
 
 TRAIN = "builtin:stdlib-docs#train"
 QUALITY = ("token_ppl", "nll_mean", "bits_per_byte", "word_ppl", "tokens_scored", "bytes_scored", "model_bytes")
@@ -225,7 +227,7 @@ def test_ctrl_c_leaves_no_worker_and_resume_recomputes_only_what_is_missing(clus
     assert len([r for r in read_cell_records(out) if r.ok]) == 6
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_a_private_cluster_keeps_its_files_under_the_cache_and_stops_with_the_run(tmp_path, monkeypatch):
     """No --address: the run starts a cluster of its own on this machine and stops it at the end."""
     cache = Path(tempfile.mkdtemp(prefix="hc-"))  # short enough for Ray's socket paths under it
@@ -244,7 +246,7 @@ def test_a_private_cluster_keeps_its_files_under_the_cache_and_stops_with_the_ru
     assert all(r.ok for r in read_cell_records(out)) and len(read_cell_records(out)) == 2
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 @pytest.mark.integration
 def test_smollm2_through_ray_equals_the_local_executor(cluster, tmp_path):
     path = suite(tmp_path, [3], ["ppl", "speed"], models={"smol": {"gguf": SMOLLM2_PKG}},
@@ -261,7 +263,7 @@ def test_smollm2_through_ray_equals_the_local_executor(cluster, tmp_path):
             assert record.samples == by_local[cell_id].samples
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_an_address_where_nothing_listens_fails_in_one_line_within_the_default_connect_timeout(tmp_path):
     """Ray alone retries for a quarter of an hour (20 tries of ~40 s); the default gives up after 60 s."""
     path = suite(tmp_path, [2], ["ppl"])
@@ -272,7 +274,7 @@ def test_an_address_where_nothing_listens_fails_in_one_line_within_the_default_c
                                     "(executor.connect_timeout_s): connection refused (ECONNREFUSED)"), out
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_sigterm_stops_a_ray_run_as_it_stops_a_local_one(cluster, tmp_path):
     """ray.init puts in a SIGTERM handler of its own (sys.exit, then a C++ stack dump); ours must stay."""
     out = tmp_path / "run"
@@ -306,7 +308,7 @@ def _descendants(driver: subprocess.Popen, name: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 @pytest.mark.parametrize("victim", ["gcs_server", "raylet"])
 def test_a_lost_cluster_fails_the_cells_it_held_and_the_run_ends_in_order(victim, tmp_path):
     """The head's GCS or raylet killed mid-run: Ray would end the driver (exit 1, no record for the cells it
@@ -329,7 +331,7 @@ def test_a_lost_cluster_fails_the_cells_it_held_and_the_run_ends_in_order(victim
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_a_killed_driver_leaves_no_process_of_its_private_cluster(tmp_path):
     """kill -9 of the harness: the GCS and raylet die with it (Ray's PR_SET_PDEATHSIG), the harness's reaper
     takes the rest (Ray's agents would wait ~60 s on the dead GCS first)."""

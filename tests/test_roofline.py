@@ -7,7 +7,6 @@ import pytest
 from conftest import SMOLLM2_PKG
 from tiny_backend import UnigramBackend
 
-from harness.core.metrics import METRICS
 from harness.core.roofline import (
     ModelShape,
     decode_bytes_per_token,
@@ -16,6 +15,7 @@ from harness.core.roofline import (
     prefill_flops,
 )
 from harness.core.types import LoadInfo
+from harness.tasks import METRICS
 from harness.tasks.throughput import ROOFLINE, ThroughputSettings, ThroughputTask
 from suites import run_suite
 
@@ -76,10 +76,12 @@ def test_without_a_shape_or_a_probe_the_figures_are_not_measured_with_the_reason
 
 
 def test_roofline_metrics_are_registered_with_directions():
-    assert {name: METRICS[name][1] for name in ROOFLINE} == {
+    assert {name: METRICS[name].higher_is_better for name in ROOFLINE} == {
         "decode_bytes_per_token": False, "decode_gb_s": True, "mbu": True, "prefill_flop_s": True, "mfu": True}
 
 
+@pytest.mark.gguf
+@pytest.mark.models
 def test_smollm2_shape_from_llamacpp(smollm2_model):
     """llama.cpp's metadata agrees with SmolLM2-135M's config (the file's, read for gpt4all: test_gpt4all)."""
     from harness.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
@@ -92,6 +94,7 @@ def test_smollm2_shape_from_llamacpp(smollm2_model):
     assert (shape.kv_dtype_bytes, shape.compute_dtype) == (2, "fp32")
 
 
+@pytest.mark.hf
 def test_hf_shape_of_a_tiny_llama_built_in_code():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -16,7 +16,7 @@ from harness.cli import main
 from harness.results.store import COLUMNS
 from suites import smollm2_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gguf]
 
 TASKS = {name: {"type": "perplexity", "dataset": "docs", "window": window, "n_ctx": 128, "max_tokens": 1024}
          for name, window in (("chunked", "chunked"), ("sliding", "sliding"), ("rolling", "rolling"))}

@@ -7,6 +7,8 @@ import pytest
 from harness.core.decoding import Decoding, Generation, entropy_nats
 from harness.core.sampling import HarnessSampler, penalize, shape
 
+pytestmark = pytest.mark.ngram
+
 P = np.array([0.5, 0.25, 0.15, 0.1])
 LOGP = np.log(P)
 

@@ -23,9 +23,9 @@ from stress_text import stress_text
 
 from harness.tasks.tokenization import placed_tokens, token_offsets
 
-pytestmark = [pytest.mark.parity, pytest.mark.integration]
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
+pytestmark = [pytest.mark.parity, pytest.mark.integration, pytest.mark.hf, pytest.mark.gguf]
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
+pytest.importorskip("llama_cpp", reason="needs the gguf extra (pip install -e '.[gguf]')")
 
 CORPORA = ["wikitext-2-raw/wiki.test.raw", "tinyshakespeare/input.txt"] + [
     f"janeausten/{name}.txt" for name in ("mansfieldpark", "northangerabbey", "persuasion", "prideprejudice",

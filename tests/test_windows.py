@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.tasks import windows
+from harness.core import windows
 
 
 def as_lists(ws):

@@ -1,8 +1,11 @@
 """Word tokens: rare words become <unk>, lower-casing is optional, and the tokens' bytes cover the text."""
 
 import numpy as np
+import pytest
 
 from harness.backends.ngram.tokenizer import WordTokenizer
+
+pytestmark = pytest.mark.ngram
 
 
 def test_vocabulary_by_frequency_with_unknown_words():

@@ -32,22 +32,19 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from math import comb
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from harness.analysis.gates import COUNT, EXACT, NOISY, STDERR, Gates, Policy
-from harness.core import stats
+from harness.analysis.gates import Gates
+from harness.analysis.noise import UNCALIBRATED, History, Spread
+from harness.core import markdown, stats
 from harness.core.contention import busy_reason
 from harness.core.errors import UserError
-from harness.report import markdown
-from harness.report.console import fmt_value
+from harness.core.format import fmt_value
+from harness.core.gates import COUNT, EXACT, NOISY, STDERR, Policy
 from harness.results.records import FAILED, OK, TIMEOUT
 from harness.results.store import RunTables
-
-if TYPE_CHECKING:
-    from harness.analysis.noise import History, Spread
 
 KEY = ("model", "backend", "task", "dataset")
 
@@ -347,8 +344,6 @@ def _change_text(row: Row) -> str:
 
 
 def _calibration_note(result: Comparison) -> str:
-    from harness.analysis.noise import UNCALIBRATED
-
     if not result.timings:
         return ""
     return UNCALIBRATED if result.history is None else result.history.describe()

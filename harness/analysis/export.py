@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from harness.analysis.gates import COUNT, NOISY, kind_of
+from harness.analysis.gates import kind_of
 from harness.core.errors import require
+from harness.core.gates import COUNT, NOISY
 from harness.results.records import OK
 from harness.results.store import RunTables
 

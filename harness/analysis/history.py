@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.analysis.gates import COUNT, EXACT, NOISY, Gates, Policy
+from harness.analysis.gates import Gates
+from harness.core import markdown
 from harness.core.contention import busy_reason
 from harness.core.errors import UserError
-from harness.report import markdown
-from harness.report.console import fmt_value
+from harness.core.format import fmt_value
+from harness.core.gates import COUNT, EXACT, NOISY, Policy
 from harness.results.records import OK
 from harness.results.store import RunTables, read_run
 

@@ -38,6 +38,9 @@ class Backend(ABC):
     dependencies: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: the order in which the backend's own sampler applies penalties, truncations and temperature
     native_sampler_order: ClassVar[str] = "unknown"
+    #: its speed can be set against the machine's ceilings (a network's weights read per token, its FLOPs):
+    #: the run probes the machine for its timing cells (:mod:`harness.results.probe`)
+    roofline: ClassVar[bool] = True
 
     tokenizer: Tokenizer
 

@@ -11,3 +11,17 @@ SEED = "seed"
 BEAM = "beam"
 #: several sequences generated at once from one prompt (``batch_size`` > 1 in the backend's own generation)
 BATCH = "batch"
+
+#: lm-eval's request kinds and the backend capabilities each needs: a continuation's log-likelihood is a score
+#: and its is-greedy flag (lm-eval's ``acc`` of a ``loglikelihood`` task) needs the full rows
+LMEVAL_NEEDS = {"loglikelihood": frozenset({SCORE, LOGITS}), "multiple_choice": frozenset({SCORE, LOGITS}),
+                "loglikelihood_rolling": frozenset({SCORE}), "generate_until": frozenset({GENERATE})}
+
+
+def lmeval_missing(backend_type: str, capabilities: frozenset[str], output_type: str) -> str | None:
+    """Why a backend cannot serve lm-eval requests of ``output_type`` (None: it can)."""
+    missing = LMEVAL_NEEDS[output_type] - capabilities
+    if not missing:
+        return None
+    return (f"lm-eval {output_type} requests need capability {', '.join(sorted(missing))}, which backend "
+            f"{backend_type} lacks")

@@ -1,75 +1,59 @@
-"""Metric names (contract), their units and directions, and the measurement record tasks return."""
+"""The metric record (one per metric name: its unit, direction, gate and how it is shown), the registry
+the tasks fill, and the measurement record tasks return.
+
+A task module declares the records of the metrics it measures (:func:`register`) beside the code that
+measures them; compare, history, the console table and the dashboard read them here, so adding a metric
+touches the task that measures it and nothing else. Names are stable: nightly comparisons key on them.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-#: name -> (unit, higher_is_better). Names are stable: nightly comparisons key on them.
-METRICS: dict[str, tuple[str, bool]] = {
-    # perplexity
-    "token_ppl": ("ppl", False),
-    "bits_per_byte": ("bits/byte", False),
-    "word_ppl": ("ppl", False),
-    "nll_mean": ("nats/token", False),
-    "tokens_scored": ("tokens", True),
-    "bytes_scored": ("bytes", True),
-    # vs a reference (kld)
-    "kld_mean": ("nats", False),
-    "kld_p99": ("nats", False),
-    "kld_max": ("nats", False),
-    "kld_median": ("nats", False),
-    "same_top1": ("ratio", True),
-    "delta_p_mean": ("probability", True),
-    "delta_p_rms": ("probability", False),
-    "ref_token_ppl": ("ppl", False),
-    "ppl_ratio": ("ratio", False),
-    "ln_ppl_ratio": ("nats/token", False),
-    # throughput
-    "prefill_tok_s": ("tokens/s", True),
-    "decode_tok_s": ("tokens/s", True),
-    "ttft_s": ("s", False),
-    "itl_p50_s": ("s", False),
-    "itl_p99_s": ("s", False),
-    # throughput against the machine's ceilings (harness.core.roofline, harness.results.probe)
-    "decode_bytes_per_token": ("bytes", False),
-    "decode_gb_s": ("GB/s", True),
-    "mbu": ("ratio", True),
-    "prefill_flop_s": ("FLOP/s", True),
-    "mfu": ("ratio", True),
-    # tokenization
-    "tokens_per_byte": ("tokens/byte", False),
-    "tokens_per_word": ("tokens/word", False),
-    "tokenize_mb_s": ("MB/s", True),
-    "differing_tokens": ("tokens", False),
-    # decoding
-    "distinct_1": ("ratio", True),
-    "distinct_2": ("ratio", True),
-    "rep_4gram": ("ratio", False),
-    "len_mean": ("tokens", True),
-    "entropy_mean": ("nats", True),
-    "max_prob_mean": ("probability", False),
-    "ref_nll_mean": ("nats/token", False),
-    "deterministic": ("flag", True),
-    # lm-evaluation-harness (harness.tasks.lmeval): lm-eval's own metric names, prefixed so that none is
-    # mistaken for the harness's (its bits_per_byte counts a document's bytes, ours a window scheme's)
-    "lmeval_acc": ("ratio", True),
-    "lmeval_acc_norm": ("ratio", True),
-    "lmeval_acc_mutual_info": ("ratio", True),
-    "lmeval_exact_match": ("ratio", True),
-    "lmeval_f1": ("ratio", True),
-    "lmeval_mcc": ("ratio", True),
-    "lmeval_perplexity": ("ppl", False),
-    "lmeval_word_perplexity": ("ppl", False),
-    "lmeval_byte_perplexity": ("ppl", False),
-    "lmeval_bits_per_byte": ("bits/byte", False),
-    # every cell
-    "load_s": ("s", False),
-    "model_bytes": ("bytes", False),
-    "peak_rss_mb": ("MiB", False),
-    "peak_vram_mb": ("MiB", False),
-    "scored_tok_s": ("tokens/s", True),
-}
+from harness.core.gates import Policy
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Everything the harness knows about one metric name."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    #: the default gate of compare and history (:mod:`harness.core.gates`); a suite's ``gates:`` overrides it
+    gate: Policy
+    #: the column title in the console's tables and the dashboard's overview (default: the name)
+    short: str = ""
+    #: a ratio in [0, 1], shown as a percentage in the console
+    fraction: bool = False
+    #: shown with its standard error in the console (an accuracy on a few hundred documents is uncertain in its
+    #: first digit)
+    with_stderr: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.gate, Policy):
+            raise TypeError(f"metric {self.name!r}: expected a gate (harness.core.gates.Policy), got {self.gate!r}")
+
+    @property
+    def title(self) -> str:
+        return self.short or self.name
+
+
+#: name -> record, filled by the task modules' :func:`register` (importing :mod:`harness.tasks` imports
+#: them all, so read it through ``harness.tasks.METRICS``)
+METRICS: dict[str, Metric] = {}
+
+
+def register(*metrics: Metric) -> tuple[Metric, ...]:
+    """Make metrics known; a name is registered once (two tasks that report it share one record)."""
+    for metric in metrics:
+        if not isinstance(metric, Metric):
+            raise TypeError(f"expected a Metric record, got {metric!r}")
+        if metric.name in METRICS:
+            raise ValueError(f"metric {metric.name!r} is registered twice")
+    METRICS.update((m.name, m) for m in metrics)
+    return metrics
 
 
 @dataclass
@@ -85,11 +69,12 @@ class Measurement:
 
     def __post_init__(self):
         if self.metric not in METRICS:
-            raise KeyError(f"unknown metric {self.metric!r}: add it to harness.core.metrics.METRICS")
+            raise KeyError(f"unknown metric {self.metric!r}: register its record (harness.core.metrics.register) "
+                           "in the task that measures it")
 
     def row(self) -> dict:
-        unit, higher = METRICS[self.metric]
+        record = METRICS[self.metric]
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                  for k, v in (("ci_low", self.ci_low), ("ci_high", self.ci_high), ("stderr", self.stderr))}
-        return {"metric": self.metric, "value": float(self.value), "unit": unit,
-                "higher_is_better": higher, "n": self.n, **clean}
+        return {"metric": self.metric, "value": float(self.value), "unit": record.unit,
+                "higher_is_better": record.higher_is_better, "n": self.n, **clean}

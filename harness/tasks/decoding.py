@@ -38,7 +38,8 @@ from harness.backends.base import Backend
 from harness.core import stats
 from harness.core.capabilities import GENERATE, SEED
 from harness.core.decoding import HARNESS, NATIVE, Decoding, Generation
-from harness.core.metrics import Measurement
+from harness.core.gates import exact
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.sampling import HARNESS_ORDER
 from harness.core.settings import StrictModel
 from harness.core.types import Window
@@ -161,10 +162,26 @@ def repeated_share(words: list[str], n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else float("nan")
 
 
+#: what a decoding cell measures. deterministic (1: a repeat gave the same text) keeps the 1% of any
+#: deterministic metric: any change of a 0/1 flag passes it
+register(
+    Metric("distinct_1", "ratio", True, exact(0.01)),
+    Metric("distinct_2", "ratio", True, exact(0.01), short="distinct-2"),
+    Metric("rep_4gram", "ratio", False, exact(0.01), short="rep 4-gram"),
+    Metric("len_mean", "tokens", True, exact(0.01), short="tokens"),
+    Metric("entropy_mean", "nats", True, exact(0.01), short="entropy"),
+    Metric("max_prob_mean", "probability", False, exact(0.01), short="max p"),
+    Metric("ref_nll_mean", "nats/token", False, exact(0.01), short="ref NLL"),
+    Metric("deterministic", "flag", True, exact(0.01)),
+)
+
+
 @register_task("decoding")
 class DecodingTask(Task):
     settings_class = DecodingSettings
     requires = frozenset({GENERATE})
+    summary = ("entropy_mean", "max_prob_mean", "distinct_2", "rep_4gram", "len_mean", "ref_nll_mean")
+    overview = ("entropy_mean", "distinct_2", "rep_4gram", "ref_nll_mean")
     settings: DecodingSettings
 
     def context_tokens(self) -> int:

@@ -25,11 +25,11 @@ import numpy as np
 from pydantic import Field
 
 from harness.backends.base import Backend
-from harness.core import stats
+from harness.core import stats, windows
 from harness.core.capabilities import LOGITS
-from harness.core.metrics import Measurement
+from harness.core.gates import exact
+from harness.core.metrics import Measurement, Metric, register
 from harness.sources.corpora import Corpus
-from harness.tasks import windows
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
 from harness.tasks.registry import register_task
 
@@ -129,10 +129,29 @@ def own_tokenization(tok, text: str, tokens: np.ndarray) -> dict:
     return {"tokens": len(own), "reference_tokens": len(tokens), "positions_that_differ": differ}
 
 
+#: what a kld cell measures beside perplexity's token_ppl and tokens_scored. kld_median, delta_p_mean,
+#: ref_token_ppl and ln_ppl_ratio keep the 1% of any deterministic metric: they are shown beside the gated
+#: kld_mean, delta_p_rms and ppl_ratio, which already catch what would move them
+register(
+    Metric("kld_mean", "nats", False, exact(0.01, 1e-4), short="KLD mean"),
+    Metric("kld_p99", "nats", False, exact(0.01, 1e-4), short="KLD p99"),
+    Metric("kld_max", "nats", False, exact(0.01, 1e-4)),
+    Metric("kld_median", "nats", False, exact(0.01)),
+    Metric("same_top1", "ratio", True, exact(0.0, 0.002), short="same top-1", fraction=True),
+    Metric("delta_p_mean", "probability", True, exact(0.01)),
+    Metric("delta_p_rms", "probability", False, exact(0.01, 1e-4)),
+    Metric("ref_token_ppl", "ppl", False, exact(0.01)),
+    Metric("ppl_ratio", "ratio", False, exact(0.001), short="PPL ratio"),
+    Metric("ln_ppl_ratio", "nats/token", False, exact(0.01)),
+)
+
+
 @register_task("kld")
 class KldTask(Task):
     settings_class = KldSettings
     requires = frozenset({LOGITS})
+    summary = ("kld_mean", "kld_p99", "same_top1", "ppl_ratio", "token_ppl", "model_bytes", "peak_rss_mb")
+    overview = ("kld_mean", "same_top1", "ppl_ratio", "peak_rss_mb")
     settings: KldSettings
 
     def context_tokens(self) -> int:

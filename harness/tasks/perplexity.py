@@ -1,7 +1,7 @@
 """Perplexity: token perplexity, bits per byte and word perplexity of a corpus under a backend.
 
 Definitions (docs/metrics.md): tokenize the whole text once, cut it into windows by one of three schemes
-(:mod:`harness.tasks.windows`), sum the NLL of the scored tokens.
+(:mod:`harness.core.windows`), sum the NLL of the scored tokens.
 token_ppl = exp(Σ nll / tokens_scored); bits_per_byte = Σ nll / (ln 2 · UTF-8 bytes of the scored
 tokens); word_ppl = exp(Σ nll / words), only when every token is scored (rolling). Words are counted as
 lm-evaluation-harness counts them, ``len(re.split(r"\\s+", text))``, which counts an empty word at leading
@@ -21,12 +21,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from harness.backends.base import Backend
-from harness.core import stats
+from harness.core import stats, windows
 from harness.core.capabilities import SCORE
-from harness.core.metrics import Measurement
+from harness.core.gates import COUNTED, exact, noisy
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.settings import new_key
 from harness.sources.corpora import Corpus
-from harness.tasks import windows
 from harness.tasks.base import Task, TaskResult, TaskSettings
 from harness.tasks.registry import register_task
 
@@ -54,10 +54,28 @@ class PerplexitySettings(TaskSettings):
         return self
 
 
+#: what a perplexity cell measures (the kld task reports token_ppl and tokens_scored too). Quality gates: 0.1% (a
+#: real regression such as a flash-attention or build change moves perplexity by 0.5-1%; the same build repeats
+#: to 1e-6)
+register(
+    Metric("token_ppl", "ppl", False, exact(0.001), short="token ppl", with_stderr=True),
+    Metric("bits_per_byte", "bits/byte", False, exact(0.001), short="bits/byte"),
+    Metric("word_ppl", "ppl", False, exact(0.001), short="word ppl"),
+    Metric("nll_mean", "nats/token", False, exact(0.001)),
+    Metric("tokens_scored", "tokens", True, COUNTED, short="tokens"),
+    Metric("bytes_scored", "bytes", True, COUNTED),
+    # a whole scoring pass is often one measurement: gated only with samples from several processes
+    Metric("scored_tok_s", "tokens/s", True, noisy(1.25), short="scored tok/s"),
+)
+
+
 @register_task("perplexity")
 class PerplexityTask(Task):
     settings_class = PerplexitySettings
     requires = frozenset({SCORE})
+    summary = ("token_ppl", "bits_per_byte", "word_ppl", "tokens_scored", "scored_tok_s", "load_s", "model_bytes",
+               "peak_rss_mb", "peak_vram_mb")
+    overview = ("bits_per_byte", "token_ppl", "scored_tok_s", "peak_rss_mb")
     settings: PerplexitySettings
 
     def context_tokens(self) -> int:

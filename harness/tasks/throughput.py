@@ -26,7 +26,8 @@ from harness.backends.base import Backend
 from harness.core import stats
 from harness.core.capabilities import GENERATE
 from harness.core.decoding import Decoding
-from harness.core.metrics import Measurement
+from harness.core.gates import exact, noisy
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.roofline import decode_bytes_per_token, mean_decode_depth, prefill_flops
 from harness.results.probe import ceilings
 from harness.sources.corpora import Corpus
@@ -65,11 +66,29 @@ class ThroughputSettings(TaskSettings):
         return [(f".p{n}", self.model_copy(update={"prompt_tokens": n})) for n in self.prompt_tokens]
 
 
+#: what a throughput cell measures. Timings: asv's 10%, more for the tail latency; against the machine's
+#: ceilings (harness.core.roofline, harness.results.probe): bandwidth and FLOP/s
+register(
+    Metric("prefill_tok_s", "tokens/s", True, noisy(1.10), short="prefill tok/s"),
+    Metric("decode_tok_s", "tokens/s", True, noisy(1.10), short="decode tok/s"),
+    Metric("ttft_s", "s", False, noisy(1.10), short="TTFT s"),
+    Metric("itl_p50_s", "s", False, noisy(1.10), short="ITL p50 s"),
+    Metric("itl_p99_s", "s", False, noisy(1.20)),
+    Metric("decode_bytes_per_token", "bytes", False, exact(0.0)),
+    Metric("decode_gb_s", "GB/s", True, noisy(1.10)),
+    Metric("mbu", "ratio", True, noisy(1.10), short="MBU", fraction=True),
+    Metric("prefill_flop_s", "FLOP/s", True, noisy(1.10)),
+    Metric("mfu", "ratio", True, noisy(1.10), short="MFU", fraction=True),
+)
+
+
 @register_task("throughput")
 class ThroughputTask(Task):
     settings_class = ThroughputSettings
     requires = frozenset({GENERATE})
     timing = True
+    summary = ("prefill_tok_s", "decode_tok_s", "mbu", "mfu", "ttft_s", "itl_p50_s", "peak_rss_mb", "peak_vram_mb")
+    overview = ("decode_tok_s", "prefill_tok_s", "ttft_s", "peak_rss_mb")
     settings: ThroughputSettings
 
     def _length(self) -> int:

@@ -19,7 +19,8 @@ import numpy as np
 from pydantic import Field
 
 from harness.backends.base import Backend
-from harness.core.metrics import Measurement
+from harness.core.gates import exact, noisy
+from harness.core.metrics import Measurement, Metric, register
 from harness.core.settings import new_key
 from harness.sources.corpora import Corpus
 from harness.tasks.base import Reference, Task, TaskResult, TaskSettings
@@ -34,10 +35,21 @@ class TokenizationSettings(TaskSettings):
                                         "tokens these are compared with")
 
 
+#: what a tokenization cell measures
+register(
+    Metric("tokens_per_byte", "tokens/byte", False, exact(0.0), short="tokens/byte"),
+    Metric("tokens_per_word", "tokens/word", False, exact(0.0), short="tokens/word"),
+    Metric("tokenize_mb_s", "MB/s", True, noisy(1.25)),
+    Metric("differing_tokens", "tokens", False, exact(0.0), short="differing tokens"),
+)
+
+
 @register_task("tokenization")
 class TokenizationTask(Task):
     settings_class = TokenizationSettings
     requires = frozenset()
+    summary = ("tokens_per_byte", "tokens_per_word", "tokenize_mb_s", "differing_tokens")
+    overview = ("tokens_per_byte", "tokens_per_word", "tokenize_mb_s")
     settings: TokenizationSettings
 
     def context_tokens(self) -> int:

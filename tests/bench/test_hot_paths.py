@@ -12,10 +12,10 @@ from runs import backend, perplexity_cell, throughput_cell, write_run
 from harness.backends.ngram.backend import NgramBackend, NgramSettings
 from harness.backends.ngram.build import build, training_stream
 from harness.backends.ngram.tokenizer import WordTokenizer
+from harness.core import windows
 from harness.results import store as results
 from harness.sources.corpora import DatasetSpec, load_corpus, stdlib_docs
 from harness.sources.models import ModelSpec, resolve_ngram
-from harness.tasks import windows
 
 TRAIN = "builtin:stdlib-docs#train"
 

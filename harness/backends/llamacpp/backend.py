@@ -9,7 +9,6 @@ a whole text's logits never sit in memory (``Llama(logits_all=True)`` holds n_ct
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from harness.backends.llamacpp.sampler import LlamaSampler
 from harness.backends.llamacpp.tokenizer import LlamaCppTokenizer, llama_lib
 from harness.backends.registry import register_backend
 from harness.core.capabilities import GENERATE, LOGITS, SCORE, SEED
+from harness.core.cpus import available_cpus
 from harness.core.decoding import Decoding, Generation
 from harness.core.roofline import metadata_shape
 from harness.core.types import LoadInfo, Window
@@ -41,13 +41,6 @@ class LlamaCppSettings(BackendSettings):
 
 #: windows decoded side by side at most (llama.cpp allows 256 sequences; short windows would ask for more)
 MAX_PARALLEL_SEQUENCES = 64
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @register_backend("llamacpp")

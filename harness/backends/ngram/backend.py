@@ -42,6 +42,7 @@ class NgramBackend(Backend):
     settings_class = NgramSettings
     capabilities = frozenset({SCORE, LOGITS, GENERATE, SEED})
     model_kinds = frozenset({"ngram"})
+    roofline = False  # table lookups: no weights streamed per token, no FLOPs
     native_sampler_order = HARNESS_ORDER + " (the harness's sampler: the n-gram model has no other)"
     settings: NgramSettings
 

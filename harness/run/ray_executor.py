@@ -20,14 +20,14 @@ class. A lost cluster (its GCS silent, or the raylet on the driver's machine dea
 holds ``failed`` before Ray ends the driver's process. Ctrl-C, SIGTERM and SIGHUP cancel what is queued and
 kill what runs: the worker process dies with its Ray task (``PR_SET_PDEATHSIG``). What a private cluster
 leaves when the driver is killed, a reaper process kills.
-"""
+
+This module is the driver; :mod:`harness.run.ray_placement` says what a cell asks of a node, :mod:`harness.run.ray_node`
+is what runs there."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import os
 import signal
 import socket
@@ -36,33 +36,27 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 from rich.console import Console
 
-from harness.backends import BACKENDS
 from harness.core.errors import UserError, located, require
-from harness.core.files import atomic_write_text, scratch_dir
+from harness.core.files import atomic_write_text
 from harness.core.process import Interrupted
-from harness.results.environment import machine
 from harness.results.records import FAILED, CellRecord
+from harness.run.executor import Executor, Finished, how_it_ended, job_label, record_without_worker
 from harness.run.job import Job
-from harness.run.launcher import Finished, Launcher, how_it_ended, job_label, read_outcome, record_without_worker
 from harness.run.plan import Plan, models_needed
+from harness.run.ray_node import code_fingerprint, run_on_node
+from harness.run.ray_placement import Demand, Node, alive_nodes, demand
 from harness.sources.cache import cache_dir
 from harness.sources.corpora import DatasetSpec, load_corpus
-from harness.sources.fingerprint import sha256_bytes
-from harness.sources.models import ModelSpec, ResolvedModel, resolve, resolve_ngram, resolve_trained
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
-from harness.tasks import TASKS
 
-#: a node label naming the machine a node runs on, where its hostname does not (containers, tests)
-HOST_LABEL = "harness-host"
 #: Ray binds its servers to every interface and reaches a cluster through the machine's outward address
 #: unless it believes multi-node clusters are off, the switch it uses on laptops (read once, at import)
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -89,44 +83,6 @@ class ClusterLost(Exception):
     (Ray ends a driver that submits to a dead raylet). Every job held ends failed; none is sent again."""
 
 
-@dataclass(frozen=True)
-class Node:
-    id: str
-    #: the machine: a ``harness-host`` label, else the hostname
-    host: str
-    hostname: str
-    cpus: int
-    gpus: int
-
-
-@dataclass(frozen=True)
-class Demand:
-    """What a cell asks of a node."""
-
-    #: CPU threads; None: every CPU of its node (the backend's default)
-    cpus: int | None
-    gpus: int
-    #: no other exclusive cell on its machine, no other cell on its node
-    exclusive: bool
-
-    def fits(self, node: Node) -> bool:
-        return node.cpus >= (self.cpus or 1) and node.gpus >= self.gpus
-
-    def __str__(self) -> str:
-        cpus = "all CPUs of a node" if self.cpus is None else f"{self.cpus} CPU{'s' * (self.cpus != 1)}"
-        return cpus + (f" and {self.gpus} GPU{'s' * (self.gpus != 1)}" if self.gpus else "")
-
-
-def demand(cell: Cell, exclusive: str) -> Demand:
-    """A cell's request: the most threads and GPUs of its backend and its reference's (they run in turn)."""
-    specs = [cell.backend_spec] + ([cell.reference.backend_spec] if cell.reference else [])
-    threads = [BACKENDS[s.type].cpu_threads(s) for s in specs]
-    cpus = None if None in threads else max(threads)
-    gpus = max(BACKENDS[s.type].gpus(s) for s in specs)
-    timing = TASKS[cell.task_spec.type].timing or exclusive == "all"
-    return Demand(cpus, gpus, timing or cpus is None)
-
-
 @dataclass
 class _Flight:
     """A job the driver holds: waiting for a machine, queued in Ray, or running on a node."""
@@ -146,7 +102,7 @@ class _Flight:
     retried_after: str | None = None
 
 
-class RayLauncher(Launcher):
+class RayExecutor(Executor):
     #: every job of a phase at once: Ray queues what it cannot place yet, Ctrl-C cancels the queue
     capacity = sys.maxsize
 
@@ -520,12 +476,6 @@ def first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def alive_nodes(ray) -> list[Node]:
-    return [Node(n["NodeID"], (n.get("Labels") or {}).get(HOST_LABEL) or n["NodeManagerHostname"],
-                 n["NodeManagerHostname"], int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n["Alive"]]
-
-
 def wait_for_listener(host: str, port: int, timeout_s: float, what: str) -> None:
     """Return once something accepts a TCP connection at ``host:port``; an environment error (OSError, exit
     4) naming ``what`` and the setting when nothing did within ``timeout_s`` (a head still starting gets
@@ -604,111 +554,3 @@ def shipped_texts(cells: list[Cell], plan: Plan, base_dir: Path, corpora: Path |
             recipe = plan.models[name].recipe
             sources |= {t["source"] for t in recipe["train"]} if recipe else set()
     return {s: load_corpus(s, DatasetSpec(source=s), base_dir, corpora).text.encode() for s in sorted(sources)}
-
-
-# --- on the node ---------------------------------------------------------------------------------------------
-
-
-def run_on_node(job_data: dict, texts: dict, specs: dict, timeout_s: float, code: str):
-    """The Ray task of one job: report where it runs, then run the worker process here and report how it
-    ended (its record, log and artifacts)."""
-    import ray
-
-    where = {**machine(), "ray_node_id": ray.get_runtime_context().get_node_id()}
-    yield {"kind": "started", "where": where}
-    with scratch_dir("harness-cell-") as tmp:  # a cancelled task's folder goes with the next task here
-        yield run_here(Job.from_json(job_data), {s: ray.get(ref) for s, ref in texts.items()}, specs, timeout_s,
-                       code, tmp, where["hostname"])
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """sha256 of the harness's own source files: a node must run the code the driver runs."""
-    root = Path(__file__).resolve().parent.parent
-    lines = [f"{p.relative_to(root).as_posix()} {sha256_bytes(p.read_bytes())}" for p in sorted(root.rglob("*.py"))]
-    return sha256_bytes("\n".join(lines).encode())
-
-
-def run_here(job: Job, texts: dict[str, bytes], specs: dict, timeout_s: float, code: str, tmp: Path,
-             hostname: str) -> dict:
-    """The job's worker process in ``tmp``, with the texts shipped and the models found on this machine."""
-    report = {"kind": "ended", "record": None, "artifacts": {}, "log": "", "returncode": None, "timed_out": False,
-              "duration_s": None, "error": None, "where": {}}
-    if code_fingerprint() != code:
-        return {**report, "error": f"on {hostname}: the harness code differs from the driver's (sha256 "
-                f"{code_fingerprint()[:12]}… here, {code[:12]}… there): install the same harness on every node"}
-    files = {}
-    for i, (source, text) in enumerate(sorted(texts.items())):
-        files[source] = tmp / "texts" / f"{i}.txt"
-        files[source].parent.mkdir(exist_ok=True)
-        files[source].write_bytes(text)
-    try:
-        job = replace(job, model=relocate(job.model, specs, job, hostname),
-                      reference_model=relocate(job.reference_model, specs, job, hostname),
-                      outcome_path=tmp / "outcome.json", artifacts_dir=tmp / "artifacts", texts=files)
-    except UserError as exc:
-        return {**report, "error": str(exc)}
-    job_path, log_path = tmp / "job.json", tmp / "worker.log"
-    job.write(job_path)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # Ray's, not the backend's setting
-    started = time.time()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker", str(job_path)], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, env=env,
-                                start_new_session=True, preexec_fn=die_with(os.getpid()))
-    try:
-        returncode, timed_out = proc.wait(timeout=timeout_s), False
-    except subprocess.TimeoutExpired:
-        returncode, timed_out = None, True
-    finally:
-        if proc.poll() is None:  # timed out, or this task is being cancelled
-            os.killpg(proc.pid, signal.SIGKILL)
-            returncode = proc.wait()
-    ended = time.time()
-    outcome = read_outcome(job)
-    record, artifacts = (outcome[0].to_json(), outcome[1]) if outcome else (None, {})
-    return {**report, "record": record, "artifacts": artifacts, "log": log_path.read_text(errors="replace"),
-            "returncode": returncode, "timed_out": timed_out, "duration_s": ended - started,
-            "where": {"process_started_at": _iso(started), "process_ended_at": _iso(ended)}}
-
-
-def relocate(model: ResolvedModel | None, specs: dict, job: Job, hostname: str) -> ResolvedModel | None:
-    """The driver's model as found on this machine (its path here), refused when its sha256 differs."""
-    if model is None:
-        return None
-    spec, base_dir = ModelSpec.model_validate(specs[model.name]), job.base_dir
-    with located(f"on {hostname}", f"models.{model.name}"):
-        if model.kind == "ngram":
-            tokenizer_name = spec.ngram.tokenizer
-            tokenizer = (resolve(tokenizer_name, ModelSpec.model_validate(specs[tokenizer_name]), base_dir)
-                         if tokenizer_name else None)
-            here = resolve_ngram(model.name, spec, model.recipe["train"], base_dir, job.corpora, tokenizer)
-        elif model.kind == "train":  # trained by the driver: a node uses its own cache's copy, never trains
-            here = resolve_trained(model.name, spec, model.training["texts"], base_dir, job.corpora, train=False)
-        else:
-            here = resolve(model.name, spec, base_dir)
-        if here.sha256 != model.sha256:
-            raise UserError(f"sha256 {here.sha256[:12]}… of {here.path}, not the driver's {model.sha256[:12]}…: "
-                            "every node must have the same model files")
-    return here
-
-
-def die_with(parent: int):
-    """A ``preexec_fn`` that has the kernel kill the child when ``parent`` (the Ray worker running the task)
-    dies, however it dies: a cancelled or killed task leaves no worker process behind (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if not hasattr(libc, "prctl"):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec():
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # it died before the line above
-            os._exit(1)
-
-    return preexec
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds")
-

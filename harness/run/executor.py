@@ -1,8 +1,8 @@
-"""Launchers: where and how a cell's job runs. The runner submits jobs and waits for whichever finishes
-first (cells may finish out of order, several at once); a launcher turns every way a job can end (a
+"""Executors: where and how a cell's job runs. The runner submits jobs and waits for whichever finishes
+first (cells may finish out of order, several at once); an executor turns every way a job can end (a
 record, a crash, a timeout) into a :class:`Finished` with a record, so the runner never deals with
-processes. :class:`ProcessLauncher` runs one worker process at a time on this machine;
-:class:`harness.run.ray_launcher.RayLauncher` runs jobs as Ray tasks on a cluster."""
+processes. :class:`ProcessExecutor` runs one worker process at a time on this machine;
+:class:`harness.run.ray_executor.RayExecutor` runs jobs as Ray tasks on a cluster."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Finished:
     log_path: Path | None = None
 
 
-class Launcher(ABC):
+class Executor(ABC):
     #: jobs the runner may keep submitted at once
     capacity: int = 1
 
@@ -67,8 +67,8 @@ class Launcher(ABC):
         """The executor, for ``run.json``."""
         return {"type": "local"}
 
-    def close(self) -> None:  # noqa: B027 (most launchers hold nothing)
-        """Release what the launcher holds once the run's jobs are done (a cluster it started)."""
+    def close(self) -> None:  # noqa: B027 (most executors hold nothing)
+        """Release what the executor holds once the run's jobs are done (a cluster it started)."""
 
 
 def job_label(job: Job) -> str:
@@ -97,7 +97,7 @@ def read_outcome(job: Job) -> tuple[CellRecord, dict[str, str]] | None:
     return record, artifacts
 
 
-class ProcessLauncher(Launcher):
+class ProcessExecutor(Executor):
     """One worker process at a time on this machine (``python -m harness.run.worker JOB``), in its own
     process group so that a timeout or Ctrl-C kills whatever it started, with a wall-clock limit."""
 
@@ -119,7 +119,7 @@ class ProcessLauncher(Launcher):
 
     def submit(self, job: Job) -> None:
         if self._job is not None:
-            raise RuntimeError("ProcessLauncher runs one job at a time")
+            raise RuntimeError("ProcessExecutor runs one job at a time")
         job_path = self.scratch(job.stem)
         job.write(job_path)
         log_path = self.log_path(job)
