@@ -39,7 +39,7 @@ COLUMN_TARGET, KLD_TARGET = 1e-3, 0.01
 def build_tools(build_dir: Path, jobs: int) -> dict[str, Path]:
     """``llama-imatrix`` and ``llama-quantize`` built from the pinned llama-cpp-python sdist (kept once built)."""
     pinned = version("llama_cpp_python")
-    root = build_dir / f"llama-cpp-python-{pinned}"
+    root = build_dir / f"llama_cpp_python-{pinned}"  # the sdist's own folder name (PyPI normalizes it)
     binaries = {tool: root / "build" / "bin" / tool for tool in TOOLS}
     if all(path.is_file() for path in binaries.values()):
         return binaries

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_lint_imports_keeps_the_layer_and_acyclic_contracts(monkeypatch, capsys):
-    cli = pytest.importorskip("importlinter.cli", reason="import-linter is in the lint extra")
+    cli = pytest.importorskip("importlinter.cli", reason="import-linter comes with the test and lint extras")
     monkeypatch.chdir(REPO)
     monkeypatch.syspath_prepend(str(REPO))
     exit_code = cli.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True, no_logo=True)
