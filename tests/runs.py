@@ -238,6 +238,18 @@ SCRIPT_XSS = '</script><script>window.__pwned=2</script><!--'
 ESCAPE = "../../../SHARD_ESCAPE"
 
 
+def hostile_site(tmp_path: Path) -> list[Path]:
+    """The pages of a dashboard built from :func:`hostile_nights` (more than ten), sorted."""
+    from harness.cli import main
+
+    hostile_nights(tmp_path / "runs")
+    out = tmp_path / "site"
+    assert main(["dashboard", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) > 10
+    return pages
+
+
 def hostile_nights(root: Path, n: int = 2) -> list[Path]:
     """Runs whose names are crafted: tasks ``p 1`` and ``p_1`` (one file name after a naive slug), a task,
     model and library version holding markup, and a results.parquet whose metrics (no record may hold an
