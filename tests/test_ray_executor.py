@@ -162,6 +162,34 @@ def _wait_for_workers(cluster, driver: subprocess.Popen, n: int = 1) -> list[psu
     pytest.fail(f"the run ended before {n} cells ran at once: {driver.stdout.read()}")
 
 
+def _hold_workers(cluster, driver: subprocess.Popen, n: int) -> list[psutil.Process]:
+    """Stop (SIGSTOP) each cell's worker as it starts until n are held, so n cells run at once however fast a
+    cell is or however late the others start on a loaded machine; ``_release`` lets them go on."""
+    held: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 180
+    while len(held) < n:
+        if time.monotonic() > deadline:  # a cell ended before it was held: the others would wait forever
+            _release(list(held.values()))
+            pytest.fail(f"only {len(held)} of {n} cells' workers were held at once")
+        for worker in _wait_for_workers(cluster, driver):
+            if worker.pid not in held:
+                try:
+                    worker.suspend()
+                except psutil.NoSuchProcess:  # it ended before it could be held
+                    continue
+                held[worker.pid] = worker
+        time.sleep(0.05)
+    return list(held.values())
+
+
+def _release(workers: list[psutil.Process]) -> None:
+    for worker in workers:
+        try:
+            worker.resume()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def _host_of(worker: psutil.Process, cluster) -> str:
     raylet = worker.parent().parent().pid
     node = next(n for n in [cluster.head_node, *cluster.worker_nodes] if n.all_processes["raylet"][0].process.pid
@@ -191,9 +219,10 @@ def test_a_removed_node_ends_in_a_retried_cell_and_the_others_are_kept(cluster, 
     third = cluster.add_node(**node_args("fake-c"))
     path = suite(tmp_path, [2, 3, 4], ["ppl"], executor={"type": "ray", "exclusive": "all"})  # one per machine
     driver = _driver(path, tmp_path / "run", cluster.address)
-    workers = _wait_for_workers(cluster, driver, 3)
+    workers = _hold_workers(cluster, driver, 3)
     on_third = next(w for w in workers if _host_of(w, cluster) == "fake-c")
     cluster.remove_node(third, allow_graceful=False)
+    _release(workers)
     out, _ = driver.communicate(timeout=300)
     by_id = records(tmp_path / "run")
     assert len(by_id) == 3, out
