@@ -34,7 +34,7 @@ def test_rungs_are_quantized_once_and_cached(tmp_path):
 def test_quantize_is_checked_in_the_suite():
     with pytest.raises(ValidationError, match="quantize: expected one of F32, F16, Q8_0"):
         ModelSpec(gguf=SMOLLM2_PKG, quantize="Q9_9")
-    with pytest.raises(ValidationError, match="quantize applies to a gguf or hf source only"):
+    with pytest.raises(ValidationError, match="quantize applies to a gguf, hf or train source only"):
         ModelSpec(ngram={"order": 2, "train": "builtin:stdlib-docs#train"}, quantize="Q8_0")
     assert ModelSpec(hf="models/x", quantize="Q8_0").kind == "gguf"  # an HF source's rung is a GGUF file
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from harness.core.errors import UserError
 from harness.core.paths import expand_user
@@ -28,7 +28,8 @@ from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
-from harness.sources.quantize import Calibration, GgufQuantize, parse_quantize, type_problem
+from harness.sources.quantization import Calibration, QuantMethod, parse_quantize
+from harness.sources.quantization.gguf import GgufQuantize, type_problem
 from harness.sources.train_llama import TrainSpec
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
@@ -76,10 +77,11 @@ class ModelSpec(StrictModel):
     ngram: NgramSpec | None = None
     train: TrainSpec | None = new_key(None, description="a small Llama model the harness trains")
     chat: bool = False
-    quantize: str | GgufQuantize | None = new_key(
-        None, description="a GGUF derived from the gguf or hf source: F32/F16 (dequantized or written), or "
-        "llama.cpp's quantizer applied to the F32 copy (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, IQ4_XS, ...); "
-        "{method: gguf, type: ..., imatrix: {dataset: NAME, chunks: N}} adds an importance matrix")
+    quantize: str | SerializeAsAny[QuantMethod] | None = new_key(
+        None, description="a model derived from the gguf, hf or train source: a GGUF type (F32/F16 dequantized or "
+        "written, or llama.cpp's quantizer applied to the F32 copy: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, "
+        "IQ4_XS, ...), or {method: NAME, ...}: gguf (type, imatrix: {dataset: NAME, chunks: N}), torchao, quanto, "
+        "hqq, ... (docs/quantization.md)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -87,8 +89,8 @@ class ModelSpec(StrictModel):
         if len(given) != 1:
             raise ValueError("expected exactly one source key: gguf, hf, ngram or train")
         if self.quantize is not None:
-            if self.ngram is not None or self.train is not None:
-                raise ValueError("quantize applies to a gguf or hf source only")
+            if self.ngram is not None:
+                raise ValueError("quantize applies to a gguf, hf or train source only")
             problem = isinstance(self.quantize, str) and type_problem(self.quantize, with_imatrix=False)
             if problem:
                 raise ValueError(problem)
@@ -106,12 +108,13 @@ class ModelSpec(StrictModel):
 
     @property
     def kind(self) -> str:
-        """What the source resolves to, which decides the backends that load it: a quantized rung is a GGUF."""
-        return "gguf" if self.quantize is not None else self.source_kind
+        """What the source resolves to, which decides the backends that load it: a quantized model is what its
+        method produces (a GGUF file, or an HF directory)."""
+        return self.quantization.produces if self.quantize is not None else self.source_kind
 
     @property
-    def quantization(self) -> GgufQuantize | None:
-        """``quantize`` in its long form (the shorthand is a type without an importance matrix)."""
+    def quantization(self) -> QuantMethod | None:
+        """``quantize`` in its long form (the GGUF shorthand is a type without an importance matrix)."""
         if isinstance(self.quantize, str):
             return GgufQuantize(type=self.quantize)
         return self.quantize
@@ -123,9 +126,10 @@ class ModelSpec(StrictModel):
             return f"ngram:{n.unit}/order={n.order}/{n.smoothing}"
         if self.train is not None:
             t = self.train
-            return (f"train:llama/hidden={t.hidden_size}/intermediate={t.intermediate_size}/layers={t.layers}"
+            base = (f"train:llama/hidden={t.hidden_size}/intermediate={t.intermediate_size}/layers={t.layers}"
                     f"/tokens={t.tokens}/seed={t.seed}")
-        base = self.gguf if self.gguf is not None else self.hf
+        else:
+            base = self.gguf if self.gguf is not None else self.hf
         return base + (f"#quantize={self.quantization.label}" if self.quantize is not None else "")
 
 
@@ -307,7 +311,7 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path, calibration: Calibration
         raise UserError(f"cannot resolve {spec.source}")
     check_source(spec, path)
     if spec.quantize is not None:
-        from harness.sources.quantize import derive_gguf
+        from harness.sources.quantization.gguf import derive_gguf
 
         path = derive_gguf(path, sha256_file(path), spec.quantization, calibration=calibration)
     size = path.stat().st_size if path.is_file() else sum(
