@@ -7,6 +7,7 @@ lm-eval registers tasks. Its fields are the suite's settings; beside them it dec
 - ``produces`` (ClassVar): ``"gguf"`` (a file llama.cpp loads) or ``"hf"`` (a directory the hf backend loads);
 - ``libraries`` (ClassVar): the distributions whose versions key the cache (torch and transformers always do);
 - ``extra`` (ClassVar): the pip extra that installs them (a missing one is named in one line);
+- ``modules`` (ClassVar): their import names, which ``check_available()`` finds before a run (``validate``);
 - ``calibration_key`` (ClassVar): the key holding ``dataset`` (``imatrix`` for GGUF, ``calibration`` else);
 - ``label``: what the model's source string shows after ``#quantize=``;
 - ``identity()``: the settings that key the cache (all fields, by default);
@@ -15,8 +16,10 @@ lm-eval registers tasks. Its fields are the suite's settings; beside them it dec
 - for ``produces = "hf"``: ``quantize(source_dir, target, calibration, threads)``, run in a child process
   (:mod:`harness.sources.quantization.derive`): load the full-precision HF model in ``source_dir``, quantize
   it, save it into the existing empty folder ``target`` (the tokenizer and ``quantize.json`` are added by the
-  caller); and ``load(directory, kwargs)``: the model back from that folder as a user would load it
-  (transformers ``from_pretrained`` with the hf backend's ``kwargs`` unless overridden).
+  caller); by default ``quantized_model(source_dir, calibration, threads)`` (the model in memory, which tests
+  compare with the reloaded one) then ``save(model, target)`` (``save_pretrained``); and
+  ``load(directory, kwargs)``: the model back from that folder as a user would load it (transformers
+  ``from_pretrained`` with the hf backend's ``kwargs`` unless overridden).
 
 ``parse_quantize`` reads the key: a string is the GGUF shorthand (``quantize: Q4_K_M``, kept as the string so
 cell ids stay as they were), a mapping is dispatched on ``method`` with "did you mean" for an unknown method
@@ -32,6 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationError
 
+from harness.core.errors import ensure_available
 from harness.core.settings import StrictModel
 
 #: the unquantized layers of every HF method: the token embedding and the output head (tied to it in most small
@@ -55,6 +59,7 @@ class QuantMethod(StrictModel):
     produces: ClassVar[Literal["gguf", "hf"]]
     libraries: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
+    modules: ClassVar[tuple[str, ...]] = ()
     calibration_key: ClassVar[str] = "calibration"
 
     method: str
@@ -84,9 +89,23 @@ class QuantMethod(StrictModel):
         section = getattr(self, self.calibration_key, None)
         return getattr(section, "dataset", None)
 
+    def check_available(self) -> None:
+        """MissingDependency naming ``extra`` where a module of the method is not installed (nothing imported)."""
+        for module in self.modules:
+            ensure_available(module, self.extra, f"quantize: {{method: {self.method}}}")
+
     def quantize(self, source_dir: Path, target: Path, calibration: Calibration | None, threads: int) -> None:
-        """Quantize the HF model in ``source_dir`` into the folder ``target`` (runs in the child process)."""
+        """Quantize the HF model in ``source_dir`` into the folder ``target`` (runs in the child process): by
+        default :meth:`quantized_model`, then :meth:`save`."""
+        self.save(self.quantized_model(source_dir, calibration, threads), target)
+
+    def quantized_model(self, source_dir: Path, calibration: Calibration | None, threads: int):
+        """The quantized model in memory (what the saved-and-reloaded one must equal)."""
         raise NotImplementedError(f"{self.method} produces {self.produces}, made elsewhere")
+
+    def save(self, model, target: Path) -> None:
+        """Write :meth:`quantized_model`'s result into the folder ``target``."""
+        model.save_pretrained(target)
 
     def load(self, directory: Path, kwargs: dict):
         """The saved model, loaded as a user would (``kwargs``: the hf backend's ``from_pretrained`` arguments)."""
