@@ -23,6 +23,7 @@ def test_rungs_are_quantized_once_and_cached(tmp_path):
     types = {t.tensor_type.name for t in reader.tensors}
     assert "Q8_0" in types and not types & {"Q4_1", "Q4_0"}
     assert q8.source.endswith("#quantize=Q8_0") and q8.path.name.endswith("-Q8_0.gguf")
+    assert q8.quantization["quantize_s"] > 0 and q8.quantization["label"] == "Q8_0"  # llama_model_quantize's time
     mtime = q8.path.stat().st_mtime_ns
     again = resolve("q8", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q8_0"), tmp_path)
     assert again.path == q8.path and again.path.stat().st_mtime_ns == mtime and again.sha256 == q8.sha256

@@ -322,9 +322,10 @@ def _derived(name: str, spec: ModelSpec, path: Path, calibration: Calibration | 
     """The source at ``path`` as it is, or the model its ``quantize`` derives from it (made once, cached)."""
     quantization = None
     if spec.quantize is not None and spec.quantization.produces == "gguf":
-        from harness.sources.quantization.gguf import derive_gguf
+        from harness.sources.quantization.gguf import derive_gguf, rung_record
 
         path = derive_gguf(path, sha256_file(path), spec.quantization, calibration=calibration)
+        quantization = rung_record(path)
     elif spec.quantize is not None:
         from harness.sources.quantization.derive import derive_hf
 

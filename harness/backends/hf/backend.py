@@ -203,7 +203,9 @@ class HfBackend(Backend):
         if s.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-        if s.quantization is not None and self.model.quantization is not None:
+        # a quantized HF model the harness derived (a GGUF rung's record is that of a file materialized in full)
+        derived = self.model.quantization if self.model.kind != "gguf" else None
+        if s.quantization is not None and derived is not None:
             raise ValueError(f"quantization: {self.model.source} is quantized already; bitsandbytes quantizes a "
                              "full-precision model while loading it")
         if s.quantization is not None:
@@ -218,7 +220,7 @@ class HfBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = transformers.AutoTokenizer.from_pretrained(self._dir)
-            self._model = load_model(self._dir, self.model.quantization, load_kwargs(s))
+            self._model = load_model(self._dir, derived, load_kwargs(s))
         self._model.eval()
         load_s = time.perf_counter() - start
         self.tokenizer = HfTokenizer(tokenizer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -26,6 +27,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from harness.core.errors import UserError, require
+from harness.core.files import read_json_object
 from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import cached
@@ -131,7 +133,35 @@ def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, 
         fingerprint = imatrix_fingerprint(spec, calibration)
         matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
-    return cache_entry(target, lambda tmp: quantize_file(lib, base, tmp, spec.type, threads, matrix))
+    return cache_entry(target, lambda tmp: _timed_quantize(lib, base, tmp, target, spec, threads, matrix))
+
+
+#: beside a quantized rung, how long llama.cpp's quantizer took to make it (``RUNG.gguf.json``)
+RUNG_RECORD_SUFFIX = ".json"
+
+
+def _timed_quantize(lib, base: Path, tmp: Path, target: Path, spec: GgufQuantize, threads: int | None,
+                    matrix: dict | None) -> None:
+    """:func:`quantize_file`, its wall time recorded beside the rung (a cache entry of its own, written before
+    the rung is published: a rung never lacks the record of the build that made it)."""
+    start = time.perf_counter()
+    quantize_file(lib, base, tmp, spec.type, threads, matrix)
+    record = {"label": spec.label, "quantize_s": time.perf_counter() - start, "threads": threads or os.cpu_count()}
+    cached(rung_record_path(target), lambda path: path.write_text(json.dumps(record) + "\n", encoding="utf-8"),
+           lambda path: read_json_object(path, "a rung's record"), refresh=True)
+
+
+def rung_record_path(rung: Path) -> Path:
+    return rung.with_name(rung.name + RUNG_RECORD_SUFFIX)
+
+
+def rung_record(rung: Path) -> dict | None:
+    """How a quantized rung was made (``quantize_s``), where this harness made it; None for the F32/F16 base and
+    for a rung made before the record existed."""
+    try:
+        return read_json_object(rung_record_path(rung), "a rung's record")
+    except (UserError, ValueError):
+        return None
 
 
 def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> None:
