@@ -152,7 +152,8 @@ def main() -> None:
     from harness.sources.gguf_to_hf import ensure_materialized
     from harness.sources.imatrix import compute_imatrix
     from harness.sources.models import ModelSpec, locate
-    from harness.sources.quantize import Calibration, GgufQuantize, ImatrixSpec, derive_gguf, quantize_file
+    from harness.sources.quantization import Calibration
+    from harness.sources.quantization.gguf import GgufQuantize, ImatrixSpec, derive_gguf, quantize_file
 
     if args.llama_imatrix and args.llama_quantize:
         tools = {"llama-imatrix": args.llama_imatrix, "llama-quantize": args.llama_quantize}

@@ -17,6 +17,7 @@ EXTRAS = {
     "gguf": ("gguf", ("llama_cpp", "gguf")),
     "hf": ("hf", ("torch", "transformers")),
     "bnb": ("bnb", ("bitsandbytes",)),
+    "hfquant": ("hfquant", ("torchao", "optimum.quanto", "hqq")),
     "gpt4all": ("gpt4all", ("gpt4all",)),
     "ray": ("ray", ("ray",)),
     "lmeval": ("lmeval", ("lm_eval",)),
@@ -26,11 +27,19 @@ EXTRAS = {
 }
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported; a submodule (optimum.quanto) of a missing package is missing too."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def missing_extra(markers) -> str | None:
     """Why a test with these marker names cannot run here (None: it can)."""
     for marker in markers:
         extra, modules = EXTRAS.get(marker, (None, ()))
-        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        missing = [m for m in modules if not _installed(m)]
         if missing:
             return f"needs the {extra} extra (pip install -e '.[{extra}]'): no {', '.join(missing)}"
     return None

@@ -13,7 +13,8 @@ from harness.sources.corpora import stdlib_docs
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.imatrix import calibration_windows, compute_imatrix
 from harness.sources.models import ModelSpec, resolve
-from harness.sources.quantize import Calibration, imatrix_fingerprint
+from harness.sources.quantization import Calibration
+from harness.sources.quantization.gguf import imatrix_fingerprint
 from harness.tasks.kld import PositionStats
 
 pytestmark = [pytest.mark.hf, pytest.mark.gguf, pytest.mark.models]

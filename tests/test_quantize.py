@@ -23,6 +23,7 @@ def test_rungs_are_quantized_once_and_cached(tmp_path):
     types = {t.tensor_type.name for t in reader.tensors}
     assert "Q8_0" in types and not types & {"Q4_1", "Q4_0"}
     assert q8.source.endswith("#quantize=Q8_0") and q8.path.name.endswith("-Q8_0.gguf")
+    assert q8.quantization["quantize_s"] > 0 and q8.quantization["label"] == "Q8_0"  # llama_model_quantize's time
     mtime = q8.path.stat().st_mtime_ns
     again = resolve("q8", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q8_0"), tmp_path)
     assert again.path == q8.path and again.path.stat().st_mtime_ns == mtime and again.sha256 == q8.sha256
@@ -34,7 +35,7 @@ def test_rungs_are_quantized_once_and_cached(tmp_path):
 def test_quantize_is_checked_in_the_suite():
     with pytest.raises(ValidationError, match="quantize: expected one of F32, F16, Q8_0"):
         ModelSpec(gguf=SMOLLM2_PKG, quantize="Q9_9")
-    with pytest.raises(ValidationError, match="quantize applies to a gguf or hf source only"):
+    with pytest.raises(ValidationError, match="quantize applies to a gguf, hf or train source only"):
         ModelSpec(ngram={"order": 2, "train": "builtin:stdlib-docs#train"}, quantize="Q8_0")
     assert ModelSpec(hf="models/x", quantize="Q8_0").kind == "gguf"  # an HF source's rung is a GGUF file
 

@@ -64,7 +64,10 @@ def ensure_available(module: str, extra: str, purpose: str) -> None:
     if module in sys.modules:
         present = sys.modules[module] is not None
     else:
-        present = importlib.util.find_spec(module) is not None
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a submodule (optimum.quanto) of a package that is not installed
+            present = False
     if not present:
         raise MissingDependency(module, extra, purpose)
 

@@ -27,7 +27,7 @@ from harness.sources.models import (
     resolve_trained,
     trained_context,
 )
-from harness.sources.quantize import Calibration
+from harness.sources.quantization import Calibration
 from harness.suite.cells import Cell
 from harness.suite.executor import ExecutorSettings
 from harness.suite.schema import Suite
@@ -80,11 +80,14 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             # a model still to train: its context is known before it is trained (hours, maybe)
             trained[name] = (spec.train.context if spec.source_kind == "train"
                              else trained_context(spec.source_kind, path))
+        if spec.quantize is not None:
+            with located(suite_path, f"models.{name}.quantize"):
+                spec.quantization.check_available()
         sources = []
         if spec.kind == "ngram":
             sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")
                        for i, s in enumerate(spec.ngram.sources)]
-        if spec.kind == "train":
+        if spec.source_kind == "train":
             sources = [(suite.datasets[d].source, f"train.dataset ({d})") for d in spec.train.datasets]
             check_trainable(spec, base_dir, suite_path, f"models.{name}.train")
         for source, key in sources:
@@ -99,7 +102,7 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
         with located(suite_path, f"tasks.{name}"):
             TASKS[spec.type].check_inputs(spec, base_dir)
     loaded = {}
-    calibrated_on = {m.dataset for m in _imatrices(suite, cells).values()}
+    calibrated_on = {m.calibration_dataset for m in _calibrated(suite, cells).values()}
     for name in sorted({c.dataset for c in cells if c.dataset} | calibrated_on):
         spec = suite.datasets[name]
         if not spec.source.startswith("hf:"):
@@ -147,31 +150,32 @@ def calibrations(suite: Suite, cells: list[Cell], suite_path: Path, corpora: Pat
     """Each model's calibration text, by model name."""
     base_dir = suite_path.resolve().parent
     found = {}
-    for name, imatrix in _imatrices(suite, cells).items():
-        with located(suite_path, f"models.{name}.quantize.imatrix.dataset"):
-            corpus = local.get(imatrix.dataset) or load_corpus(imatrix.dataset, suite.datasets[imatrix.dataset],
-                                                               base_dir, corpora)
+    for name, method in _calibrated(suite, cells).items():
+        dataset = method.calibration_dataset
+        with located(suite_path, f"models.{name}.quantize.{method.calibration_key}.dataset"):
+            corpus = local.get(dataset) or load_corpus(dataset, suite.datasets[dataset], base_dir, corpora)
         found[name] = Calibration(text=corpus.text, sha256=corpus.sha256)
     return found
 
 
-def _imatrices(suite: Suite, cells: list[Cell]) -> dict:
-    """The importance-matrix settings of the cells' models that have one, by model name."""
+def _calibrated(suite: Suite, cells: list[Cell]) -> dict:
+    """The quantization methods of the cells' models that are calibrated on a dataset, by model name."""
     specs = {name: suite.models[name] for name in sorted(models_needed(suite, cells))}
-    return {name: spec.quantization.imatrix for name, spec in specs.items()
-            if spec.quantize is not None and spec.quantization.imatrix is not None}
+    return {name: spec.quantization for name, spec in specs.items()
+            if spec.quantize is not None and spec.quantization.calibration_dataset is not None}
 
 
 def warn_calibrated_on_test_text(suite: Suite, cells: list[Cell], suite_path: Path, loaded: dict[str, Corpus]) -> None:
-    """A model calibrated on a text one of its cells evaluates gets a warning: an importance matrix fitted to
-    the test text flatters its rung there."""
-    for name, imatrix in _imatrices(suite, cells).items():
-        calibration = loaded.get(imatrix.dataset)
+    """A model calibrated on a text one of its cells evaluates gets a warning: an importance matrix (or a
+    GPTQ/AWQ calibration) fitted to the test text flatters its quantization there."""
+    for name, method in _calibrated(suite, cells).items():
+        used = method.calibration_dataset
+        calibration = loaded.get(used)
         for dataset in sorted({c.dataset for c in cells if c.model == name and c.dataset}):
             evaluated = loaded.get(dataset)
-            if dataset == imatrix.dataset or (evaluated and calibration and evaluated.sha256 == calibration.sha256):
-                warn(f"{suite_path}: models.{name}.quantize.imatrix.dataset: '{imatrix.dataset}' is the text its "
-                     f"cells evaluate (dataset '{dataset}'): the importance matrix is fitted to the test text")
+            if dataset == used or (evaluated and calibration and evaluated.sha256 == calibration.sha256):
+                warn(f"{suite_path}: models.{name}.quantize.{method.calibration_key}.dataset: '{used}' is the text "
+                     f"its cells evaluate (dataset '{dataset}'): the quantization is calibrated on the test text")
 
 
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
@@ -189,14 +193,15 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     calibration = calibrations(suite, cells, path, corpora, local)
     models, datasets = {}, {}
     needed = models_needed(suite, cells)
-    for name in sorted(n for n in needed if suite.models[n].kind not in ("ngram", "train")):
+    for name in sorted(n for n in needed if suite.models[n].source_kind not in ("ngram", "train")):
         with located(path, f"models.{name}"):
             models[name] = resolve(name, suite.models[name], base_dir, calibration.get(name))
-    for name in sorted(n for n in needed if suite.models[n].kind == "train"):
+    for name in sorted(n for n in needed if suite.models[n].source_kind == "train"):
         spec = suite.models[name]
         with located(path, f"models.{name}.train"):
             models[name] = resolve_trained(name, spec, [train_texts[suite.datasets[d].source]
-                                                        for d in spec.train.datasets], base_dir, corpora)
+                                                        for d in spec.train.datasets], base_dir, corpora,
+                                           calibration=calibration.get(name))
     for name in sorted(n for n in needed if suite.models[n].kind == "ngram"):
         spec = suite.models[name]
         with located(path, f"models.{name}.ngram"):

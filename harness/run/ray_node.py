@@ -98,7 +98,7 @@ def relocate(model: ResolvedModel | None, specs: dict, job: Job, hostname: str) 
             tokenizer = (resolve(tokenizer_name, ModelSpec.model_validate(specs[tokenizer_name]), base_dir)
                          if tokenizer_name else None)
             here = resolve_ngram(model.name, spec, model.recipe["train"], base_dir, job.corpora, tokenizer)
-        elif model.kind == "train":  # trained by the driver: a node uses its own cache's copy, never trains
+        elif spec.source_kind == "train":  # trained by the driver: a node uses its own cache's copy, never trains
             here = resolve_trained(model.name, spec, model.training["texts"], base_dir, job.corpora, train=False)
         else:
             here = resolve(model.name, spec, base_dir)

@@ -217,10 +217,10 @@ def _undefined(path: Path, where: str, kind: str, name: str, defined) -> UserErr
 
 def _check_references(path: Path, suite: Suite) -> None:
     for mname, model in suite.models.items():
-        imatrix = model.quantization.imatrix if model.quantize is not None else None
-        if imatrix is not None and imatrix.dataset not in suite.datasets:
-            raise _undefined(path, f"models.{mname}.quantize.imatrix.dataset", "dataset", imatrix.dataset,
-                             suite.datasets)
+        calibration = model.quantization.calibration_dataset if model.quantize is not None else None
+        if calibration is not None and calibration not in suite.datasets:
+            raise _undefined(path, f"models.{mname}.quantize.{model.quantization.calibration_key}.dataset", "dataset",
+                             calibration, suite.datasets)
         if model.kind == "ngram" and model.ngram.tokenizer is not None:
             name = model.ngram.tokenizer
             if name not in suite.models:

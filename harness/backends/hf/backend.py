@@ -134,6 +134,18 @@ def load_kwargs(settings: HfSettings) -> dict:
     return kwargs
 
 
+def load_model(directory: Path, derived: dict | None, kwargs: dict):
+    """transformers' model in ``directory``; a quantized model the harness derived (``derived``: its record) as its
+    method loads it (quanto and hqq with their own loaders)."""
+    if derived is None:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    from harness.sources.quantization import parse_quantize
+
+    return parse_quantize(derived["method"]).load(directory, kwargs)
+
+
 class _TokenClock:
     """A transformers streamer: ``put`` gets the prompt once, then each step's new tokens."""
 
@@ -191,6 +203,11 @@ class HfBackend(Backend):
         if s.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        # a quantized HF model the harness derived (a GGUF rung's record is that of a file materialized in full)
+        derived = self.model.quantization if self.model.kind != "gguf" else None
+        if s.quantization is not None and derived is not None:
+            raise ValueError(f"quantization: {self.model.source} is quantized already; bitsandbytes quantizes a "
+                             "full-precision model while loading it")
         if s.quantization is not None:
             versions["bitsandbytes"] = require("bitsandbytes", "bnb", "quantization: {method: bnb}").__version__
             # LLM.int8 casts activations to float16 and logs that at every matmul: once is in the docs
@@ -203,7 +220,7 @@ class HfBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = transformers.AutoTokenizer.from_pretrained(self._dir)
-            self._model = transformers.AutoModelForCausalLM.from_pretrained(self._dir, **load_kwargs(s))
+            self._model = load_model(self._dir, derived, load_kwargs(s))
         self._model.eval()
         load_s = time.perf_counter() - start
         self.tokenizer = HfTokenizer(tokenizer)
@@ -377,18 +394,43 @@ def check_loaded_dtype(weight, dtype: str, transformers_version: str) -> None:
 
 
 def weight_bytes(model) -> int:
-    """The weights' bytes in memory: ``get_memory_footprint`` (parameters and buffers) plus the bitsandbytes
-    quantization state hanging off the parameters, which it misses: a 4-bit weight's absmax per block and code
-    book (with double quantization the 8-bit absmax, its own absmax, code book and offset), an int8 weight's
-    row scales (SCB). Each tensor is counted once."""
+    """The weights' bytes in memory: ``get_memory_footprint`` (parameters and buffers) plus the quantization
+    state it misses: bitsandbytes' hanging off the parameters (a 4-bit weight's absmax per block and code book,
+    with double quantization the 8-bit absmax, its own absmax, code book and offset; an int8 weight's row
+    scales, SCB), hqq's scales and zero points (in its layers' ``meta``). A torchao or quanto weight (a tensor
+    subclass) reports its float dtype: it is counted by the plain tensors it holds instead. Each tensor once."""
     seen, state_bytes = set(), 0
+
+    def count(tensor) -> int:
+        key = (tensor.device, tensor.data_ptr())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return tensor.numel() * tensor.element_size()
+
     for param in model.parameters():
         for tensor in _quantization_state(param):
-            key = (tensor.device, tensor.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                state_bytes += tensor.numel() * tensor.element_size()
+            state_bytes += count(tensor)
+        inner = _inner_tensors(param.data)
+        if inner is not None:  # what get_memory_footprint counted, replaced by what is held
+            state_bytes += sum(count(t) for t in inner) - param.numel() * param.element_size()
+    for module in model.modules():
+        meta = getattr(module, "meta", None)
+        if isinstance(meta, dict) and hasattr(module, "W_q"):  # hqq's HQQLinear
+            state_bytes += sum(count(t) for t in meta.values() if hasattr(t, "data_ptr"))
     return int(model.get_memory_footprint()) + state_bytes
+
+
+def _inner_tensors(tensor) -> list | None:
+    """The plain tensors a tensor subclass holds (PyTorch's ``__tensor_flatten__`` protocol); None for a plain one."""
+    if not hasattr(type(tensor), "__tensor_flatten__"):
+        return None
+    names, _ = tensor.__tensor_flatten__()
+    plain = []
+    for name in names:
+        held = getattr(tensor, name)
+        plain += _inner_tensors(held) or [held]
+    return plain
 
 
 def _quantization_state(param) -> Iterator:

@@ -1,7 +1,7 @@
 """A GGUF quantization ladder from one source model: the F32 or F16 base (a GGUF source dequantized by
 gguf-py, a Hugging Face source written by :mod:`harness.sources.hf_to_gguf`), then llama.cpp's own quantizer
 (``llama_model_quantize``, as llama-quantize runs it) applied to the F32 base, with an importance matrix when
-the suite asks for one (:mod:`harness.sources.imatrix`).
+the suite asks for one (:mod:`harness.sources.imatrix`). The ``gguf`` method of :mod:`harness.sources.quantization`.
 
 Suite syntax: ``quantize: Q4_K_M`` (the shorthand: the cell ids it always had) or
 ``quantize: {method: gguf, type: Q4_K_M, imatrix: {dataset: NAME, chunks: N}}``.
@@ -19,19 +19,21 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from harness.core.errors import UserError, require
+from harness.core.files import read_json_object
 from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.gguf_header import read_header
+from harness.sources.quantization.method import Calibration, QuantMethod
 
 #: ``quantize:`` values: the base, dequantized (a GGUF source) or written (an HF source) to these two ...
 DEQUANTIZED = {"F32": "f32", "F16": "f16"}
@@ -52,8 +54,14 @@ class ImatrixSpec(StrictModel):
     n_ctx: int = Field(512, ge=16, description="tokens a window (llama-imatrix's default 512)")
 
 
-class GgufQuantize(StrictModel):
+class GgufQuantize(QuantMethod):
     """``quantize: {method: gguf, type: TYPE, imatrix: {...}}``; ``quantize: TYPE`` is the same without imatrix."""
+
+    produces: ClassVar = "gguf"
+    libraries: ClassVar = ("llama-cpp-python", "gguf")
+    extra: ClassVar = "gguf"
+    modules: ClassVar = ("llama_cpp", "gguf")
+    calibration_key: ClassVar = "imatrix"
 
     method: Literal["gguf"] = "gguf"
     type: str = Field(description="F32/F16 base, or a llama.cpp type: " + ", ".join(QUANTIZED))
@@ -86,32 +94,6 @@ def type_problem(quant_type: str, with_imatrix: bool) -> str | None:
     if quant_type in DEQUANTIZED and with_imatrix:
         return f"quantize: {quant_type} is the unquantized base: an importance matrix does not apply"
     return None
-
-
-def parse_quantize(value):
-    """A suite's ``quantize:`` value: the shorthand string as it is, a mapping as :class:`GgufQuantize`; a wrong
-    mapping as one ValueError naming its key (not one error per member of the union)."""
-    if value is None or isinstance(value, (str, GgufQuantize)):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError("expected a type (Q4_K_M) or {method: gguf, type: ..., imatrix: {dataset: NAME}}")
-    try:
-        return GgufQuantize.model_validate(value)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ").removeprefix("quantize: ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise ValueError(f"{where}: {message}" if where else message) from None
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A calibration text resolved from the suite's dataset, with its fingerprint."""
-
-    text: str
-    sha256: str
 
 
 def cache_entry(target: Path, make: Callable[[Path], object], check: Callable[[Path], object] = read_header) -> Path:
@@ -151,7 +133,35 @@ def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, 
         fingerprint = imatrix_fingerprint(spec, calibration)
         matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
-    return cache_entry(target, lambda tmp: quantize_file(lib, base, tmp, spec.type, threads, matrix))
+    return cache_entry(target, lambda tmp: _timed_quantize(lib, base, tmp, target, spec, threads, matrix))
+
+
+#: beside a quantized rung, how long llama.cpp's quantizer took to make it (``RUNG.gguf.json``)
+RUNG_RECORD_SUFFIX = ".json"
+
+
+def _timed_quantize(lib, base: Path, tmp: Path, target: Path, spec: GgufQuantize, threads: int | None,
+                    matrix: dict | None) -> None:
+    """:func:`quantize_file`, its wall time recorded beside the rung (a cache entry of its own, written before
+    the rung is published: a rung never lacks the record of the build that made it)."""
+    start = time.perf_counter()
+    quantize_file(lib, base, tmp, spec.type, threads, matrix)
+    record = {"label": spec.label, "quantize_s": time.perf_counter() - start, "threads": threads or os.cpu_count()}
+    cached(rung_record_path(target), lambda path: path.write_text(json.dumps(record) + "\n", encoding="utf-8"),
+           lambda path: read_json_object(path, "a rung's record"), refresh=True)
+
+
+def rung_record_path(rung: Path) -> Path:
+    return rung.with_name(rung.name + RUNG_RECORD_SUFFIX)
+
+
+def rung_record(rung: Path) -> dict | None:
+    """How a quantized rung was made (``quantize_s``), where this harness made it; None for the F32/F16 base and
+    for a rung made before the record existed."""
+    try:
+        return read_json_object(rung_record_path(rung), "a rung's record")
+    except (UserError, ValueError):
+        return None
 
 
 def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> None:
