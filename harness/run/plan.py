@@ -73,6 +73,9 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
         spec = suite.models[name]
+        if spec.quantize is not None:
+            with located(suite_path, f"models.{name}.quantize.method"):
+                spec.quantization.ensure_dependencies()
         with located(suite_path, f"models.{name}.{spec.source_kind}"):
             path = locate(spec, base_dir, fetch=False)
             if path is not None:

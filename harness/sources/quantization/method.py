@@ -7,6 +7,8 @@ lm-eval registers tasks. Its fields are the suite's settings; beside them it dec
 - ``produces`` (ClassVar): ``"gguf"`` (a file llama.cpp loads) or ``"hf"`` (a directory the hf backend loads);
 - ``libraries`` (ClassVar): the distributions whose versions key the cache (torch and transformers always do);
 - ``extra`` (ClassVar): the pip extra that installs them (a missing one is named in one line);
+- ``modules`` (ClassVar): the modules it imports, checked by ``validate`` and the run's plan
+  (:meth:`QuantMethod.ensure_dependencies`) before any cell runs, as a backend's are;
 - ``calibration_key`` (ClassVar): the key holding ``dataset`` (``imatrix`` for GGUF, ``calibration`` else);
 - ``label``: what the model's source string shows after ``#quantize=``;
 - ``identity()``: the settings that key the cache (all fields, by default);
@@ -32,6 +34,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationError
 
+from harness.core.errors import ensure_available
 from harness.core.settings import StrictModel
 
 #: the unquantized layers of every HF method: the token embedding and the output head (tied to it in most small
@@ -55,6 +58,7 @@ class QuantMethod(StrictModel):
     produces: ClassVar[Literal["gguf", "hf"]]
     libraries: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
+    modules: ClassVar[tuple[str, ...]] = ()
     calibration_key: ClassVar[str] = "calibration"
 
     method: str
@@ -66,6 +70,12 @@ class QuantMethod(StrictModel):
         if not isinstance(name, str):
             raise TypeError(f"{cls.__name__}: declare method: Literal['NAME'] = 'NAME'")
         QuantMethod.registry[name] = cls
+
+    @classmethod
+    def ensure_dependencies(cls) -> None:
+        """Bad input (naming the extra to install) when a module the method imports is missing."""
+        for module in cls.modules:
+            ensure_available(module, cls.extra, f"quantize method {cls.model_fields['method'].default}")
 
     @property
     def label(self) -> str:

@@ -1,0 +1,89 @@
+"""What GPTQ and AWQ share: both are GPT-QModel (the ``quant`` extra) run on windows of a suite dataset in the
+derivation's child process; :mod:`.gptq` and :mod:`.awq` name the algorithm's config, dtype and CPU kernel.
+
+GPT-QModel 7.6 on a CPU needs a few things set for it: its worker pool sized to the threads (its default, half
+the cores, is one worker on 2 cores), its JIT-built pack extension kept in the harness cache and its
+per-run logs (``./logs``) in a scratch folder removed afterwards (nothing written outside the cache), layers
+held in memory instead of offloaded to a temporary folder. The token embedding and the output head stay
+unquantized (``lm_head=False``, no embedding config: the one policy of
+:data:`harness.sources.quantization.method.KEEP_UNQUANTIZED`).
+The checkpoint it saves is the GPTQ/AWQ format transformers loads with ``from_pretrained`` (through optimum
+and GPT-QModel's kernels), as a user loads a published GPTQ or AWQ model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+
+from harness.core.errors import UserError, require
+from harness.core.settings import StrictModel
+from harness.sources.cache import cache_dir
+from harness.sources.imatrix import calibration_windows
+from harness.sources.quantization.method import Calibration
+
+#: the extra that installs GPT-QModel (its numpy pin keeps it out of the other extras), the distributions whose
+#: versions key a derived model and the modules a run needs (optimum: transformers loads the checkpoint through it)
+EXTRA = "quant"
+LIBRARIES = ("gptqmodel", "optimum")
+MODULES = ("gptqmodel", "optimum")
+#: the weight matrices' row widths a group must divide: every linear layer of a Llama block reads one of them
+ROW_WIDTHS = ("hidden_size", "intermediate_size")
+
+
+class CalibrationSpec(StrictModel):
+    """The calibration windows, read from the start of a suite dataset as llama-imatrix reads its chunks."""
+
+    dataset: str = Field(description="a dataset of this suite: the calibration text")
+    samples: int = Field(128, ge=1, description="windows of seq_len tokens (fewer if the text is shorter)")
+    seq_len: int = Field(512, ge=16, description="tokens a window, the first one BOS where the vocabulary has one")
+
+
+def check_group_size(source_dir: Path, group_size: int) -> None:
+    """A group that does not divide a row fails in GPT-QModel's CPU kernels (SmolLM2's 576-wide rows with 128):
+    refuse it in one line, naming a group size that fits."""
+    config = json.loads((source_dir / "config.json").read_text())
+    for key in ROW_WIDTHS:
+        width = config.get(key)
+        if isinstance(width, int) and width % group_size:
+            fits = max(g for g in (16, 32, 64, 128) if width % g == 0) if width % 16 == 0 else None
+            hint = f"; {fits} divides it" if fits else ""
+            raise UserError(f"quantize.group_size: {group_size} does not divide the model's {key} "
+                            f"({width}){hint}")
+
+
+def quantize_with_gptqmodel(config, source_dir: Path, target: Path, calibration: Calibration | None,
+                            spec: CalibrationSpec, threads: int | None, dtype: str, backend: str | None = None
+                            ) -> None:
+    """Load the model in ``source_dir`` in ``dtype`` with GPT-QModel's ``config`` (made by ``config(gptqmodel)``),
+    quantize it on the calibration windows and save the checkpoint into ``target``."""
+    if calibration is None:
+        raise UserError("quantize.calibration.dataset: the calibration text was not resolved")
+    workers = threads or os.cpu_count() or 1
+    os.environ["GPTQMODEL_CPU_WORKERS"] = str(workers)
+    os.environ["GPTQMODEL_TORCH_EXTENSIONS_DIR"] = str(cache_dir() / "gptqmodel-extensions")
+    torch = require("torch", "hf", "GPTQ/AWQ quantization")
+    transformers = require("transformers", "hf", "GPTQ/AWQ quantization")
+    gptqmodel = require("gptqmodel", EXTRA, "GPTQ/AWQ quantization")
+    torch.set_num_threads(workers)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
+    ids = tokenizer(calibration.text, add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id if ids and ids[0] == tokenizer.bos_token_id else None
+    windows = calibration_windows(ids, spec.seq_len, spec.samples, bos)
+    samples = [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
+    scratch = target / ".gptqmodel-scratch"
+    scratch.mkdir()
+    here = Path.cwd()
+    os.chdir(scratch)  # GPT-QModel writes its per-run logs under ./logs
+    try:
+        model = gptqmodel.GPTQModel.load(str(source_dir), config(gptqmodel), dtype=getattr(torch, dtype))
+        model.quantize(samples, batch_size=1, tokenizer=tokenizer,
+                       **({"backend": getattr(gptqmodel.BACKEND, backend)} if backend else {}))
+        model.save(str(target))
+    finally:
+        os.chdir(here)
+    shutil.rmtree(scratch)
