@@ -14,6 +14,7 @@ and GPT-QModel's kernels), as a user loads a published GPTQ or AWQ model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -69,6 +70,9 @@ def quantize_with_gptqmodel(config, source_dir: Path, target: Path, calibration:
     torch = require("torch", "hf", "GPTQ/AWQ quantization")
     transformers = require("transformers", "hf", "GPTQ/AWQ quantization")
     gptqmodel = require("gptqmodel", EXTRA, "GPTQ/AWQ quantization")
+    import logbar
+
+    logbar.LogBar.shared().setLevel(logging.WARNING)  # its per-layer tables and configs: the harness shows progress
     torch.set_num_threads(workers)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
     ids = tokenizer(calibration.text, add_special_tokens=True)["input_ids"]
