@@ -39,6 +39,11 @@ class AwqQuantize(QuantMethod):
     group_size: Literal[32, 64, 128] = Field(128, description="weights sharing a scale and zero point along a row")
     calibration: CalibrationSpec = Field(description="the suite dataset whose activations choose the scales")
 
+    @property
+    def label(self) -> str:
+        """The method's settings, then its calibration."""
+        return f"{super().label},{self.calibration}"
+
     def quantize(self, source_dir: Path, target: Path, calibration: Calibration | None, threads: int) -> None:
         """AWQ on the calibration windows, in bfloat16 (the CPU kernel's), saved in the AWQ GEMM format."""
         check_group_size(source_dir, self.group_size)

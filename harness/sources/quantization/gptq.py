@@ -37,6 +37,11 @@ class GptqQuantize(QuantMethod):
     group_size: Literal[32, 64, 128] = Field(128, description="weights sharing a scale and zero point along a row")
     calibration: CalibrationSpec = Field(description="the suite dataset whose windows the Hessians are measured on")
 
+    @property
+    def label(self) -> str:
+        """The method's settings, then its calibration."""
+        return f"{super().label},{self.calibration}"
+
     def quantize(self, source_dir: Path, target: Path, calibration: Calibration | None, threads: int) -> None:
         """GPTQ on the calibration windows, in float32, saved in the GPTQ checkpoint format."""
         check_group_size(source_dir, self.group_size)

@@ -43,6 +43,10 @@ class CalibrationSpec(StrictModel):
     samples: int = Field(128, ge=1, description="windows of seq_len tokens (fewer if the text is shorter)")
     seq_len: int = Field(512, ge=16, description="tokens a window, the first one BOS where the vocabulary has one")
 
+    def __str__(self) -> str:
+        """How a model's label shows it: ``calibration=wiki/128x512``."""
+        return f"calibration={self.dataset}/{self.samples}x{self.seq_len}"
+
 
 def check_group_size(source_dir: Path, group_size: int) -> None:
     """A group that does not divide a row fails in GPT-QModel's CPU kernels (SmolLM2's 576-wide rows with 128):
