@@ -18,6 +18,7 @@ EXTRAS = {
     "hf": ("hf", ("torch", "transformers")),
     "bnb": ("bnb", ("bitsandbytes",)),
     "quant": ("quant", ("gptqmodel", "optimum")),
+    "hfquant": ("hfquant", ("torchao", "optimum.quanto", "hqq")),
     "gpt4all": ("gpt4all", ("gpt4all",)),
     "ray": ("ray", ("ray",)),
     "lmeval": ("lmeval", ("lm_eval",)),

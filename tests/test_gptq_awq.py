@@ -41,7 +41,7 @@ def test_a_missing_quant_extra_is_one_line_naming_it(tmp_path, capsys, monkeypat
         "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 64, "max_tokens": 128}},
         "matrix": [{"model": "tiny", "backend": "hf", "task": "ppl"}]})
     assert main(["validate", str(suite)]) == 2
-    assert _one_line(capsys) == (f"harness: error: {suite}: models.tiny.quantize.method: quantize method awq needs "
+    assert _one_line(capsys) == (f"harness: error: {suite}: models.tiny.quantize: quantize: {{method: awq}} needs "
                                  "the Python package 'gptqmodel', which is not installed: pip install 'harness[quant]'")
 
 

@@ -73,13 +73,13 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
     trained: dict[str, int | None] = {}
     for name in sorted(models_needed(suite, cells)):
         spec = suite.models[name]
-        if spec.quantize is not None:
-            with located(suite_path, f"models.{name}.quantize.method"):
-                spec.quantization.ensure_dependencies()
         with located(suite_path, f"models.{name}.{spec.source_kind}"):
             path = locate(spec, base_dir, fetch=False)
             if path is not None:
                 check_source(spec, path)
+        if spec.quantize is not None:
+            with located(suite_path, f"models.{name}.quantize"):
+                spec.quantization.check_available()
             # a model still to train: its context is known before it is trained (hours, maybe)
             trained[name] = (spec.train.context if spec.source_kind == "train"
                              else trained_context(spec.source_kind, path))
@@ -200,7 +200,8 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
         spec = suite.models[name]
         with located(path, f"models.{name}.train"):
             models[name] = resolve_trained(name, spec, [train_texts[suite.datasets[d].source]
-                                                        for d in spec.train.datasets], base_dir, corpora)
+                                                        for d in spec.train.datasets], base_dir, corpora,
+                                           calibration=calibration.get(name))
     for name in sorted(n for n in needed if suite.models[n].kind == "ngram"):
         spec = suite.models[name]
         with located(path, f"models.{name}.ngram"):

@@ -77,6 +77,10 @@ def run_job(job: Job) -> dict:
         Measurement("model_bytes", info.model_bytes),
         Measurement("peak_rss_mb", memory.peak_mb, memory.samples),
     ]
+    derived = backend.model.quantization
+    if derived is not None:
+        measurements += [Measurement("quantize_s", derived["quantize_s"]),
+                         Measurement("quantize_peak_rss_mb", derived["peak_rss_mb"])]
     if "peak_vram_mb" in device:
         measurements.append(Measurement("peak_vram_mb", device["peak_vram_mb"]))
     return {

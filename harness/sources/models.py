@@ -148,10 +148,14 @@ class ResolvedModel:
     recipe: dict | None = None
     #: how a model the harness trained was made (parameters, training tokens, wall time: its training.json)
     training: dict | None = None
+    #: how a quantized HF model was derived (its quantize.json: time, peak RSS, versions) and whether this run
+    #: found it in the cache (``cached``)
+    quantization: dict | None = None
 
     def fingerprint(self) -> dict:
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
-                "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {})}
+                "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {}),
+                **({"quantization": self.quantization} if self.quantization else {})}
 
 
 def _distribution_folder(spec: str, package: str) -> tuple[Path, set[PurePosixPath]]:
@@ -295,10 +299,10 @@ def trained_context(kind: str, path: Path | None) -> int | None:
 
 def check_source(spec: ModelSpec, path: Path) -> None:
     """What can be checked of a located source before anything is made from it (``validate`` too): a GGUF reads,
-    an HF source to be quantized is a model the GGUF writer supports."""
+    an HF source to be quantized to GGUF is a model the GGUF writer supports."""
     if spec.source_kind == "gguf":
         check_gguf(path)
-    elif spec.quantize is not None:
+    elif spec.quantize is not None and spec.quantization.produces == "gguf":
         from harness.sources.hf_to_gguf import check_convertible
 
         check_convertible(path)
@@ -310,15 +314,35 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path, calibration: Calibration
     if path is None:
         raise UserError(f"cannot resolve {spec.source}")
     check_source(spec, path)
-    if spec.quantize is not None:
+    return _derived(name, spec, path, calibration)
+
+
+def _derived(name: str, spec: ModelSpec, path: Path, calibration: Calibration | None,
+             training: dict | None = None) -> ResolvedModel:
+    """The source at ``path`` as it is, or the model its ``quantize`` derives from it (made once, cached)."""
+    quantization = None
+    if spec.quantize is not None and spec.quantization.produces == "gguf":
         from harness.sources.quantization.gguf import derive_gguf
 
         path = derive_gguf(path, sha256_file(path), spec.quantization, calibration=calibration)
-    size = path.stat().st_size if path.is_file() else sum(
-        p.stat().st_size for p in path.rglob("*") if p.is_file())
-    digest = sha256_file(path)
-    return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=digest,
-                         bytes_on_disk=size, chat=spec.chat)
+    elif spec.quantize is not None:
+        from harness.sources.quantization.derive import derive_hf
+
+        hf_dir = path
+        if path.is_file():  # a GGUF reaches the HF methods through its HF directory
+            from harness.sources.gguf_to_hf import ensure_materialized
+
+            hf_dir, _ = ensure_materialized(path, sha256_file(path))
+        derived = derive_hf(hf_dir, sha256_file(hf_dir), spec.quantization, calibration)
+        path, quantization = derived.path, derived.info()
+    return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=sha256_file(path),
+                         bytes_on_disk=bytes_on_disk(path), chat=spec.chat, training=training,
+                         quantization=quantization)
+
+
+def bytes_on_disk(path: Path) -> int:
+    """A file's size, or the sum of a directory's files."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 #: bump when the trained n-gram file layout changes, so stale caches are rebuilt, not misread
@@ -345,15 +369,13 @@ def resolve_ngram(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path,
 
 
 def resolve_trained(name: str, spec: ModelSpec, texts: list[dict], base_dir: Path, corpora: Path | None,
-                    train: bool = True) -> ResolvedModel:
+                    train: bool = True, calibration: Calibration | None = None) -> ResolvedModel:
     """A trained Llama model's HF directory, trained now (in a child process, with a progress bar) unless the
-    cache holds it already (``train=False``: a UserError then); ``texts`` are the fingerprints of its datasets'
-    sources, in order."""
+    cache holds it already (``train=False``: a UserError then), or the model its ``quantize`` derives from it;
+    ``texts`` are the fingerprints of its datasets' sources, in order."""
     from harness.sources.train_llama import ensure_trained, read_training
 
     tokenizer = locate(ModelSpec(gguf=spec.train.tokenizer), base_dir)
     check_gguf(tokenizer)
     path = ensure_trained(spec.train, texts, tokenizer, sha256_file(tokenizer), base_dir, corpora, train)
-    return ResolvedModel(name=name, kind="train", source=spec.source, path=path, sha256=sha256_file(path),
-                         bytes_on_disk=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
-                         training=read_training(path))
+    return _derived(name, spec, path, calibration, training=read_training(path))

@@ -23,9 +23,7 @@ import csv
 import importlib.metadata
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +31,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from harness.core.errors import UserError
-from harness.core.process import child_command
 from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
+from harness.sources.child import child_main, progress, run_child
 from harness.sources.fingerprint import sha256_bytes
 
 #: bump when the training procedure or the directory's layout changes, so stale models are retrained
@@ -45,9 +43,6 @@ TRAINING_RECORD = "training.json"
 LOSS_CURVE = "loss_curve.csv"
 #: libraries whose versions change the weights one seed gives
 LIBRARIES = ("torch", "transformers")
-#: how the child reports bad input and an environment error to its parent (exit code, last stderr line's prefix)
-EXIT_BAD_INPUT, BAD_INPUT = 2, "harness: error: "
-EXIT_ENVIRONMENT, ENVIRONMENT = 4, "harness: os error: "
 
 
 #: a trained model's hidden and intermediate sizes are multiples of this, so every quantization format
@@ -129,17 +124,7 @@ def ensure_trained(spec: TrainSpec, texts: list[dict], tokenizer: Path, tokenize
                         "(or share HARNESS_CACHE)")
     recipe = {"spec": spec.model_dump(mode="json"), "texts": texts, "tokenizer": str(tokenizer),
               "base_dir": str(base_dir), "corpora": str(corpora) if corpora else None}
-    done = subprocess.run(child_command("harness.sources.train_llama", json.dumps(recipe), str(target)),
-                          stderr=subprocess.PIPE, text=True)
-    last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "").strip()
-    if done.returncode == EXIT_BAD_INPUT and last.startswith(BAD_INPUT):
-        raise UserError(last.removeprefix(BAD_INPUT))
-    if done.returncode == EXIT_ENVIRONMENT and last.startswith(ENVIRONMENT):
-        number, filename = json.loads(last.removeprefix(ENVIRONMENT))
-        raise OSError(number, os.strerror(number), filename)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"training {target.name} failed (exit code {done.returncode}): {last}")
+    run_child("harness.sources.train_llama", [json.dumps(recipe), str(target)], f"training {target.name}")
     return target
 
 
@@ -207,8 +192,8 @@ def _train_into(recipe: dict, folder: Path) -> None:
         step, steps, min(spec.warmup, steps // 10)))
     draws = torch.Generator().manual_seed(spec.seed)
     curve, loop_start = [], time.perf_counter()
-    with _progress() as progress:
-        bar = progress.add_task("training", total=steps, loss="")
+    with progress("loss") as shown_progress:
+        bar = shown_progress.add_task("training", total=steps, loss="")
         for step in range(1, steps + 1):
             model.train()
             offsets = torch.randint(0, len(train_part) - span + 1, (spec.batch,), generator=draws)
@@ -225,7 +210,7 @@ def _train_into(recipe: dict, folder: Path) -> None:
                 row["val_loss"] = validation_loss(model, valid_part, span, bos, spec.batch)
             curve.append(row)
             shown = f"loss {row['train_loss']:.3f}" + (f" val {row['val_loss']:.3f}" if row["val_loss"] else "")
-            progress.update(bar, advance=1, loss=shown)
+            shown_progress.update(bar, advance=1, loss=shown)
     model.config.name_or_path = f"harness:train/{Path(recipe['tokenizer']).name}"
     model.save_pretrained(folder)
     _write_curve(folder / LOSS_CURVE, curve)
@@ -278,24 +263,5 @@ def _write_curve(path: Path, curve: list[dict]) -> None:
         writer.writerows(curve)
 
 
-def _progress():
-    from rich import progress
-    from rich.console import Console
-
-    return progress.Progress(progress.TextColumn("{task.description}"), progress.BarColumn(),
-                             progress.MofNCompleteColumn(), progress.TimeElapsedColumn(),
-                             progress.TimeRemainingColumn(), progress.TextColumn("{task.fields[loss]}"),
-                             console=Console(file=sys.stdout))
-
-
 if __name__ == "__main__":
-    try:
-        train(json.loads(sys.argv[1]), Path(sys.argv[2]))
-    except UserError as exc:  # the parent raises it again from this line
-        print(f"{BAD_INPUT}{exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except OSError as exc:  # a full disk, a read-only cache: errno and path, for the parent's OSError
-        if exc.errno is None:
-            raise
-        print(f"{ENVIRONMENT}{json.dumps([exc.errno, exc.filename])}", file=sys.stderr)
-        sys.exit(EXIT_ENVIRONMENT)
+    child_main(lambda: train(json.loads(sys.argv[1]), Path(sys.argv[2])))

@@ -25,6 +25,12 @@ CELL_METRICS = tuple(m.name for m in register(
     Metric("peak_rss_mb", "MiB", False, exact(0.10), short="peak RSS MiB"),
     Metric("peak_vram_mb", "MiB", False, exact(0.05), short="peak VRAM MiB"),
 ))
+#: what every cell of a quantized model the harness derived reports (from the derivation's quantize.json, also
+#: when it came from the cache): the cost of making the quant is part of its trade-off
+DERIVED_MODEL_METRICS = tuple(m.name for m in register(
+    Metric("quantize_s", "s", False, noisy(1.50), short="quantize s"),
+    Metric("quantize_peak_rss_mb", "MiB", False, exact(0.10), short="quantize RSS MiB"),
+))
 
 
 class Reference(StrictModel):

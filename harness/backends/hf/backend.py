@@ -134,6 +134,18 @@ def load_kwargs(settings: HfSettings) -> dict:
     return kwargs
 
 
+def load_model(directory: Path, derived: dict | None, kwargs: dict):
+    """transformers' model in ``directory``; a quantized model the harness derived (``derived``: its record) as its
+    method loads it (quanto and hqq with their own loaders)."""
+    if derived is None:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    from harness.sources.quantization import parse_quantize
+
+    return parse_quantize(derived["method"]).load(directory, kwargs)
+
+
 class _TokenClock:
     """A transformers streamer: ``put`` gets the prompt once, then each step's new tokens."""
 
@@ -191,6 +203,9 @@ class HfBackend(Backend):
         if s.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable(f"device cuda: no CUDA device visible to torch {torch.__version__}")
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        if s.quantization is not None and self.model.quantization is not None:
+            raise ValueError(f"quantization: {self.model.source} is quantized already; bitsandbytes quantizes a "
+                             "full-precision model while loading it")
         if s.quantization is not None:
             versions["bitsandbytes"] = require("bitsandbytes", "bnb", "quantization: {method: bnb}").__version__
             # LLM.int8 casts activations to float16 and logs that at every matmul: once is in the docs
@@ -203,7 +218,7 @@ class HfBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokenizer = transformers.AutoTokenizer.from_pretrained(self._dir)
-            self._model = transformers.AutoModelForCausalLM.from_pretrained(self._dir, **load_kwargs(s))
+            self._model = load_model(self._dir, self.model.quantization, load_kwargs(s))
         self._model.eval()
         load_s = time.perf_counter() - start
         self.tokenizer = HfTokenizer(tokenizer)

@@ -58,6 +58,7 @@ class GgufQuantize(QuantMethod):
     produces: ClassVar = "gguf"
     libraries: ClassVar = ("llama-cpp-python", "gguf")
     extra: ClassVar = "gguf"
+    modules: ClassVar = ("llama_cpp", "gguf")
     calibration_key: ClassVar = "imatrix"
 
     method: Literal["gguf"] = "gguf"

@@ -7,8 +7,7 @@ lm-eval registers tasks. Its fields are the suite's settings; beside them it dec
 - ``produces`` (ClassVar): ``"gguf"`` (a file llama.cpp loads) or ``"hf"`` (a directory the hf backend loads);
 - ``libraries`` (ClassVar): the distributions whose versions key the cache (torch and transformers always do);
 - ``extra`` (ClassVar): the pip extra that installs them (a missing one is named in one line);
-- ``modules`` (ClassVar): the modules it imports, checked by ``validate`` and the run's plan
-  (:meth:`QuantMethod.ensure_dependencies`) before any cell runs, as a backend's are;
+- ``modules`` (ClassVar): their import names, which ``check_available()`` finds before a run (``validate``);
 - ``calibration_key`` (ClassVar): the key holding ``dataset`` (``imatrix`` for GGUF, ``calibration`` else);
 - ``label``: what the model's source string shows after ``#quantize=``;
 - ``identity()``: the settings that key the cache (all fields, by default);
@@ -17,8 +16,10 @@ lm-eval registers tasks. Its fields are the suite's settings; beside them it dec
 - for ``produces = "hf"``: ``quantize(source_dir, target, calibration, threads)``, run in a child process
   (:mod:`harness.sources.quantization.derive`): load the full-precision HF model in ``source_dir``, quantize
   it, save it into the existing empty folder ``target`` (the tokenizer and ``quantize.json`` are added by the
-  caller); and ``load(directory, kwargs)``: the model back from that folder as a user would load it
-  (transformers ``from_pretrained`` with the hf backend's ``kwargs`` unless overridden).
+  caller); by default ``quantized_model(source_dir, calibration, threads)`` (the model in memory, which tests
+  compare with the reloaded one) then ``save(model, target)`` (``save_pretrained``); and
+  ``load(directory, kwargs)``: the model back from that folder as a user would load it (transformers
+  ``from_pretrained`` with the hf backend's ``kwargs`` unless overridden).
 
 ``parse_quantize`` reads the key: a string is the GGUF shorthand (``quantize: Q4_K_M``, kept as the string so
 cell ids stay as they were), a mapping is dispatched on ``method`` with "did you mean" for an unknown method
@@ -71,12 +72,6 @@ class QuantMethod(StrictModel):
             raise TypeError(f"{cls.__name__}: declare method: Literal['NAME'] = 'NAME'")
         QuantMethod.registry[name] = cls
 
-    @classmethod
-    def ensure_dependencies(cls) -> None:
-        """Bad input (naming the extra to install) when a module the method imports is missing."""
-        for module in cls.modules:
-            ensure_available(module, cls.extra, f"quantize method {cls.model_fields['method'].default}")
-
     @property
     def label(self) -> str:
         """What the model's source string shows after ``#quantize=``: the method and its settings."""
@@ -94,9 +89,23 @@ class QuantMethod(StrictModel):
         section = getattr(self, self.calibration_key, None)
         return getattr(section, "dataset", None)
 
+    def check_available(self) -> None:
+        """MissingDependency naming ``extra`` where a module of the method is not installed (nothing imported)."""
+        for module in self.modules:
+            ensure_available(module, self.extra, f"quantize: {{method: {self.method}}}")
+
     def quantize(self, source_dir: Path, target: Path, calibration: Calibration | None, threads: int) -> None:
-        """Quantize the HF model in ``source_dir`` into the folder ``target`` (runs in the child process)."""
+        """Quantize the HF model in ``source_dir`` into the folder ``target`` (runs in the child process): by
+        default :meth:`quantized_model`, then :meth:`save`."""
+        self.save(self.quantized_model(source_dir, calibration, threads), target)
+
+    def quantized_model(self, source_dir: Path, calibration: Calibration | None, threads: int):
+        """The quantized model in memory (what the saved-and-reloaded one must equal)."""
         raise NotImplementedError(f"{self.method} produces {self.produces}, made elsewhere")
+
+    def save(self, model, target: Path) -> None:
+        """Write :meth:`quantized_model`'s result into the folder ``target``."""
+        model.save_pretrained(target)
 
     def load(self, directory: Path, kwargs: dict):
         """The saved model, loaded as a user would (``kwargs``: the hf backend's ``from_pretrained`` arguments)."""

@@ -1,0 +1,60 @@
+"""A derivation (training a model, quantizing one) run as a child process of the harness: its memory stays out
+of the cell's peak RSS, it dies with the run that waits for it (:func:`harness.core.process.child_command`), and
+its errors come back as the parent's own: bad input as a :class:`UserError`, an environment error (a full disk)
+as an ``OSError``, each from the child's last stderr line. The child draws its progress on the shared stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+from harness.core.errors import UserError
+from harness.core.process import child_command
+
+#: how the child reports bad input and an environment error to its parent (exit code, last stderr line's prefix)
+EXIT_BAD_INPUT, BAD_INPUT = 2, "harness: error: "
+EXIT_ENVIRONMENT, ENVIRONMENT = 4, "harness: os error: "
+
+
+def run_child(module: str, args: list[str], what: str, stdin: str | None = None, echo: bool = True) -> None:
+    """``python -m module ARGS`` (``stdin``: its input), waited for; its failure raised here, naming ``what``.
+    Its stderr is shown after it (``echo=False``: only when it failed; the libraries' import chatter otherwise)."""
+    done = subprocess.run(child_command(module, *args), stderr=subprocess.PIPE, text=True, input=stdin)
+    last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "").strip()
+    if done.returncode == EXIT_BAD_INPUT and last.startswith(BAD_INPUT):
+        raise UserError(last.removeprefix(BAD_INPUT))
+    if done.returncode == EXIT_ENVIRONMENT and last.startswith(ENVIRONMENT):
+        number, filename = json.loads(last.removeprefix(ENVIRONMENT))
+        raise OSError(number, os.strerror(number), filename)
+    if echo or done.returncode != 0:
+        sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit code {done.returncode}): {last}")
+
+
+def child_main(main: Callable[[], None]) -> None:
+    """The child's side: run ``main``, reporting bad input and environment errors as :func:`run_child` reads them."""
+    try:
+        main()
+    except UserError as exc:  # the parent raises it again from this line
+        print(f"{BAD_INPUT}{exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:  # a full disk, a read-only cache: errno and path, for the parent's OSError
+        if exc.errno is None:
+            raise
+        print(f"{ENVIRONMENT}{json.dumps([exc.errno, exc.filename])}", file=sys.stderr)
+        sys.exit(EXIT_ENVIRONMENT)
+
+
+def progress(*fields):
+    """A rich progress display on stdout (the parent's terminal): description, bar, counts, times, ``fields``."""
+    from rich import progress as rp
+    from rich.console import Console
+
+    return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                       rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                       *(rp.TextColumn(f"{{task.fields[{name}]}}") for name in fields),
+                       console=Console(file=sys.stdout))
