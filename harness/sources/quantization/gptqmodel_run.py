@@ -13,8 +13,8 @@ and GPT-QModel's kernels), as a user loads a published GPTQ or AWQ model.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +34,8 @@ LIBRARIES = ("gptqmodel", "optimum")
 MODULES = ("gptqmodel", "optimum")
 #: the weight matrices' row widths a group must divide: every linear layer of a Llama block reads one of them
 ROW_WIDTHS = ("hidden_size", "intermediate_size")
+#: what GPT-QModel printed while making the model, kept beside it
+LOG = "gptqmodel.log"
 
 
 class CalibrationSpec(StrictModel):
@@ -73,10 +75,6 @@ def quantize_with_gptqmodel(config, source_dir: Path, target: Path, calibration:
     os.environ["GPTQMODEL_TORCH_EXTENSIONS_DIR"] = str(cache_dir() / "gptqmodel-extensions")
     torch = require("torch", "hf", "GPTQ/AWQ quantization")
     transformers = require("transformers", "hf", "GPTQ/AWQ quantization")
-    gptqmodel = require("gptqmodel", EXTRA, "GPTQ/AWQ quantization")
-    import logbar
-
-    logbar.LogBar.shared().setLevel(logging.WARNING)  # its per-layer tables and configs: the harness shows progress
     torch.set_num_threads(workers)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source_dir)
     ids = tokenizer(calibration.text, add_special_tokens=True)["input_ids"]
@@ -88,10 +86,14 @@ def quantize_with_gptqmodel(config, source_dir: Path, target: Path, calibration:
     here = Path.cwd()
     os.chdir(scratch)  # GPT-QModel writes its per-run logs under ./logs
     try:
-        model = gptqmodel.GPTQModel.load(str(source_dir), config(gptqmodel), dtype=getattr(torch, dtype))
-        model.quantize(samples, batch_size=1, tokenizer=tokenizer,
-                       **({"backend": getattr(gptqmodel.BACKEND, backend)} if backend else {}))
-        model.save(str(target))
+        # its banner, per-layer tables and saved configs (hundreds of lines) go to a log beside the model; the
+        # terminal keeps the harness's progress line
+        with open(target / LOG, "w") as log, contextlib.redirect_stdout(log):
+            gptqmodel = require("gptqmodel", EXTRA, "GPTQ/AWQ quantization")
+            model = gptqmodel.GPTQModel.load(str(source_dir), config(gptqmodel), dtype=getattr(torch, dtype))
+            model.quantize(samples, batch_size=1, tokenizer=tokenizer,
+                           **({"backend": getattr(gptqmodel.BACKEND, backend)} if backend else {}))
+            model.save(str(target))
     finally:
         os.chdir(here)
     shutil.rmtree(scratch)
