@@ -46,7 +46,7 @@ def test_a_missing_quant_extra_is_one_line_naming_it(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ({"method": "gptq", "bits": 3, "calibration": {"dataset": "wiki"}}, "bits: Input should be 4 or 8"),
+    ({"method": "gptq", "bits": 8, "calibration": {"dataset": "wiki"}}, "bits: Input should be 4"),
     ({"method": "awq", "bits": 8, "calibration": {"dataset": "wiki"}}, "bits: Input should be 4"),
     ({"method": "gptq", "group_size": 100, "calibration": {"dataset": "wiki"}},
      "group_size: Input should be 32, 64 or 128"),
@@ -171,5 +171,5 @@ def test_a_quantized_checkpoint_reloads_through_the_hf_backend_as_gptqmodel_comp
     np.testing.assert_allclose(quantized, _own_logprobs(own.model, ids), atol=1e-4)
 
     kld = float(np.mean(np.sum(np.exp(full) * (full - quantized), axis=-1)))
-    assert 1e-4 < kld < 0.5, kld  # quantized, and still close to the model it was made from
+    assert 1e-6 < kld < 0.5, kld  # quantized, and still close to the model it was made from
     assert str(REPO) not in str(model.path)  # derived into the cache, not beside the source
