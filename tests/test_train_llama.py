@@ -11,7 +11,7 @@ import math
 import pytest
 
 from harness.cli import main
-from harness.sources import train_llama
+from harness.sources import child
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import ModelSpec, resolve_trained
 
@@ -50,7 +50,7 @@ def test_a_trained_model_is_cached_and_not_trained_again(tiny, text_dir, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_llama, "child_command", no_training)
+    monkeypatch.setattr(child, "child_command", no_training)
     again = train(text_dir)
     assert (again.path, again.sha256) == (tiny.path, tiny.sha256)
     assert not list(tiny.path.parent.glob("*.tmp"))  # published by a rename: no temp folder left
@@ -109,7 +109,7 @@ def test_a_run_scores_the_trained_model_and_shows_how_it_was_trained(tiny, text_
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_llama, "child_command", no_training)
+    monkeypatch.setattr(child, "child_command", no_training)
     suite = {"name": "trained-tiny", "models": {"llama": {"train": {**TINY, "dataset": "text"}}},
              "backends": {"hf-cpu": {"type": "hf", "dtype": "float32", "device": "cpu", "n_threads": 2}},
              "datasets": {"text": {"source": "file:train.txt"}, "test": {"source": "file:test.txt"}},
@@ -124,6 +124,26 @@ def test_a_run_scores_the_trained_model_and_shows_how_it_was_trained(tiny, text_
     assert model["training"]["train_tokens"] == 192
     results = pd.read_csv(out / "results.csv")
     assert math.isfinite(results.loc[results.metric == "bits_per_byte", "value"].item())
+
+
+def test_a_trained_model_gets_gguf_rungs(tiny, text_dir):
+    """hf_to_gguf writes Llama directories: the trained model reaches the GGUF ladder like an hf source."""
+    from harness.sources.gguf_rewrite import tensor_types
+
+    texts = [load_corpus("train", DatasetSpec(source="file:train.txt"), text_dir).fingerprint()]
+    q8 = resolve_trained("tiny-q8", ModelSpec(train=TINY, quantize="Q8_0"), texts, text_dir, None)
+    assert q8.kind == "gguf" and q8.path.suffix == ".gguf" and q8.training == tiny.training
+    assert q8.source.endswith("#quantize=Q8_0") and q8.source.startswith("train:llama/")
+    assert tensor_types(q8.path)["Q8_0"] > 0.9
+
+
+@pytest.mark.hfquant
+def test_a_trained_model_gets_hf_quantizations(tiny, text_dir):
+    texts = [load_corpus("train", DatasetSpec(source="file:train.txt"), text_dir).fingerprint()]
+    spec = ModelSpec(train=TINY, quantize={"method": "torchao", "scheme": "int8_weight_only"})
+    q8 = resolve_trained("tiny-ao", spec, texts, text_dir, None)
+    assert q8.kind == "hf" and q8.quantization["source_sha256"] == tiny.sha256 and q8.training == tiny.training
+    assert (q8.path / "quantize.json").is_file() and (q8.path / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [

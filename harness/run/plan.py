@@ -77,12 +77,12 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             path = locate(spec, base_dir, fetch=False)
             if path is not None:
                 check_source(spec, path)
-        if spec.quantize is not None:
-            with located(suite_path, f"models.{name}.quantize"):
-                spec.quantization.check_available()
             # a model still to train: its context is known before it is trained (hours, maybe)
             trained[name] = (spec.train.context if spec.source_kind == "train"
                              else trained_context(spec.source_kind, path))
+        if spec.quantize is not None:
+            with located(suite_path, f"models.{name}.quantize"):
+                spec.quantization.check_available()
         sources = []
         if spec.kind == "ngram":
             sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness.core.errors import UserError
 from harness.core.paths import expand_user
@@ -28,7 +28,7 @@ from harness.sources.cache_entry import cached
 from harness.sources.fingerprint import sha256_bytes, sha256_file
 from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
-from harness.sources.quantization import Calibration, QuantMethod, parse_quantize
+from harness.sources.quantization import Calibration, QuantMethod, QuantMethodSettings, parse_quantize
 from harness.sources.quantization.gguf import GgufQuantize, type_problem
 from harness.sources.train_llama import TrainSpec
 
@@ -77,7 +77,7 @@ class ModelSpec(StrictModel):
     ngram: NgramSpec | None = None
     train: TrainSpec | None = new_key(None, description="a small Llama model the harness trains")
     chat: bool = False
-    quantize: str | SerializeAsAny[QuantMethod] | None = new_key(
+    quantize: str | QuantMethodSettings | None = new_key(
         None, description="a model derived from the gguf, hf or train source: a GGUF type (F32/F16 dequantized or "
         "written, or llama.cpp's quantizer applied to the F32 copy: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, "
         "IQ4_XS, ...), or {method: NAME, ...}: gguf (type, imatrix: {dataset: NAME, chunks: N}), torchao, quanto, "

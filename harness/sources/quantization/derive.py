@@ -5,15 +5,14 @@ its recipe on stdin), so its memory stays out of the cell's peak RSS and it dies
 The directory is a cache entry (:mod:`harness.sources.cache_entry`: locked, published whole) keyed by the
 source's sha256, the method's identity, the calibration text's sha256 and the versions of torch, transformers
 and the method's libraries. Beside the model and the source's tokenizer it holds ``quantize.json``: the method,
-the child's wall time (``quantize_s``) and its own peak RSS (``peak_rss_mb``, from ``getrusage``), which every
-later run reports with ``cached: true``.
+the child's wall time (``quantize_s``) and its own peak RSS (``peak_rss_mb``: the kernel's high-water mark of
+the child, VmHWM), which every later run reports with ``cached: true``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
-import resource
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from harness.core.errors import MissingDependency
 from harness.core.files import read_json_object
+from harness.core.memory import hwm_bytes
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import cached
 from harness.sources.child import child_main, progress, run_child
@@ -124,7 +124,7 @@ def _quantize_into(recipe: dict, target: Path) -> None:
     record = {"format": FORMAT, "method": recipe["method"], "label": method.label, "source": str(source),
               "source_sha256": recipe["source_sha256"], "calibration_sha256": given["sha256"] if given else None,
               "quantize_s": time.perf_counter() - start,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB on Linux
+              "peak_rss_mb": hwm_bytes() / 2**20,  # VmHWM: ru_maxrss would carry the parent's across exec
               "threads": threads, "versions": library_versions(method)}
     (target / QUANTIZE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
