@@ -20,6 +20,7 @@ from harness.sources.quantization.gptqmodel_run import (
     LIBRARIES,
     MODULES,
     CalibrationSpec,
+    GroupSize,
     check_group_size,
     quantize_with_gptqmodel,
 )
@@ -36,7 +37,7 @@ class AwqQuantize(QuantMethod):
 
     method: Literal["awq"] = "awq"
     bits: Literal[4] = Field(4, description="bits a weight (AWQ's GEMM format packs 4)")
-    group_size: Literal[32, 64, 128] = Field(128, description="weights sharing a scale and zero point along a row")
+    group_size: GroupSize = Field(128, description="weights sharing a scale and zero point along a row")
     calibration: CalibrationSpec = Field(description="the suite dataset whose activations choose the scales")
 
     @property

@@ -18,6 +18,7 @@ from harness.sources.quantization.gptqmodel_run import (
     LIBRARIES,
     MODULES,
     CalibrationSpec,
+    GroupSize,
     check_group_size,
     quantize_with_gptqmodel,
 )
@@ -35,7 +36,7 @@ class GptqQuantize(QuantMethod):
     method: Literal["gptq"] = "gptq"
     bits: Literal[4] = Field(4, description="bits a weight (GPT-QModel 7.6's CPU kernel for 8 bits declares "
                              "float16/bfloat16 only)")
-    group_size: Literal[32, 64, 128] = Field(128, description="weights sharing a scale and zero point along a row")
+    group_size: GroupSize = Field(128, description="weights sharing a scale and zero point along a row")
     calibration: CalibrationSpec = Field(description="the suite dataset whose windows the Hessians are measured on")
 
     @property

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -34,6 +35,8 @@ LIBRARIES = ("gptqmodel", "optimum")
 MODULES = ("gptqmodel", "optimum")
 #: the weight matrices' row widths a group must divide: every linear layer of a Llama block reads one of them
 ROW_WIDTHS = ("hidden_size", "intermediate_size")
+#: the group sizes offered: GPT-QModel's CPU kernels' (a group of a whole row, -1, is left out)
+GroupSize = Literal[32, 64, 128]
 #: what GPT-QModel printed while making the model, kept beside it
 LOG = "gptqmodel.log"
 
@@ -57,8 +60,8 @@ def check_group_size(source_dir: Path, group_size: int) -> None:
     for key in ROW_WIDTHS:
         width = config.get(key)
         if isinstance(width, int) and width % group_size:
-            fits = max(g for g in (16, 32, 64, 128) if width % g == 0) if width % 16 == 0 else None
-            hint = f"; {fits} divides it" if fits else ""
+            fits = [g for g in get_args(GroupSize) if width % g == 0]
+            hint = f"; {fits[-1]} divides it" if fits else ""
             raise UserError(f"quantize.group_size: {group_size} does not divide the model's {key} "
                             f"({width}){hint}")
 
