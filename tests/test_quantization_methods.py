@@ -15,6 +15,7 @@ from harness.sources.quantization import QuantMethod, parse_quantize
 
 METHODS = {
     "torchao-int8": {"method": "torchao", "scheme": "int8_weight_only"},
+    "torchao-int8-g64": {"method": "torchao", "scheme": "int8_weight_only", "group_size": 64},
     "torchao-dynamic": {"method": "torchao", "scheme": "int8_dynamic"},
     "torchao-int4": {"method": "torchao", "scheme": "intx_int4", "group_size": 64},
     "quanto-int8": {"method": "quanto", "weights": "int8"},
@@ -86,6 +87,12 @@ def test_a_derived_model_reloads_with_the_logits_of_the_quantized_model_in_memor
     cosine = reloaded @ full / np.linalg.norm(reloaded) / np.linalg.norm(full)
     assert cosine > 0.9, cosine  # quantized, not broken
     assert info.details["architecture"] == "LlamaForCausalLM"
+    from harness.backends.hf.backend import weight_bytes
+
+    linear = 786_432 * 4  # the fp32 bytes of the decoder's linear layers, what the methods quantize
+    full_bytes = weight_bytes(AutoModelForCausalLM.from_pretrained(one_layer_llama, dtype=torch.float32))
+    untied = 49152 * 256 * 4 if name.startswith("hqq") else 0  # hqq's loader does not tie the head again
+    assert info.model_bytes - untied < full_bytes - linear / 2  # the quantized tensors' real bytes, not fp32's
 
     again = resolve(name, spec, Path("."))
     assert again.path == model.path and again.quantization["cached"] is True

@@ -392,18 +392,40 @@ def check_loaded_dtype(weight, dtype: str, transformers_version: str) -> None:
 
 
 def weight_bytes(model) -> int:
-    """The weights' bytes in memory: ``get_memory_footprint`` (parameters and buffers) plus the bitsandbytes
-    quantization state hanging off the parameters, which it misses: a 4-bit weight's absmax per block and code
-    book (with double quantization the 8-bit absmax, its own absmax, code book and offset), an int8 weight's
-    row scales (SCB). Each tensor is counted once."""
+    """The weights' bytes in memory: ``get_memory_footprint`` (parameters and buffers) plus the quantization
+    state it misses: bitsandbytes' hanging off the parameters (a 4-bit weight's absmax per block and code book,
+    with double quantization the 8-bit absmax, its own absmax, code book and offset; an int8 weight's row
+    scales, SCB), hqq's scales and zero points (in its layers' ``meta``). A torchao or quanto weight (a tensor
+    subclass) reports its float dtype: it is counted by the plain tensors it holds instead. Each tensor once."""
     seen, state_bytes = set(), 0
+
+    def count(tensor) -> int:
+        key = (tensor.device, tensor.data_ptr())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return tensor.numel() * tensor.element_size()
+
     for param in model.parameters():
         for tensor in _quantization_state(param):
-            key = (tensor.device, tensor.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                state_bytes += tensor.numel() * tensor.element_size()
+            state_bytes += count(tensor)
+        inner = _inner_tensors(param)
+        if inner != [param]:  # what get_memory_footprint counted, replaced by what is held
+            state_bytes += sum(count(t) for t in inner) - param.numel() * param.element_size()
+    for module in model.modules():
+        meta = getattr(module, "meta", None)
+        if isinstance(meta, dict) and hasattr(module, "W_q"):  # hqq's HQQLinear
+            state_bytes += sum(count(t) for t in meta.values() if hasattr(t, "data_ptr"))
     return int(model.get_memory_footprint()) + state_bytes
+
+
+def _inner_tensors(tensor) -> list:
+    """The plain tensors a tensor subclass holds (PyTorch's ``__tensor_flatten__`` protocol), or the tensor."""
+    flatten = getattr(type(tensor.data) if hasattr(tensor, "data") else type(tensor), "__tensor_flatten__", None)
+    if flatten is None:
+        return [tensor]
+    names, _ = tensor.data.__tensor_flatten__()
+    return [plain for name in names for plain in _inner_tensors(getattr(tensor.data, name))]
 
 
 def _quantization_state(param) -> Iterator:

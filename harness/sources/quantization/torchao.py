@@ -44,8 +44,10 @@ class TorchaoQuantize(QuantMethod):
         torchao = require("torchao.quantization", self.extra, "quantize: {method: torchao}")
         from torchao.quantization.granularity import PerGroup
 
-        if self.scheme == "int8_weight_only":
-            return torchao.Int8WeightOnlyConfig(group_size=self.group_size)
+        if self.scheme == "int8_weight_only":  # per row unless grouped (torchao 0.18 takes the group as granularity)
+            if self.group_size is None:
+                return torchao.Int8WeightOnlyConfig()
+            return torchao.Int8WeightOnlyConfig(granularity=PerGroup(self.group_size))
         if self.scheme == "int8_dynamic":
             return torchao.Int8DynamicActivationInt8WeightConfig()
         import torch
