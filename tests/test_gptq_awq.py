@@ -108,7 +108,7 @@ def _backend(model):
 
     backend = HfBackend(HfSettings(type="hf", dtype="float32", n_threads=2), model)
     backend.prepare()
-    backend.load(context_tokens=128)
+    backend.n_params = backend.load(context_tokens=128).details["n_params"]
     return backend
 
 
@@ -130,11 +130,11 @@ def _own_logprobs(model, ids) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama_dir, corpora_dir):
-    """The full-precision model's log-probabilities on 128 tokens of the test text, and those tokens."""
+    """128 tokens of the test text, the full-precision model's log-probabilities on them, its weight count."""
     backend = _backend(resolve("tiny", ModelSpec(hf=str(tiny_llama_dir)), tiny_llama_dir.parent))
     text = (corpora_dir / "wikitext-2-raw" / "wiki.test.raw").read_text()[100_000:104_000]
     ids = backend.tokenizer.encode(text)[:128]
-    return ids, _logprobs(backend, ids)
+    return ids, _logprobs(backend, ids), backend.n_params
 
 
 @pytest.mark.quant
@@ -151,7 +151,7 @@ def test_a_quantized_checkpoint_reloads_through_the_hf_backend_as_gptqmodel_comp
     from gptqmodel import GPTQModel
     from safetensors import safe_open
 
-    ids, full = reference
+    ids, full, n_params = reference
     model = _derive(tiny_llama_dir, settings, calibration)
     assert model.kind == "hf" and model.path.is_dir()
     config = json.loads((model.path / "config.json").read_text())["quantization_config"]
@@ -166,6 +166,7 @@ def test_a_quantized_checkpoint_reloads_through_the_hf_backend_as_gptqmodel_comp
 
     backend = _backend(model)
     assert type(backend._model.model.layers[0].mlp.up_proj).__module__.startswith("gptqmodel.")
+    assert backend.n_params == n_params  # the packed weights counted as weights, as the source's
     quantized = _logprobs(backend, ids)
     own = GPTQModel.load(str(model.path), dtype=torch.float32)
     np.testing.assert_allclose(quantized, _own_logprobs(own.model, ids), atol=1e-4)
