@@ -417,8 +417,8 @@ def weight_bytes(model) -> int:
     for param in model.parameters():
         for tensor in _quantization_state(param):
             state_bytes += count(tensor)
-        inner = _inner_tensors(param)
-        if inner != [param]:  # what get_memory_footprint counted, replaced by what is held
+        inner = _inner_tensors(param.data)
+        if inner is not None:  # what get_memory_footprint counted, replaced by what is held
             state_bytes += sum(count(t) for t in inner) - param.numel() * param.element_size()
     for module in model.modules():
         meta = getattr(module, "meta", None)
@@ -427,13 +427,16 @@ def weight_bytes(model) -> int:
     return int(model.get_memory_footprint()) + state_bytes
 
 
-def _inner_tensors(tensor) -> list:
-    """The plain tensors a tensor subclass holds (PyTorch's ``__tensor_flatten__`` protocol), or the tensor."""
-    flatten = getattr(type(tensor.data) if hasattr(tensor, "data") else type(tensor), "__tensor_flatten__", None)
-    if flatten is None:
-        return [tensor]
-    names, _ = tensor.data.__tensor_flatten__()
-    return [plain for name in names for plain in _inner_tensors(getattr(tensor.data, name))]
+def _inner_tensors(tensor) -> list | None:
+    """The plain tensors a tensor subclass holds (PyTorch's ``__tensor_flatten__`` protocol); None for a plain one."""
+    if not hasattr(type(tensor), "__tensor_flatten__"):
+        return None
+    names, _ = tensor.__tensor_flatten__()
+    plain = []
+    for name in names:
+        held = getattr(tensor, name)
+        plain += _inner_tensors(held) or [held]
+    return plain
 
 
 def _quantization_state(param) -> Iterator:
