@@ -17,6 +17,7 @@ EXTRAS = {
     "gguf": ("gguf", ("llama_cpp", "gguf")),
     "hf": ("hf", ("torch", "transformers")),
     "bnb": ("bnb", ("bitsandbytes",)),
+    "quant": ("quant", ("gptqmodel", "optimum")),
     "hfquant": ("hfquant", ("torchao", "optimum.quanto", "hqq")),
     "gpt4all": ("gpt4all", ("gpt4all",)),
     "ray": ("ray", ("ray",)),

@@ -163,7 +163,7 @@ def test_an_unknown_method_or_key_is_one_line_with_a_suggestion(tmp_path, capsys
     err = _one_line_error(capsys, tmp_path, {"method": "torchoa", "scheme": "int8_weight_only"})
     assert "models.m.quantize" in err and "'torchoa'" in err and "did you mean 'torchao'" in err
     err = _one_line_error(capsys, tmp_path, {"method": "torchao", "scheme": "int8_weight_only", "bits": 4})
-    assert "bits: unknown key for method torchao (a key of method hqq)" in err
+    assert "bits: unknown key for method torchao (a key of method awq, gptq, hqq)" in err
     err = _one_line_error(capsys, tmp_path, {"method": "hqq", "group_sise": 64})
     assert "did you mean 'group_size'" in err
     err = _one_line_error(capsys, tmp_path, {"method": "quanto", "weights": "int3"})

@@ -38,12 +38,20 @@ from harness.core.types import LoadInfo, Window
 COMPUTE_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
+def weight_count(model) -> int:
+    """The model's weights as its source had them: its parameters, plus the weights a GPTQ or AWQ layer
+    (GPT-QModel's) holds packed in an integer buffer, ``qweight``, which ``num_parameters`` does not count."""
+    packed = sum(module.in_features * module.out_features for module in model.modules()
+                 if "qweight" in getattr(module, "_buffers", {}))
+    return int(model.num_parameters()) + packed
+
+
 def hf_shape(model, activation_dtype) -> ModelShape:
     """The model's shape from its config; the KV cache runs in the activations' dtype (the output head's:
     bitsandbytes keeps it unquantized), the matmuls in :func:`matmul_dtype`."""
     config = model.config.get_text_config()
     heads = config.num_attention_heads
-    return ModelShape(n_params=int(model.num_parameters()), n_layers=config.num_hidden_layers, n_heads=heads,
+    return ModelShape(n_params=weight_count(model), n_layers=config.num_hidden_layers, n_heads=heads,
                       n_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
                       head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
                       kv_dtype_bytes=activation_dtype.itemsize,
@@ -237,7 +245,7 @@ class HfBackend(Backend):
         return LoadInfo(load_s=load_s, model_bytes=weight_bytes(self._model), details={
             "architecture": type(self._model).__name__,
             # transformers counts a bitsandbytes 4-bit tensor's weights, not its packed bytes (bits/weight)
-            "n_params": int(self._model.num_parameters()),
+            "n_params": weight_count(self._model),
             "dtype": s.dtype, "device": str(self._device), "attn_implementation": config._attn_implementation,
             "quantization": s.quantization.model_dump() if s.quantization else None,
             "matmul_dtype": str(matmul_dtype(self._model, self._head.weight.dtype)).removeprefix("torch."),

@@ -3,7 +3,7 @@ registry); importing the package registers them all."""
 
 from typing import Union
 
-from harness.sources.quantization import gguf, hqq, quanto, torchao  # noqa: F401  (registers the methods)
+from harness.sources.quantization import awq, gguf, gptq, hqq, quanto, torchao  # noqa: F401  (registers the methods)
 from harness.sources.quantization.method import Calibration, QuantMethod, parse_quantize
 
 #: the settings of every registered method, one of which a ``quantize:`` mapping is: the suite schema shows each
