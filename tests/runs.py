@@ -195,9 +195,22 @@ def write_run(path: Path, records: list[dict], started_at: str = "2026-11-20T02:
 
 DECODE_TASK = {"type": "decoding", "dataset": "wiki", "n_prompts": 5, "samples": 4, "max_new_tokens": 32}
 KLD_TASK = {"type": "kld", "dataset": "wiki", "n_ctx": 512, "max_tokens": 8192}
-#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s)
-VARIANTS = [("q8_0", 0.0008, 145e6, 70.0), ("q4_k_m", 0.012, 105e6, 88.0), ("q4_0", 0.03, 96e6, 90.0),
-            ("nf4", 0.05, 160e6, 6.0)]
+#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s, the model's
+#: quantize, the backend's quantization)
+BNB_NF4 = {"method": "bnb", "bits": 4, "quant_type": "nf4"}
+VARIANTS = [("q8_0", 0.0008, 145e6, 70.0, "Q8_0", None), ("q4_k_m", 0.012, 105e6, 88.0, "Q4_K_M", None),
+            ("q4_0", 0.03, 96e6, 90.0, "Q4_0", None), ("nf4", 0.05, 160e6, 6.0, None, BNB_NF4)]
+
+
+def variant_kld_cell(rng, name: str, kld: float, size: float, decode: float, quantize, at_load) -> dict:
+    """A kld cell of one quantization variant of SmolLM2: a GGUF rung on llama.cpp, or bitsandbytes on hf."""
+    backend_ = backend(name, type="hf", dtype="float32", quantization=at_load) if at_load else backend(name)
+    record = _record(_cell(backend_, "kld", KLD_TASK, model_spec={**MODEL, "quantize": quantize}),
+                     *kld_measurements(rng, kld, size, decode))
+    label = f"#quantize={quantize}" if quantize else ""
+    record["resolved"]["model"] = {"source": MODEL["gguf"] + label}
+    record["resolved"]["backend"] = {"n_params": 134_515_008}
+    return record
 
 
 def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3) -> list[Path]:
@@ -219,9 +232,7 @@ def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3
             record = _record(cell, *decoding_measurements(rng, temperature))
             record["resolved"]["task"] = {"strategy": strategy, "sampler": "native", "chat": False}
             records.append(record)
-        for name, kld, size, decode in VARIANTS:
-            cell = _cell(backend(name), "kld", KLD_TASK)
-            records.append(_record(cell, *kld_measurements(rng, kld, size, decode)))
+        records += [variant_kld_cell(rng, *variant) for variant in VARIANTS]
         environment = {"cpu": "test CPU", "cpu_count": 2, "git_commit": f"c0ffee{night:02d}",
                        "libraries": {"torch": "2.13.0" if night >= torch_at else "2.12.1", "numpy": "2.3.1"}}
         day = f"2026-11-{10 + night:02d}"
