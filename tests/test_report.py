@@ -177,7 +177,7 @@ def test_the_quantization_view_shows_every_family_and_the_conversion_floor(tmp_p
     plot = next(b for b in section.blocks if isinstance(b, views.Plot) and b.name == "quantization")
     size = plot.panels[0]
     names = [s.name for s in size.series]
-    assert names == ["fp32", "F32", "gguf", "gguf+imatrix", "bnb", "gptq", "torchao", "Pareto front",
+    assert names == ["Pareto front", "fp32", "F32", "gguf", "gguf+imatrix", "bnb", "gptq", "torchao",
                      "conversion floor (F32 GGUF)"]
     assert size.series[-1].y == [floor, floor]
     gguf = size.series[names.index("gguf")]

@@ -113,3 +113,42 @@ def test_a_torch_pickle_that_would_run_code_is_refused_not_run(tmp_path, monkeyp
 def test_a_directory_without_weights_says_why(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert "no weight file" in weight_bytes(tmp_path)["unmeasured"]
+
+
+@pytest.mark.integration
+@pytest.mark.gguf
+@pytest.mark.models
+def test_a_run_records_the_bits_where_the_quantization_view_reads_them(tiny_llama_dir, tmp_path):
+    """A suite on the tiny Llama: its fp32 weights on the hf backend are the reference, the F32 and Q8_0 GGUFs made
+    from it the candidates. Each cell records its model's source and bits per weight; the report's table shows
+    the families, the file's bits (Q8_0's linear layers: 8.5) and the F32 GGUF's KLD as the conversion floor."""
+    import json
+
+    from harness.cli import main
+    from harness.report import views
+    from harness.results.store import read_run
+
+    text = tmp_path / "text.txt"
+    text.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 40)
+    suite = tmp_path / "lab.yaml"
+    suite.write_text(json.dumps({
+        "name": "tiny-lab",
+        "models": {"fp32": {"hf": str(tiny_llama_dir)}, "f32": {"hf": str(tiny_llama_dir), "quantize": "F32"},
+                   "q8_0": {"hf": str(tiny_llama_dir), "quantize": "Q8_0"}},
+        "backends": {"hf-cpu": {"type": "hf", "dtype": "float32", "n_threads": 2},
+                     "gguf-cpu": {"type": "llamacpp", "n_threads": 2}},
+        "datasets": {"text": {"source": f"file:{text}"}},
+        "tasks": {"kld": {"type": "kld", "dataset": "text", "n_ctx": 128, "max_tokens": 256,
+                          "reference": {"model": "fp32", "backend": "hf-cpu"}}},
+        "matrix": [{"model": ["f32", "q8_0"], "backend": "gguf-cpu", "task": "kld"}]}))
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    run = read_run(out)
+    params = json.loads(run.results[run.results["model"] == "q8_0"]["params"].iloc[0])
+    assert params["resolved"]["model"]["source"].endswith("#quantize=Q8_0")
+    assert params["resolved"]["model"]["weights"]["linear_params"] == LINEAR
+    assert run.info["models"]["q8_0"]["weights"] == params["resolved"]["model"]["weights"]
+    table = views.quantization_table(run.results[run.results["status"] == "ok"]).set_index("model")
+    assert table["family"].tolist() == ["F32", "gguf"] and table["bpw_of"].tolist() == ["file", "file"]
+    assert table.loc["q8_0", "linear_bpw"] == 8.5 and table.loc["f32", "linear_bpw"] == 32.0
+    assert views.conversion_floor(table) == table.loc["f32", "kld_mean"] > 0

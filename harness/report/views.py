@@ -468,12 +468,13 @@ def _front_panels(table: pd.DataFrame, quality: str, ylabel: str, yscale: str, l
         x = table[metric].to_numpy(dtype=float) * scale
         front = pareto_front(x if metric == "model_bytes" else -x, y if lower_better else -y)
         order = np.argsort(x[front])
-        series = [Series(family, x[families == family].tolist(), y[families == family].tolist(),
-                         labels=labels[families == family].tolist(), kind="points",
-                         color=FAMILY_COLORS.get(family, "tab:gray"))
-                  for family in dict.fromkeys(families)]
-        series.append(Series("Pareto front", x[front][order].tolist(), y[front][order].tolist(), kind="line",
-                             color="tab:red", markers=False))
+        # the front first: the families' points are drawn over its markers
+        series = [Series("Pareto front", x[front][order].tolist(), y[front][order].tolist(), kind="line",
+                         color="tab:red")]
+        series += [Series(family, x[families == family].tolist(), y[families == family].tolist(),
+                          labels=labels[families == family].tolist(), kind="points",
+                          color=FAMILY_COLORS.get(family, "tab:gray"))
+                   for family in dict.fromkeys(families)]
         if floor is not None:
             series.append(Series("conversion floor (F32 GGUF)", [x.min(), x.max()], [floor, floor], kind="line",
                                  color="tab:gray", markers=False))
