@@ -1,6 +1,6 @@
 """Bits per weight from the bytes on disk, whole model and the blocks' linear layers apart, checked against
-hand counts: GGUF rungs llama.cpp makes of a tiny Llama, its safetensors directory, and what torchao and HQQ
-save of a smaller one; a torch pickle that would run code is refused, not run."""
+hand counts: GGUF rungs llama.cpp makes of a tiny Llama, its safetensors directory, and what torchao, quanto and
+HQQ save of a smaller one; a torch pickle that would run code is refused, not run."""
 
 import pytest
 
@@ -80,6 +80,19 @@ def test_torchao_int8_layers_count_their_scales_and_zero_points(tmp_path):
     assert measured["tensor_bytes"] - measured["linear_bytes"] == 4 * (256 * 64 + 3 * 64)  # embedding, norms
 
 
+def test_quanto_int8_layers_count_their_scales(tmp_path):
+    quanto = pytest.importorskip("optimum.quanto")
+
+    model = _small_llama(tmp_path / "fp")
+    quanto.QuantizedModelForCausalLM.quantize(model, weights=quanto.qint8, exclude="lm_head").save_pretrained(
+        tmp_path / "quanto")
+    measured = weight_bytes(tmp_path / "quanto")
+    weights = sum(i * o for i, o in SMALL)
+    # weight._data int8, weight._scale a float32 per output row, input_scale and output_scale a float32 each
+    assert measured["linear_params"] == weights
+    assert measured["linear_bytes"] == weights + sum(4 * o + 8 for _, o in SMALL)
+
+
 def test_hqq_pickle_is_read_with_weights_only_and_counted_per_layer(tmp_path):
     pytest.importorskip("hqq")
     from hqq.core.quantize import BaseQuantizeConfig
@@ -93,6 +106,29 @@ def test_hqq_pickle_is_read_with_weights_only_and_counted_per_layer(tmp_path):
     # 4-bit values packed two a byte, a float32 scale and zero per group of 64: 4 + 64 / 64 bits a weight
     assert measured["linear_params"] == sum(i * o for i, o in SMALL)
     assert measured["linear_bpw"] == 5.0
+
+
+def test_a_gptq_layout_counts_packed_weights_zeros_scales_and_group_indices(tmp_path):
+    """The tensors GPTQ checkpoints hold per linear layer (4 bits, groups of 32), written in code: gptqmodel
+    itself needs the quant extra. Everything under a layer's name counts toward it; the config gives the
+    full-precision shapes."""
+    from safetensors.torch import save_file
+
+    model = _small_llama(tmp_path)
+    state = {name: tensor for name, tensor in model.state_dict().items()
+             if not name.endswith("proj.weight") and name != "lm_head.weight"}
+    prefixes = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj"]
+    for prefix, (inputs, outputs) in zip(prefixes, SMALL, strict=True):
+        layer = f"model.layers.0.{prefix}"
+        state |= {f"{layer}.qweight": torch.zeros(inputs // 8, outputs, dtype=torch.int32),
+                  f"{layer}.qzeros": torch.zeros(inputs // 32, outputs // 8, dtype=torch.int32),
+                  f"{layer}.scales": torch.zeros(inputs // 32, outputs, dtype=torch.float16),
+                  f"{layer}.g_idx": torch.zeros(inputs, dtype=torch.int32)}
+    save_file(state, tmp_path / "model.safetensors")
+    measured = weight_bytes(tmp_path)
+    by_hand = sum(i * o // 2 + (i // 32) * (o // 8) * 4 + (i // 32) * o * 2 + 4 * i for i, o in SMALL)
+    assert measured["linear_bytes"] == by_hand and measured["linear_params"] == sum(i * o for i, o in SMALL)
 
 
 class _RunsCode:
