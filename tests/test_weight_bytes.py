@@ -188,3 +188,13 @@ def test_a_run_records_the_bits_where_the_quantization_view_reads_them(tiny_llam
     assert table["family"].tolist() == ["F32", "gguf"] and table["bpw_of"].tolist() == ["file", "file"]
     assert table.loc["q8_0", "linear_bpw"] == 8.5 and table.loc["f32", "linear_bpw"] == 32.0
     assert views.conversion_floor(table) == table.loc["f32", "kld_mean"] > 0
+
+
+@pytest.mark.parametrize("header", [b"\xff" * 8, (2).to_bytes(8, "little") + b"[]",
+                                    (9).to_bytes(8, "little") + b'{"a": {}}'])
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tmp_path, header):
+    from harness.core.errors import UserError
+
+    (tmp_path / "model.safetensors").write_bytes(header)
+    with pytest.raises(UserError, match=r"model\.safetensors: not a safetensors file"):
+        weight_bytes(tmp_path)

@@ -109,19 +109,23 @@ def stored_tensor_bytes(directory: Path) -> dict[str, int]:
     raise Unmeasured(f"{directory}: no weight file ({', '.join(WEIGHT_FILES)})")
 
 
+#: the safetensors library's own limit on a header's size
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+
 def _safetensors_bytes(path: Path) -> dict[str, int]:
     """From the header (an 8-byte length, then JSON with each tensor's ``data_offsets``): nothing is loaded."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else size
-        if length > size - 8:
-            raise UserError(f"{path}: not a safetensors file (its header would end past the end of the file)")
+        if length > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise UserError(f"{path}: not a safetensors file (a header of {length:,} bytes in a file of {size:,})")
         try:
             header = json.loads(fh.read(length))
             return {name: int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
                     for name, entry in header.items() if name != "__metadata__"}
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
 
 
