@@ -195,9 +195,22 @@ def write_run(path: Path, records: list[dict], started_at: str = "2026-11-20T02:
 
 DECODE_TASK = {"type": "decoding", "dataset": "wiki", "n_prompts": 5, "samples": 4, "max_new_tokens": 32}
 KLD_TASK = {"type": "kld", "dataset": "wiki", "n_ctx": 512, "max_tokens": 8192}
-#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s)
-VARIANTS = [("q8_0", 0.0008, 145e6, 70.0), ("q4_k_m", 0.012, 105e6, 88.0), ("q4_0", 0.03, 96e6, 90.0),
-            ("nf4", 0.05, 160e6, 6.0)]
+#: the quantization variants of dashboard_nights: (backend, KLD mean, model bytes, decode tok/s, the model's
+#: quantize, the backend's quantization)
+BNB_NF4 = {"method": "bnb", "bits": 4, "quant_type": "nf4"}
+VARIANTS = [("q8_0", 0.0008, 145e6, 70.0, "Q8_0", None), ("q4_k_m", 0.012, 105e6, 88.0, "Q4_K_M", None),
+            ("q4_0", 0.03, 96e6, 90.0, "Q4_0", None), ("nf4", 0.05, 160e6, 6.0, None, BNB_NF4)]
+
+
+def variant_kld_cell(rng, name: str, kld: float, size: float, decode: float, quantize, at_load) -> dict:
+    """A kld cell of one quantization variant of SmolLM2: a GGUF rung on llama.cpp, or bitsandbytes on hf."""
+    backend_ = backend(name, type="hf", dtype="float32", quantization=at_load) if at_load else backend(name)
+    record = _record(_cell(backend_, "kld", KLD_TASK, model_spec={**MODEL, "quantize": quantize}),
+                     *kld_measurements(rng, kld, size, decode))
+    label = f"#quantize={quantize}" if quantize else ""
+    record["resolved"]["model"] = {"source": MODEL["gguf"] + label}
+    record["resolved"]["backend"] = {"n_params": 134_515_008}
+    return record
 
 
 def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3) -> list[Path]:
@@ -219,9 +232,7 @@ def dashboard_nights(root: Path, n: int = 8, step_at: int = 5, torch_at: int = 3
             record = _record(cell, *decoding_measurements(rng, temperature))
             record["resolved"]["task"] = {"strategy": strategy, "sampler": "native", "chat": False}
             records.append(record)
-        for name, kld, size, decode in VARIANTS:
-            cell = _cell(backend(name), "kld", KLD_TASK)
-            records.append(_record(cell, *kld_measurements(rng, kld, size, decode)))
+        records += [variant_kld_cell(rng, *variant) for variant in VARIANTS]
         environment = {"cpu": "test CPU", "cpu_count": 2, "git_commit": f"c0ffee{night:02d}",
                        "libraries": {"torch": "2.13.0" if night >= torch_at else "2.12.1", "numpy": "2.3.1"}}
         day = f"2026-11-{10 + night:02d}"
@@ -276,3 +287,51 @@ def hostile_nights(root: Path, n: int = 2) -> list[Path]:
             store.write_run_json(path, {**info, "run_id": XSS})
         paths.append(path)
     return paths
+
+
+#: the quantization lab of a trained model, one kld cell each, against its fp32 weights on the hf backend:
+#: (model, quantize, backend settings, KLD mean, bytes loaded, decode tok/s, weights on disk)
+LAB_SOURCE = "train:llama/hidden=256/intermediate=768/layers=6/tokens=2000000/seed=0"
+LAB_REFERENCE = {"model": "llama", "backend": "hf-fp32"}
+LAB_PARAMS = 17_301_760
+LAB_LINEAR = 4_718_592
+
+
+def _weights(tensor_bytes: float, linear_bytes: float) -> dict:
+    return {"tensor_bytes": tensor_bytes, "params": LAB_PARAMS, "linear_bytes": linear_bytes,
+            "linear_params": LAB_LINEAR, "bits_per_weight": round(8 * tensor_bytes / LAB_PARAMS, 4),
+            "linear_bpw": round(8 * linear_bytes / LAB_LINEAR, 4)}
+
+
+HF32 = {"type": "hf", "dtype": "float32", "device": "cpu", "n_threads": 2}
+LLAMACPP = {"type": "llamacpp", "n_threads": 2}
+LAB = [("llama", None, ("hf-fp32", HF32), 0.0, 69.2e6, 40.0, _weights(69.2e6, 18.9e6)),
+       ("f32", "F32", ("gguf-cpu", LLAMACPP), 2e-6, 69.2e6, 60.0, _weights(69.2e6, 18.9e6)),
+       ("q8_0", "Q8_0", ("gguf-cpu", LLAMACPP), 4e-4, 18.4e6, 120.0, _weights(18.4e6, 5.01e6)),
+       ("q4_k_m", "Q4_K_M", ("gguf-cpu", LLAMACPP), 0.02, 13.0e6, 150.0, _weights(13.0e6, 2.9e6)),
+       ("q4_k_m-imatrix", {"method": "gguf", "type": "Q4_K_M", "imatrix": {"dataset": "pride", "chunks": 100}},
+        ("gguf-cpu", LLAMACPP), 0.015, 13.0e6, 150.0, _weights(13.0e6, 2.9e6)),
+       ("llama", None, ("hf-nf4", {**HF32, "quantization": BNB_NF4}), 0.03, 52.9e6, 8.0, None),
+       ("gptq", {"method": "gptq", "bits": 4, "group_size": 128, "calibration": {"dataset": "pride"}},
+        ("hf-fp32", HF32), 0.012, 53.0e6, 10.0, _weights(53.0e6, 2.5e6)),
+       ("torchao-int8", {"method": "torchao", "scheme": "int8_weight_only"}, ("hf-fp32", HF32), 0.001, 55.0e6,
+        20.0, _weights(55.0e6, 4.8e6))]
+
+
+def lab_records(rng) -> list[dict]:
+    records = []
+    for model, quantize, backend_, kld, size, decode, weights in LAB:
+        spec = {"train": {"hidden_size": 256}, "quantize": quantize}
+        task = {**KLD_TASK, "reference": LAB_REFERENCE}
+        record = _record(_cell(backend_, "kld", task, model, spec), *kld_measurements(rng, kld, size, decode))
+        if isinstance(quantize, str):
+            label = quantize
+        elif quantize and quantize["method"] == "gguf":
+            label = "Q4_K_M+imatrix=pride/100x512"
+        elif quantize:
+            label = f"{quantize['method']}:w4g128" if quantize["method"] == "gptq" else "torchao:int8_weight_only"
+        source = LAB_SOURCE + (f"#quantize={label}" if quantize else "")
+        record["resolved"]["model"] = {"source": source, **({"weights": weights} if weights else {})}
+        record["resolved"]["backend"] = {"n_params": LAB_PARAMS}
+        records.append(record)
+    return records

@@ -133,12 +133,16 @@ def test_quantization_and_decoding_views_are_the_latest_runs(site):
     figures = _figures(root / "quantization.html")
     size = figures["quantization-0"]
     front = next(t for t in size["data"] if t["name"] == "Pareto front")
-    dominated = next(t for t in size["data"] if t["name"] == "dominated")
+    families = {t["name"]: t for t in size["data"] if t["mode"].startswith("markers")}
+    # the points by family, each its colour: three GGUF rungs, bitsandbytes NF4 at load
+    assert {name: t["text"] for name, t in families.items()} == {"gguf": ["q8_0", "q4_k_m", "q4_0"], "bnb": ["nf4"]}
+    assert families["gguf"]["marker"]["color"] != families["bnb"]["marker"]["color"]
     # nf4 is bigger and worse than q4_k_m: off the front; the others trade size for KLD
-    assert front["text"] == ["q4_0", "q4_k_m", "q8_0"] and dominated["text"] == ["nf4"]
     last = pd.read_parquet(nights[-1] / "results.parquet")
-    q8 = last[(last.backend == "q8_0") & (last.metric == "kld_mean")].value.iloc[0]
-    assert front["y"][2] == pytest.approx(q8, rel=1e-5)
+    kld = {b: last[(last.backend == b) & (last.metric == "kld_mean")].value.iloc[0] for b in ("q4_0", "q4_k_m", "q8_0")}
+    assert front["y"] == pytest.approx(list(kld.values()), rel=1e-5)
+    page = (root / "quantization.html").read_text()
+    assert "<td>bnb</td><td>nf4</td>" in page and "<td>gguf</td><td>Q4_K_M</td>" in page
     assert "quantization-same_top1-0" in figures
     decoding = _figures(root / "decoding.html")
     entropy = decoding["decoding-0"]["data"]

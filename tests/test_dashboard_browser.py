@@ -132,10 +132,10 @@ def test_every_chart_of_every_page_is_drawn(site, browser):
         for chart in charts:
             _every_series_drawn(chart)
         _no_console_errors(browser)
-    # the Pareto front on size: three variants on it, nf4 off it
+    # the Pareto front on size: three variants on it, nf4 off it; the points by family
     _open(browser, root / "quantization.html")
     size = next(c for c in _charts(browser, 4) if c["id"] == "quantization-0")
-    assert {t["name"]: t["drawn"] for t in size["traces"]} == {"dominated": 1, "Pareto front": 3}
+    assert {t["name"]: t["drawn"] for t in size["traces"]} == {"Pareto front": 3, "gguf": 3, "bnb": 1}
 
 
 def test_a_link_leads_to_the_run_report_which_uses_the_site_plotly(site, browser):

@@ -8,6 +8,7 @@ import pytest
 from runs import SCRIPT_XSS, XSS, backend, failed_cell, hostile_nights, perplexity_cell, throughput_cell, write_run
 
 from harness.cli import main
+from harness.core.format import fmt_value
 from harness.core.metrics import Measurement
 from harness.report import render as report
 from harness.report import views
@@ -146,3 +147,47 @@ def test_plots_of_tasks_whose_names_clash_get_a_file_each_and_names_stay_text(tm
         assert crafted not in page and crafted not in md, crafted
     assert "x&#x27;&gt;&lt;img src=x onerror=window.__pwned=1&gt;" in page
     assert "x'>&lt;img src=x onerror=window.__pwned=1>" in md
+
+
+def test_the_quantization_view_shows_every_family_and_the_conversion_floor(tmp_path):
+    """The lab: GGUF rungs with and without an importance matrix, bitsandbytes at load, HF-derived quants and the
+    fp32 reference, each with its family, settings and bits per weight; the F32 GGUF's KLD against the fp32
+    reference is the conversion floor; what making a quant cost shows when the run has it."""
+    import pandas as pd
+    from runs import lab_records
+
+    run = write_run(tmp_path / "lab", lab_records(np.random.default_rng(5)))
+    section = {s.title: s for s in report.build(results.read_run(run))}["Quantization: quality against size and speed"]
+    table = next(b for b in section.blocks if hasattr(b, "columns")).set_index(["model", "backend"])
+    assert table["family"].tolist() == ["fp32", "F32", "gguf", "gguf", "gguf+imatrix", "bnb", "gptq", "torchao"]
+    assert table["settings"].tolist() == ["", "", "Q8_0", "Q4_K_M", "Q4_K_M+imatrix=pride/100x512", "nf4",
+                                          "gptq:w4g128", "torchao:int8_weight_only"]
+    # bits per weight: the file's where the backend runs it as stored; bitsandbytes: the loaded weights
+    assert table.loc[("q8_0", "gguf-cpu"), ["bits_per_weight", "linear_bpw", "bpw_of"]].tolist() == [
+        fmt_value(round(8 * 18.4e6 / 17_301_760, 4)), fmt_value(round(8 * 5.01e6 / 4_718_592, 4)), "file"]
+    nf4 = table.loc[("llama", "hf-nf4")]
+    assert nf4["bpw_of"] == "loaded" and nf4["linear_bpw"] == fmt_value(float("nan"))
+    kld = {row[:2]: row[2] for row in results.read_run(run).results.query("metric == 'kld_mean'")[
+        ["model", "backend", "value"]].itertuples(index=False)}
+    assert nf4["bits_per_weight"] == fmt_value(8 * 52.9e6 / 17_301_760)
+    assert table.loc[("llama", "hf-fp32"), "linear_bpw"] == fmt_value(32.0)  # a uniform dtype: 32 bits
+    assert "quantize_s" not in table  # no variant reports it
+    floor = kld[("f32", "gguf-cpu")]
+    assert any(f"is {fmt_value(floor)} nats" in b for b in section.blocks if isinstance(b, str))
+    plot = next(b for b in section.blocks if isinstance(b, views.Plot) and b.name == "quantization")
+    size = plot.panels[0]
+    names = [s.name for s in size.series]
+    assert names == ["Pareto front", "fp32", "F32", "gguf", "gguf+imatrix", "bnb", "gptq", "torchao",
+                     "conversion floor (F32 GGUF)"]
+    assert size.series[-1].y == [floor, floor]
+    gguf = size.series[names.index("gguf")]
+    assert gguf.labels == ["q8_0/gguf-cpu", "q4_k_m/gguf-cpu"] and gguf.color != size.series[names.index("bnb")].color
+    # the cost of a quant, where the run has it (registered by the methods that derive models)
+    frame = pd.read_parquet(run / "results.parquet")
+    cost = frame[(frame["metric"] == "load_s") & (frame["model"] == "gptq")].assign(metric="quantize_s", value=612.0)
+    pd.concat([frame, cost], ignore_index=True).to_parquet(run / "results.parquet", index=False)
+    section = {s.title: s for s in report.build(results.read_run(run))}["Quantization: quality against size and speed"]
+    table = next(b for b in section.blocks if hasattr(b, "columns"))
+    assert table["quantize_s"].tolist() == [fmt_value(float("nan"))] * 6 + ["612", fmt_value(float("nan"))]
+    assert main(["report", str(run)]) == 0
+    assert (run / "report_files" / "quantization.png").read_bytes().startswith(PNG)

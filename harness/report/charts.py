@@ -12,9 +12,10 @@ import math
 from harness.report.views import Panel
 
 #: matplotlib's colours by the names the views use, and the cycle lines take (matplotlib's tab10)
-TAB = {"tab:blue": "#1f77b4", "tab:red": "#d62728", "tab:gray": "#7f7f7f"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
+TAB = dict(zip(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+                "tab:olive", "tab:cyan"], PALETTE, strict=True))
 VERDICT_COLOR = {"improved": "#1a7f37", "regressed": "#cf222e", "changed": "#9a6700", "same": "#57606a"}
 
 

@@ -315,13 +315,22 @@ def decoding_view(ok: pd.DataFrame) -> list:
     return [Plot("decoding", "entropy and distinct-2 against temperature, by backend and sampler", panels), table]
 
 
-#: the quantization table's columns: (metric, from the kld cell or the throughput cell)
+#: the quantization table's columns: (metric, from the kld cell or the throughput cell; another's where absent)
 QUANT_COLUMNS = [("model_bytes", "speed"), ("token_ppl", "kld"), ("ppl_ratio", "kld"), ("kld_mean", "kld"),
                  ("kld_p99", "kld"), ("same_top1", "kld"), ("prefill_tok_s", "speed"), ("decode_tok_s", "speed"),
-                 ("peak_rss_mb", "speed")]
+                 ("peak_rss_mb", "speed"), ("quantize_s", "kld"), ("quantize_peak_rss_mb", "kld")]
+#: columns shown only when some variant has them (what making a derived model cost)
+WHEN_PRESENT = ("quantize_s", "quantize_peak_rss_mb")
 #: accuracies from lm-eval cells, shown beside the KLD: one column per metric and lm-eval cell ("lmeval_acc
 #: (acc.harness_cloze)"), its ± stderr in a column of its own
 ACCURACY = ("lmeval_acc", "lmeval_acc_norm")
+#: the hf backend's dtypes as the family column names an unquantized model
+DTYPE_FAMILY = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+#: GGUF types that are the unquantized base of a ladder
+GGUF_BASE = ("F32", "F16")
+#: one colour per family in the quantization plots (red is the Pareto front's); unquantized bases are gray
+FAMILY_COLORS = {"gguf": "tab:blue", "gguf+imatrix": "tab:cyan", "bnb": "tab:orange", "torchao": "tab:green",
+                 "quanto": "tab:purple", "hqq": "tab:brown", "gptq": "tab:pink", "awq": "tab:olive"}
 
 
 def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -338,9 +347,58 @@ def weight_types_label(shares: dict | None) -> str:
     return " + ".join(f"{name} {100 * share:.0f}%" for name, share in largest_first if share >= 0.005)
 
 
+def _settings_label(quantize: dict) -> str:
+    """A method's settings as one short label where the model's source string has none (``bits=4 group_size=128``)."""
+    return " ".join(f"{k}={v}" for k, v in quantize.items() if k != "method" and not isinstance(v, dict)
+                    and v is not None)
+
+
+def quant_family(params: dict) -> tuple[str, str]:
+    """(family, settings) of a cell's model as run: bitsandbytes from the backend's ``quantization`` (it
+    quantizes at load), a derived model from its ``quantize`` (settings: the label its source string carries
+    after ``#quantize=``), an unquantized model by its precision (the hf backend's dtype, a GGUF base's type)."""
+    backend = params.get("backend") or {}
+    model = params.get("model") or {}
+    at_load = backend.get("quantization")
+    if at_load:
+        return at_load.get("method", "bnb"), at_load.get("quant_type") or f"int{at_load.get('bits', '?')}"
+    quantize = model.get("quantize")
+    label = ((params.get("resolved") or {}).get("model") or {}).get("source", "").partition("#quantize=")[2]
+    if isinstance(quantize, dict) and quantize.get("method", "gguf") != "gguf":
+        return quantize["method"], label or _settings_label(quantize)
+    if quantize is None:
+        if backend.get("type") == "hf":
+            dtype = backend.get("dtype", "float32")
+            return DTYPE_FAMILY.get(dtype, dtype), ""
+        shares = (params.get("resolved") or {}).get("backend", {}).get("tensor_types") or {}
+        return "gguf", (max(shares, key=shares.get) + " as shipped") if shares else "as shipped"
+    gguf_type = quantize if isinstance(quantize, str) else quantize.get("type")
+    if gguf_type in GGUF_BASE:
+        return gguf_type, ""
+    with_imatrix = isinstance(quantize, dict) and quantize.get("imatrix")
+    return ("gguf+imatrix" if with_imatrix else "gguf"), label or gguf_type
+
+
+def bits_per_weight(params: dict, model_bytes: float, n_params: float | None) -> tuple[float, float, str]:
+    """(whole model, linear layers, of what): the file's bytes where the backend runs the file as stored (a GGUF
+    on llama.cpp, an HF-derived quant on the hf backend); else the loaded weights (bitsandbytes quantizes at
+    load: its linear layers' share is not reported; a dtype cast is uniform, linear layers included)."""
+    backend = params.get("backend") or {}
+    quantize = (params.get("model") or {}).get("quantize")
+    weights = ((params.get("resolved") or {}).get("model") or {}).get("weights") or {}
+    hf_method = isinstance(quantize, dict) and quantize.get("method", "gguf") != "gguf"
+    as_stored = not backend.get("quantization") and (backend.get("type") != "hf" or hf_method)
+    if as_stored and "bits_per_weight" in weights:
+        return weights["bits_per_weight"], weights["linear_bpw"], "file"
+    loaded = 8 * model_bytes / n_params if n_params else np.nan
+    uniform_cast = backend.get("type") == "hf" and not backend.get("quantization") and not hf_method
+    return loaded, loaded if uniform_cast else np.nan, "loaded"
+
+
 def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant (model, backend): bits per weight, size, quality from its kld cell, speed and
-    memory from its throughput cell (the kld cell holds the reference too), and its Pareto flags."""
+    """One row per variant (model, backend): its family and settings, bits per weight, size, quality from its
+    kld cell, speed and memory from its throughput cell (the kld cell holds the reference too), what making it
+    cost, and its Pareto flags."""
     kinds = {cell: json.loads(p).get("task", {}).get("type")
              for cell, p in ok.drop_duplicates("cell_id")[["cell_id", "params"]].itertuples(index=False)}
     ok = ok.assign(kind=ok["cell_id"].map(kinds).map({"kld": "kld", "throughput": "speed"}))
@@ -355,8 +413,13 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
                 values = group[group["metric"] == metric]["value"]
             row[metric] = values.iloc[0] if not values.empty else np.nan
         params = [json.loads(p) for p in group["params"].unique()]
+        described = next((p for p in params if (p.get("resolved") or {}).get("model")), params[0])
+        row["family"], row["settings"] = quant_family(described)
+        reference = next((p["task"]["reference"] for p in params if (p.get("task") or {}).get("reference")), {})
+        row["own_reference"] = (reference.get("model"), reference.get("backend")) == (model, backend)
         n_params = next((n for n in (_find(p, "n_params") for p in params) if n), None)
-        row["bits_per_weight"] = 8 * row["model_bytes"] / n_params if n_params else np.nan
+        row["bits_per_weight"], row["linear_bpw"], row["bpw_of"] = bits_per_weight(
+            described, row["model_bytes"], n_params)
         types = [p.get("resolved", {}).get("backend", {}).get("tensor_types") for p in params]
         row["weight_types"] = weight_types_label(next((t for t in types if t), None))
         for measured in group[group["metric"].isin(ACCURACY)].itertuples(index=False):
@@ -370,10 +433,18 @@ def quantization_table(ok: pd.DataFrame) -> pd.DataFrame:
     table["pareto_size"] = pareto_front(table["model_bytes"].to_numpy(), table["kld_mean"].to_numpy())
     if table["decode_tok_s"].notna().all():
         table["pareto_speed"] = pareto_front(-table["decode_tok_s"].to_numpy(), table["kld_mean"].to_numpy())
-    columns = [c for c, _ in QUANT_COLUMNS]
+    columns = [c for c, _ in QUANT_COLUMNS if c not in WHEN_PRESENT or table[c].notna().any()]
     quality_end = columns.index("same_top1") + 1
-    return table[["model", "backend", "weight_types", "bits_per_weight"] + columns[:quality_end] + accuracy
-                 + columns[quality_end:] + [c for c in ("pareto_size", "pareto_speed") if c in table]]
+    return table[["model", "backend", "family", "settings", "weight_types", "bits_per_weight", "linear_bpw",
+                  "bpw_of"] + columns[:quality_end] + accuracy + columns[quality_end:]
+                 + [c for c in ("pareto_size", "pareto_speed") if c in table] + ["own_reference"]]
+
+
+def conversion_floor(table: pd.DataFrame) -> float | None:
+    """The F32 GGUF's KLD against a reference other than itself (an fp32 HF model): what the conversion to GGUF
+    costs before any quantization, below which no GGUF rung can be expected to go."""
+    floor = table[(table["family"] == "F32") & ~table["own_reference"]]["kld_mean"]
+    return float(floor.min()) if len(floor) else None
 
 
 #: the quality axes of the quantization plots: (metric, axis label, y scale, lower is better)
@@ -384,9 +455,12 @@ COSTS = [("model_bytes", "weights in memory (MiB)", 1 / 2**20), ("decode_tok_s",
 
 
 def _front_panels(table: pd.DataFrame, quality: str, ylabel: str, yscale: str, lower_better: bool) -> list[Panel]:
-    """One panel per cost (size, speed): the variants as points, the Pareto front as a red line."""
+    """One panel per cost (size, speed): the variants as points coloured by family, the Pareto front as a red
+    line, and on the KLD panels the conversion floor as a gray line."""
     labels = _label(table, ["model", "backend"]).to_numpy()
+    families = table["family"].to_numpy()
     y = table[quality].to_numpy(dtype=float)
+    floor = conversion_floor(table) if quality == "kld_mean" else None
     panels = []
     for metric, name, scale in COSTS:
         if table[metric].isna().any():
@@ -394,12 +468,17 @@ def _front_panels(table: pd.DataFrame, quality: str, ylabel: str, yscale: str, l
         x = table[metric].to_numpy(dtype=float) * scale
         front = pareto_front(x if metric == "model_bytes" else -x, y if lower_better else -y)
         order = np.argsort(x[front])
-        panels.append(Panel("", [
-            Series("dominated", x[~front].tolist(), y[~front].tolist(), labels=labels[~front].tolist(),
-                   kind="points", color="tab:gray"),
-            Series("Pareto front", x[front][order].tolist(), y[front][order].tolist(),
-                   labels=labels[front][order].tolist(), kind="line", color="tab:red")],
-            xlabel=name, ylabel=ylabel, yscale=yscale))
+        # the front first: the families' points are drawn over its markers
+        series = [Series("Pareto front", x[front][order].tolist(), y[front][order].tolist(), kind="line",
+                         color="tab:red")]
+        series += [Series(family, x[families == family].tolist(), y[families == family].tolist(),
+                          labels=labels[families == family].tolist(), kind="points",
+                          color=FAMILY_COLORS.get(family, "tab:gray"))
+                   for family in dict.fromkeys(families)]
+        if floor is not None:
+            series.append(Series("conversion floor (F32 GGUF)", [x.min(), x.max()], [floor, floor], kind="line",
+                                 color="tab:gray", markers=False))
+        panels.append(Panel("", series, xlabel=name, ylabel=ylabel, yscale=yscale))
     return panels
 
 
@@ -409,11 +488,19 @@ def quantization_view(ok: pd.DataFrame) -> list:
     if table.empty:
         return ["No variant has a kld cell."]
     plots = [Plot("quantization" + ("" if quality == "kld_mean" else f"-{quality}"),
-                  f"{ylabel} against size and decode speed; red: the Pareto front (nothing smaller/faster "
-                  "is closer to the reference)", _front_panels(table, quality, ylabel, yscale, lower))
+                  f"{ylabel} against size and decode speed, by family; red: the Pareto front (nothing "
+                  "smaller/faster is closer to the reference)", _front_panels(table, quality, ylabel, yscale, lower))
              for quality, ylabel, yscale, lower in QUALITY if table[quality].notna().all()]
-    shown = table.copy()
+    notes = ["Bits per weight (`bpw_of` file): the bytes on disk of every tensor, and of the transformer blocks' "
+             "linear layers (packed weights with their scales and zeros), over the full-precision model's "
+             "parameters; `loaded`: the weights as the backend holds them (bitsandbytes quantizes at load)."]
+    floor = conversion_floor(table)
+    if floor is not None:
+        notes.append(f"The conversion floor: the F32 GGUF's mean KLD against the reference is {fmt_value(floor)} "
+                     "nats, what converting to GGUF costs before any quantization.")
+    shown = table.drop(columns="own_reference")
     for col in shown.columns:
-        if col not in ("model", "backend", "weight_types") and not col.startswith("pareto"):
+        if col not in ("model", "backend", "family", "settings", "weight_types", "bpw_of") \
+                and not col.startswith("pareto"):
             shown[col] = shown[col].map(fmt_value)
-    return [*plots, shown]
+    return [*plots, *notes, shown]

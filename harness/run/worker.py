@@ -89,6 +89,7 @@ def run_job(job: Job) -> dict:
         "resolved": {"backend": {**prepared, **info.details,
                                  "shape": info.shape.as_dict() if info.shape else info.no_shape},
                      "task": {**result.resolved, **overflow},
+                     "model": backend.model.described(),
                      **({"reference": prepared_reference} if prepared_reference else {}),
                      "memory": {"rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
                                 "sampled_peak_mb": memory.sampled_peak / 2**20,

@@ -86,6 +86,7 @@ class _Reader:
         raise ValueError(f"unknown metadata value type {kind}")
 
 
+@functools.cache
 def _type_sizes() -> dict[int, tuple[int, int]]:
     """(block size, bytes per block) of each ggml type, from gguf-py when installed (every backend that
     loads a GGUF needs it); without it only the tensors' offsets are checked."""
@@ -94,6 +95,12 @@ def _type_sizes() -> dict[int, tuple[int, int]]:
     except ImportError:
         return {}
     return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+
+
+def tensor_nbytes(kind: int, elements: int) -> int | None:
+    """Bytes a tensor of ``elements`` values takes in ggml type ``kind`` (None: the type's size is unknown)."""
+    block, nbytes = _type_sizes().get(kind, (0, 0))
+    return elements // block * nbytes if block else None
 
 
 @functools.lru_cache(maxsize=64)

