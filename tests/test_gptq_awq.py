@@ -14,6 +14,7 @@ from conftest import REPO
 
 from harness.cli import main
 from harness.core.errors import UserError
+from harness.results.records import read_cell_records
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.models import ModelSpec, resolve
 from harness.sources.quantization import Calibration, parse_quantize
@@ -29,20 +30,29 @@ def _one_line(capsys) -> str:
     return lines[0]
 
 
-def test_a_missing_quant_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+def test_without_the_quant_extra_its_cells_are_skipped_naming_it_and_the_others_run(tmp_path, capsys, monkeypatch):
+    """A lab of many families runs those this install has: GPTQ/AWQ cells are skipped with the reason."""
     monkeypatch.setitem(sys.modules, "gptqmodel", None)  # absent, whatever this environment has
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     suite = write_suite(tmp_path, {
         "name": "q", "models": {"tiny": {"hf": "tiny", "quantize": {
-            "method": "awq", "group_size": 64, "calibration": {"dataset": "docs"}}}},
-        "backends": {"hf": {"type": "hf", "n_threads": 2}},
-        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+            "method": "awq", "group_size": 64, "calibration": {"dataset": "train"}}},
+            "w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
+        "backends": {"hf": {"type": "hf", "n_threads": 2}, "ngram": {"type": "ngram"}},
+        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}, "train": {"source": "builtin:stdlib-docs#train"}},
         "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 64, "max_tokens": 128}},
-        "matrix": [{"model": "tiny", "backend": "hf", "task": "ppl"}]})
-    assert main(["validate", str(suite)]) == 2
-    assert _one_line(capsys) == (f"harness: error: {suite}: models.tiny.quantize: quantize: {{method: awq}} needs "
-                                 "the Python package 'gptqmodel', which is not installed: pip install 'harness[quant]'")
+        "matrix": [{"model": "tiny", "backend": "hf", "task": "ppl"}, {"model": "w2", "backend": "ngram", "task": "ppl"}]})
+    reason = ("quantize: {method: awq} needs the Python package 'gptqmodel', which is not installed: "
+              "pip install 'harness[quant]'")
+    assert main(["validate", str(suite)]) == 0
+    assert f"{suite}: models.tiny.quantize: {reason}; the cells of 'tiny' are skipped" in _one_line(capsys)
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 0
+    assert "2 cells ran, 0 reused, 0 failed, 1 skipped" in capsys.readouterr().out
+    records = {r.cell["model"]: r for r in read_cell_records(out)}
+    assert records["tiny"].status == "skipped" and records["tiny"].reason == reason
+    assert records["w2"].ok
 
 
 @pytest.mark.parametrize(("value", "message"), [

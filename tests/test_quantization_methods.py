@@ -171,10 +171,19 @@ def test_an_unknown_method_or_key_is_one_line_with_a_suggestion(tmp_path, capsys
 
 
 @pytest.mark.hf
-def test_a_missing_quantization_library_names_its_extra(tmp_path, capsys, monkeypatch):
+def test_a_missing_quantization_library_is_a_warning_naming_its_extra(tmp_path, capsys, monkeypatch):
+    """validate passes: the model's cells are skipped with the reason (tests/test_gptq_awq.py runs such a suite)."""
     monkeypatch.setitem(sys.modules, "hqq", None)  # as if not installed
-    err = _one_line_error(capsys, tmp_path, {"method": "hqq"})
-    assert "models.m.quantize" in err and "'hqq'" in err and "pip install 'harness[hfquant]'" in err
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({
+        "name": "lab", "models": {"m": {"hf": str(tmp_path), "quantize": {"method": "hqq"}}},
+        "backends": {"hf": {"type": "hf"}}, "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+        "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 64}},
+        "matrix": [{"model": "m", "backend": "hf", "task": "ppl"}]}))
+    assert main(["validate", str(suite)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"harness: warning: {suite}: models.m.quantize: ") and len(err.splitlines()) == 1, err
+    assert "'hqq'" in err and "pip install 'harness[hfquant]'" in err and err.endswith("the cells of 'm' are skipped")
 
 
 def test_every_method_is_registered_under_its_name_and_parsed_from_a_mapping():

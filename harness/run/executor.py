@@ -21,6 +21,7 @@ from harness.core.process import child_command, starting_child
 from harness.core.terminal import console_text
 from harness.results.records import FAILED, TIMEOUT, CellRecord, read_record
 from harness.run.job import Job, now
+from harness.suite.cells import Cell
 
 #: a worker's exit code when it could not write its record even without samples (see harness.run.worker)
 WORKER_COULD_NOT_WRITE = 4
@@ -78,9 +79,14 @@ def job_label(job: Job) -> str:
 
 def record_without_worker(job: Job, reason: str, status: str = FAILED, duration_s: float | None = None) -> CellRecord:
     """The record of a job whose worker left none."""
-    return CellRecord(cell_id=job.cell_id, cell=job.cell.model_dump(mode="json"), params=job.cell.params,
-                      status=status, reason=reason, started_at=job.started_at, ended_at=now(),
-                      duration_s=duration_s, round=job.round)
+    return record_without_job(job.cell, reason, status, job.started_at, duration_s, job.round)
+
+
+def record_without_job(cell: Cell, reason: str, status: str, started_at: str, duration_s: float | None = None,
+                       round_: int | None = None) -> CellRecord:
+    """The record of a cell (or round) that ran no worker: skipped, or its worker left no record."""
+    return CellRecord(cell_id=cell.cell_id, cell=cell.model_dump(mode="json"), params=cell.params, status=status,
+                      reason=reason, started_at=started_at, ended_at=now(), duration_s=duration_s, round=round_)
 
 
 def read_outcome(job: Job) -> tuple[CellRecord, dict[str, str]] | None:

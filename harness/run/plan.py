@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.backends import BACKENDS
-from harness.core.errors import UserError, ensure_available, located, warn
+from harness.core.errors import MissingDependency, UserError, ensure_available, located, warn
 from harness.core.files import check_output, output_folder
 from harness.run.rundir import check_foreign
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
@@ -57,6 +57,14 @@ class Plan:
     run_dir: Path
     models: dict[str, ResolvedModel]
     datasets: dict[str, dict]
+    #: models not resolved because their quantization method's libraries are not installed, with the reason:
+    #: their cells are skipped (:func:`unavailable_models`)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def unavailable_reason(self, suite: Suite, cell: Cell) -> str | None:
+        """Why ``cell`` cannot run in this install (a model it uses was not resolved), or None."""
+        missing = [self.unavailable[m] for m in sorted(models_of(suite, cell)) if m in self.unavailable]
+        return missing[0] if missing else None
 
 
 def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
@@ -80,9 +88,6 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             # a model still to train: its context is known before it is trained (hours, maybe)
             trained[name] = (spec.train.context if spec.source_kind == "train"
                              else trained_context(spec.source_kind, path))
-        if spec.quantize is not None:
-            with located(suite_path, f"models.{name}.quantize"):
-                spec.quantization.check_available()
         sources = []
         if spec.kind == "ngram":
             sources = [(s, "ngram.train" if isinstance(spec.ngram.train, str) else f"ngram.train[{i}]")
@@ -101,6 +106,8 @@ def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
             continue
         with located(suite_path, f"tasks.{name}"):
             TASKS[spec.type].check_inputs(spec, base_dir)
+    for name, reason in unavailable_models(suite, cells).items():
+        warn(f"{suite_path}: models.{name}.quantize: {reason}; the cells of '{name}' are skipped")
     loaded = {}
     calibrated_on = {m.calibration_dataset for m in _calibrated(suite, cells).values()}
     for name in sorted({c.dataset for c in cells if c.dataset} | calibrated_on):
@@ -179,10 +186,31 @@ def warn_calibrated_on_test_text(suite: Suite, cells: list[Cell], suite_path: Pa
 
 
 def models_needed(suite: Suite, cells: list[Cell]) -> set[str]:
-    """The cells' models plus their references' and the models whose tokenizers their n-grams count in."""
-    names = {c.model for c in cells} | {c.reference.model for c in cells if c.reference}
+    """The models the cells use (:func:`models_of`)."""
+    return {name for cell in cells for name in models_of(suite, cell)}
+
+
+def models_of(suite: Suite, cell: Cell) -> set[str]:
+    """A cell's model, its reference's, and the model whose tokenizer its n-gram counts in."""
+    names = {cell.model} | ({cell.reference.model} if cell.reference else set())
     return names | {suite.models[n].ngram.tokenizer for n in names
                     if suite.models[n].kind == "ngram" and suite.models[n].ngram.tokenizer}
+
+
+def unavailable_models(suite: Suite, cells: list[Cell]) -> dict[str, str]:
+    """The cells' models whose quantization method needs a library this install lacks, with the reason
+    (naming the extra). Their cells are skipped, not the run refused: a lab of many families runs those this
+    install has (GPTQ and AWQ come with an extra of their own)."""
+    missing = {}
+    for name in sorted(models_needed(suite, cells)):
+        spec = suite.models[name]
+        if spec.quantize is None:
+            continue
+        try:
+            spec.quantization.check_available()
+        except MissingDependency as exc:
+            missing[name] = str(exc)
+    return missing
 
 
 def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path | None) -> Plan:
@@ -192,7 +220,8 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     local, train_texts = check_inputs(suite, cells, path, corpora)
     calibration = calibrations(suite, cells, path, corpora, local)
     models, datasets = {}, {}
-    needed = models_needed(suite, cells)
+    unavailable = unavailable_models(suite, cells)
+    needed = models_needed(suite, cells) - set(unavailable)
     for name in sorted(n for n in needed if suite.models[n].source_kind not in ("ngram", "train")):
         with located(path, f"models.{name}"):
             models[name] = resolve(name, suite.models[name], base_dir, calibration.get(name))
@@ -215,7 +244,7 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
         datasets[name] = corpus.fingerprint()
     run_dir = choose_run_dir(suite, options)
     check_foreign(run_dir)  # the folder itself is made by the runner, once the executor has accepted the cells
-    return Plan(run_dir, models, datasets)
+    return Plan(run_dir, models, datasets, unavailable)
 
 
 def new_run_id() -> str:
