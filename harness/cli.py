@@ -30,6 +30,7 @@ from harness.backends import BACKENDS
 from harness.core import process
 from harness.core.errors import UserError, describe_os_error
 from harness.core.files import check_output
+from harness.core.library_logs import quiet_library_logs
 from harness.core.memory import out_of_memory_cause, out_of_memory_line
 from harness.core.paths import expand_user
 from harness.core.process import interrupt
@@ -449,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_library_logs()
     main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if main_thread else ()
     previous = {s: signal.signal(s, interrupt) for s in signals}  # all three alike: exit 130

@@ -94,6 +94,9 @@ def child_command(module: str, *args: str) -> list[str]:
 
 if __name__ == "__main__":
     drop_current_directory()
+    from harness.core.library_logs import quiet_library_logs
+
+    quiet_library_logs()
     die_with_parent(int(sys.argv[1]))
     sys.argv = [sys.argv[2], *sys.argv[3:]]
     runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
