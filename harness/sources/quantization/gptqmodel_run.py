@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from pydantic import Field
 
@@ -26,7 +26,7 @@ from harness.core.errors import UserError, require
 from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
 from harness.sources.imatrix import calibration_windows
-from harness.sources.quantization.method import Calibration
+from harness.sources.quantization.method import Calibration, QuantMethod
 
 #: the extra that installs GPT-QModel (its numpy pin keeps it out of the other extras), the distributions whose
 #: versions key a derived model and the modules a run needs (optimum: transformers loads the checkpoint through it)
@@ -100,3 +100,35 @@ def quantize_with_gptqmodel(config, source_dir: Path, target: Path, calibration:
     finally:
         os.chdir(here)
     shutil.rmtree(scratch)
+
+
+class GptqModelMethod(QuantMethod):
+    """A method GPT-QModel runs (GPTQ, AWQ): 4 bits, a group size, calibration windows; a subclass declares its
+    ``method``, its GPT-QModel ``config`` and the dtype and CPU kernel it quantizes with."""
+
+    produces: ClassVar = "hf"
+    libraries: ClassVar = LIBRARIES
+    extra: ClassVar = EXTRA
+    modules: ClassVar = MODULES
+    #: the dtype GPT-QModel quantizes in, and its kernel (None: GPT-QModel's choice)
+    dtype: ClassVar[str] = "float32"
+    kernel: ClassVar[str | None] = None
+
+    bits: Literal[4] = Field(4, description="bits a weight: 4 (AWQ's GEMM format packs 4; GPT-QModel 7.6's CPU "
+                             "kernel for 8-bit GPTQ declares float16/bfloat16 only)")
+    group_size: GroupSize = Field(128, description="weights sharing a scale and zero point along a row")
+    calibration: CalibrationSpec = Field(description="the suite dataset whose windows the method is fitted on")
+
+    @property
+    def label(self) -> str:
+        """The method's settings, then its calibration."""
+        return f"{super().label},{self.calibration}"
+
+    def config(self, gptqmodel):
+        """GPT-QModel's quantization config of this method (``gptqmodel``: the imported package)."""
+        raise NotImplementedError
+
+    def quantize(self, source_dir: Path, target: Path, calibration: Calibration | None, threads: int) -> None:
+        check_group_size(source_dir, self.group_size)
+        quantize_with_gptqmodel(self.config, source_dir, target, calibration, self.calibration, threads,
+                                dtype=self.dtype, backend=self.kernel)

@@ -67,6 +67,8 @@ class QuantMethod(StrictModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        if "method" not in cls.__dict__.get("__annotations__", {}):  # a base methods share (GPT-QModel's), not a method
+            return
         name = cls.model_fields["method"].default
         if not isinstance(name, str):
             raise TypeError(f"{cls.__name__}: declare method: Literal['NAME'] = 'NAME'")
