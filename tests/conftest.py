@@ -128,15 +128,19 @@ def small_probe(_isolated_cache):
 def tiny_llama_dir(smollm2_path, _isolated_cache, tmp_path_factory) -> Path:
     """A random 2-layer Llama saved as safetensors with SmolLM2's tokenizer (made from the shipped GGUF, so it
     records that file): hidden 256 and intermediate 768, multiples of 256, so every K-quant applies fully."""
+    return save_random_llama(smollm2_path, tmp_path_factory.mktemp("tiny-llama-smollm2"), layers=2)
+
+
+def save_random_llama(smollm2_path: Path, path: Path, layers: int) -> Path:
+    """A random Llama (seed 0; hidden 256, intermediate 768) with SmolLM2's tokenizer, saved into ``path``."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from harness.sources.gguf_to_hf import save_tokenizer
 
-    path = tmp_path_factory.mktemp("tiny-llama-smollm2")
     save_tokenizer(smollm2_path, path)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                      initializer_range=0.08, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768,
+                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512, initializer_range=0.08, tie_word_embeddings=True)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     return path

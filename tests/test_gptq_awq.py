@@ -40,9 +40,11 @@ def test_without_the_quant_extra_its_cells_are_skipped_naming_it_and_the_others_
             "method": "awq", "group_size": 64, "calibration": {"dataset": "train"}}},
             "w2": {"ngram": {"order": 2, "train": "builtin:stdlib-docs#train"}}},
         "backends": {"hf": {"type": "hf", "n_threads": 2}, "ngram": {"type": "ngram"}},
-        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}, "train": {"source": "builtin:stdlib-docs#train"}},
+        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"},
+                     "train": {"source": "builtin:stdlib-docs#train"}},
         "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 64, "max_tokens": 128}},
-        "matrix": [{"model": "tiny", "backend": "hf", "task": "ppl"}, {"model": "w2", "backend": "ngram", "task": "ppl"}]})
+        "matrix": [{"model": "tiny", "backend": "hf", "task": "ppl"},
+                   {"model": "w2", "backend": "ngram", "task": "ppl"}]})
     reason = ("quantize: {method: awq} needs the Python package 'gptqmodel', which is not installed: "
               "pip install 'harness[quant]'")
     assert main(["validate", str(suite)]) == 0

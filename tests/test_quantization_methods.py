@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_random_llama
 
 from harness.cli import main
 from harness.sources.models import ModelSpec, resolve
@@ -29,18 +30,7 @@ PROMPT = np.array([1, 504, 3023, 282, 260, 2013, 30, 12, 411, 2800, 1435, 42, 9,
 def one_layer_llama(smollm2_path, _isolated_cache, tmp_path_factory) -> Path:
     """A random one-layer Llama (hidden 256, intermediate 768: every group size divides its rows) with SmolLM2's
     tokenizer; one layer keeps hqq's per-layer optimization to seconds."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from harness.sources.gguf_to_hf import save_tokenizer
-
-    path = tmp_path_factory.mktemp("one-layer-llama")
-    save_tokenizer(smollm2_path, path)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                      initializer_range=0.08, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return save_random_llama(smollm2_path, tmp_path_factory.mktemp("one-layer-llama"), layers=1)
 
 
 def _last_logits(model) -> np.ndarray:
