@@ -167,3 +167,15 @@ def test_a_bad_training_setting_is_one_line_naming_the_key(tmp_path, capsys, key
     assert main(["validate", str(path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_training_sequences_are_text_first_or_bos_first():
+    """Evaluation windows start with text (llama-perplexity's chunks for a tokenizer that adds no BOS, lm-eval's
+    rolling windows after the first) or with BOS: training alternates the two layouts."""
+    import torch
+
+    from harness.sources.train_llama import training_sequence
+
+    tokens = torch.arange(100, 200)
+    assert training_sequence(tokens, 10, 8, None).tolist() == list(range(110, 118))
+    assert training_sequence(tokens, 10, 8, 1).tolist() == [1, *range(110, 117)]
