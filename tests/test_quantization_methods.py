@@ -135,6 +135,33 @@ def test_a_suite_cell_of_a_derived_model_reports_its_quantize_cost(one_layer_lla
     assert derived["cached"] in (True, False) and derived["path"] == record["fingerprints"]["model"]["path"]
 
 
+@pytest.mark.hf
+@pytest.mark.hfquant
+def test_a_method_that_fails_in_its_library_fails_its_cells_and_the_others_run(one_layer_llama, tmp_path, capsys):
+    """torchao cannot group 256-wide rows by 48: the library raises in the derivation's child. That model's cells
+    fail with the reason (the child's output kept in a file), the other model's cell runs, no traceback shown."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({
+        "name": "lab", "models": {
+            "bad": {"hf": str(one_layer_llama),
+                    "quantize": {"method": "torchao", "scheme": "intx_int4", "group_size": 48}},
+            "good": {"hf": str(one_layer_llama), "quantize": METHODS["torchao-int8"]}},
+        "backends": {"hf": {"type": "hf", "n_threads": 2}},
+        "datasets": {"docs": {"source": "builtin:stdlib-docs#test"}},
+        "tasks": {"ppl": {"type": "perplexity", "dataset": "docs", "n_ctx": 64, "max_tokens": 128}},
+        "matrix": [{"model": ["bad", "good"], "backend": "hf", "task": "ppl"}]}))
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out)]) == 3
+    records = {r["cell"]["model"]: r for r in map(json.loads, map(Path.read_text, (out / "cells").glob("*.json")))}
+    assert records["good"]["status"] == "ok"
+    reason = records["bad"]["reason"]
+    assert records["bad"]["status"] == "failed" and "(torchao:scheme=intx_int4,group_size=48) failed" in reason
+    kept = Path(reason.rsplit("its output is in ", 1)[1].rstrip(")"))
+    assert "Traceback" in kept.read_text()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "models.bad: quantizing" in err
+
+
 def _one_line_error(capsys, tmp_path, quantize, monkeypatch=None) -> str:
     suite = tmp_path / "suite.yaml"
     suite.write_text(json.dumps({

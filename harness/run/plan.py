@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.core.errors import MissingDependency, UserError, ensure_available, located, warn
 from harness.core.files import check_output, output_folder
+from harness.results.records import FAILED, SKIPPED
 from harness.run.rundir import check_foreign
+from harness.sources.child import ChildFailed
 from harness.sources.corpora import Corpus, DatasetSpec, load_corpus
 from harness.sources.models import (
     ModelSpec,
@@ -60,11 +63,17 @@ class Plan:
     #: models not resolved because their quantization method's libraries are not installed, with the reason:
     #: their cells are skipped (:func:`unavailable_models`)
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: models whose making failed (a library raised while training or quantizing), with the reason: their cells
+    #: fail, the others run
+    failed: dict[str, str] = field(default_factory=dict)
 
-    def unavailable_reason(self, suite: Suite, cell: Cell) -> str | None:
-        """Why ``cell`` cannot run in this install (a model it uses was not resolved), or None."""
-        missing = [self.unavailable[m] for m in sorted(models_of(suite, cell)) if m in self.unavailable]
-        return missing[0] if missing else None
+    def unresolved(self, suite: Suite, cell: Cell) -> tuple[str, str] | None:
+        """Whether ``cell`` cannot run because a model it uses was not resolved: (status, reason), or None."""
+        for status, models in ((FAILED, self.failed), (SKIPPED, self.unavailable)):
+            reasons = [models[m] for m in sorted(models_of(suite, cell)) if m in models]
+            if reasons:
+                return status, reasons[0]
+        return None
 
 
 def check_inputs(suite: Suite, cells: list[Cell], suite_path: Path,
@@ -222,12 +231,13 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
     models, datasets = {}, {}
     unavailable = unavailable_models(suite, cells)
     needed = models_needed(suite, cells) - set(unavailable)
+    failed = {}
     for name in sorted(n for n in needed if suite.models[n].source_kind not in ("ngram", "train")):
-        with located(path, f"models.{name}"):
+        with located(path, f"models.{name}"), _contained(failed, path, name):
             models[name] = resolve(name, suite.models[name], base_dir, calibration.get(name))
     for name in sorted(n for n in needed if suite.models[n].source_kind == "train"):
         spec = suite.models[name]
-        with located(path, f"models.{name}.train"):
+        with located(path, f"models.{name}.train"), _contained(failed, path, name):
             models[name] = resolve_trained(name, spec, [train_texts[suite.datasets[d].source]
                                                         for d in spec.train.datasets], base_dir, corpora,
                                            calibration=calibration.get(name))
@@ -244,7 +254,18 @@ def prepare(suite: Suite, cells: list[Cell], options: RunOptions, corpora: Path 
         datasets[name] = corpus.fingerprint()
     run_dir = choose_run_dir(suite, options)
     check_foreign(run_dir)  # the folder itself is made by the runner, once the executor has accepted the cells
-    return Plan(run_dir, models, datasets, unavailable)
+    return Plan(run_dir, models, datasets, unavailable, failed)
+
+
+@contextmanager
+def _contained(failed: dict[str, str], path: Path, name: str):
+    """A model whose making fails in a library is noted in ``failed`` (one warning line): its cells fail with the
+    reason and the others run, as when a cell fails."""
+    try:
+        yield
+    except ChildFailed as exc:
+        failed[name] = str(exc)
+        warn(f"{path}: models.{name}: {exc}; its cells fail")
 
 
 def new_run_id() -> str:

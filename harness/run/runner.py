@@ -75,23 +75,24 @@ class Runner:
 
     def run(self) -> RunSummary:
         plan = prepare(self.suite, self.cells, self.options, self.corpora)
-        # cells of a model this install cannot make (a quantization library missing) are skipped, with the reason
-        self.unresolved = {c.cell_id: why for c in self.cells if (why := plan.unavailable_reason(self.suite, c))}
-        skipped = [c for c in self.cells if c.cell_id in self.unresolved]
+        # cells of a model this install cannot make (a quantization library missing) are skipped, those of a model
+        # whose making failed fail, each with the reason
+        self.unresolved = {c.cell_id: why for c in self.cells if (why := plan.unresolved(self.suite, c))}
+        unresolved = [c for c in self.cells if c.cell_id in self.unresolved]
         self.cells = [c for c in self.cells if c.cell_id not in self.unresolved]
         # a cluster that cannot run a cell is bad input: refused before the run directory is made
         executor = self._executor(plan.run_dir, plan)
         try:
             ensure_writable(plan.run_dir)
             with RunDirLock(plan.run_dir):
-                return self._run(plan, executor, skipped)
+                return self._run(plan, executor, unresolved)
         except Exception as exc:
             exc.run_dir = plan.run_dir  # where the command line puts the traceback of a harness bug
             raise
         finally:
             executor.close()
 
-    def _run(self, plan: Plan, executor: Executor, skipped: list[Cell]) -> RunSummary:
+    def _run(self, plan: Plan, executor: Executor, unresolved: list[Cell]) -> RunSummary:
         run_dir = plan.run_dir
         previous = take_over(run_dir, self.suite.name, self.options.resume)
         self.info = {**self._run_info(plan, previous), "executor": executor.describe()}
@@ -107,12 +108,13 @@ class Runner:
                 warn(change.line())
                 self.stale |= change.cells
             done = {r.cell_id for r in read_cell_records(run_dir) if r.ok} - self.stale
-        for cell in skipped:  # a cell an earlier install ran keeps its record
+        for cell in unresolved:  # a cell an earlier run finished keeps its record
             if cell.cell_id in done:
                 self.summary.reused += 1
             else:
-                write_cell_record(run_dir, record_without_job(cell, self.unresolved[cell.cell_id], SKIPPED, now()))
-                self.summary.count(SKIPPED)
+                status, reason = self.unresolved[cell.cell_id]
+                write_cell_record(run_dir, record_without_job(cell, reason, status, now()))
+                self.summary.count(status)
         plain = [c for c in self.cells if not rounds.interleaved(c)]
         mixed = [c for c in self.cells if rounds.interleaved(c)]
         todo = [c for c in mixed if c.cell_id not in done]

@@ -1,7 +1,8 @@
 """A derivation (training a model, quantizing one) run as a child process of the harness: its memory stays out
 of the cell's peak RSS, it dies with the run that waits for it (:func:`harness.core.process.child_command`), and
 its errors come back as the parent's own: bad input as a :class:`UserError`, an environment error (a full disk)
-as an ``OSError``, each from the child's last stderr line. The child draws its progress on the shared stdout."""
+as an ``OSError``, each from the child's last stderr line; anything else (a quantization library that raises) as
+:class:`ChildFailed`, its output kept in a file of the cache. The child draws its progress on the shared stdout."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 from harness.core.errors import UserError
 from harness.core.process import child_command
@@ -19,9 +21,14 @@ EXIT_BAD_INPUT, BAD_INPUT = 2, "harness: error: "
 EXIT_ENVIRONMENT, ENVIRONMENT = 4, "harness: os error: "
 
 
+class ChildFailed(RuntimeError):
+    """A child that failed otherwise (a library raised inside it): what it was making cannot be used, and the run
+    says so for the cells that need it; the child's output (its traceback) is in a file named in the message."""
+
+
 def run_child(module: str, args: list[str], what: str, stdin: str | None = None, echo: bool = True) -> None:
     """``python -m module ARGS`` (``stdin``: its input), waited for; its failure raised here, naming ``what``.
-    Its stderr is shown after it (``echo=False``: only when it failed; the libraries' import chatter otherwise)."""
+    Its stderr is shown after it (``echo=False``: not at all: the libraries' import chatter)."""
     done = subprocess.run(child_command(module, *args), stderr=subprocess.PIPE, text=True, input=stdin)
     last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "").strip()
     if done.returncode == EXIT_BAD_INPUT and last.startswith(BAD_INPUT):
@@ -29,10 +36,25 @@ def run_child(module: str, args: list[str], what: str, stdin: str | None = None,
     if done.returncode == EXIT_ENVIRONMENT and last.startswith(ENVIRONMENT):
         number, filename = json.loads(last.removeprefix(ENVIRONMENT))
         raise OSError(number, os.strerror(number), filename)
-    if echo or done.returncode != 0:
-        sys.stderr.write(done.stderr)
     if done.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit code {done.returncode}): {last}")
+        raise ChildFailed(f"{what} failed (exit code {done.returncode}): {last} ({_keep_output(module, done.stderr)})")
+    if echo:
+        sys.stderr.write(done.stderr)
+
+
+def _keep_output(module: str, stderr: str) -> str:
+    """The failed child's stderr saved under the cache's ``logs/``; says where (or why it could not be saved)."""
+    from harness.core.files import atomic_write_text
+    from harness.sources.cache import cache_dir
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = cache_dir() / "logs" / f"{module.rsplit('.', 1)[-1]}-failed-{stamp}-{os.getpid()}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, stderr)
+    except (OSError, UserError) as exc:
+        return f"its output could not be saved: {exc}"
+    return f"its output is in {path}"
 
 
 def child_main(main: Callable[[], None]) -> None:
