@@ -23,10 +23,12 @@ def test_rungs_are_quantized_once_and_cached(tmp_path):
     types = {t.tensor_type.name for t in reader.tensors}
     assert "Q8_0" in types and not types & {"Q4_1", "Q4_0"}
     assert q8.source.endswith("#quantize=Q8_0") and q8.path.name.endswith("-Q8_0.gguf")
-    assert q8.quantization["quantize_s"] > 0 and q8.quantization["label"] == "Q8_0"  # llama_model_quantize's time
+    made = q8.quantization  # llama_model_quantize's time and the peak RSS of the child process that ran it
+    assert made["quantize_s"] > 0 and made["label"] == "Q8_0" and made["peak_rss_mb"] > 10
     mtime = q8.path.stat().st_mtime_ns
     again = resolve("q8", ModelSpec(gguf=SMOLLM2_PKG, quantize="Q8_0"), tmp_path)
     assert again.path == q8.path and again.path.stat().st_mtime_ns == mtime and again.sha256 == q8.sha256
+    assert again.quantization == {**made, "cached": True} and made["path"] == str(q8.path)
     f32 = resolve("f32", ModelSpec(gguf=SMOLLM2_PKG, quantize="F32"), tmp_path)
     assert f32.bytes_on_disk > 3 * q8.bytes_on_disk  # 4 bytes a weight against 8.5 bits
     assert not list(Path(q8.path.parent).glob("*.tmp"))

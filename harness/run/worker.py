@@ -77,7 +77,7 @@ def run_job(job: Job) -> dict:
         Measurement("model_bytes", info.model_bytes),
         Measurement("peak_rss_mb", memory.peak_mb, memory.samples),
     ]
-    derived = backend.model.quantization or {}  # a GGUF rung's record has no peak RSS: made in the driver
+    derived = backend.model.quantization or {}
     measurements += [Measurement(metric, derived[key]) for metric, key in
                      (("quantize_s", "quantize_s"), ("quantize_peak_rss_mb", "peak_rss_mb")) if key in derived]
     if "peak_vram_mb" in device:

@@ -332,10 +332,11 @@ def _derived(name: str, spec: ModelSpec, path: Path, calibration: Calibration | 
     """The source at ``path`` as it is, or the model its ``quantize`` derives from it (made once, cached)."""
     quantization = None
     if spec.quantize is not None and spec.quantization.produces == "gguf":
-        from harness.sources.quantization.gguf import derive_gguf, rung_record
+        from harness.sources.quantization.gguf import make_rung, rung_record
 
-        path = derive_gguf(path, sha256_file(path), spec.quantization, calibration=calibration)
-        quantization = rung_record(path)
+        rung = make_rung(path, sha256_file(path), spec.quantization, calibration=calibration)
+        path, record = rung.path, rung_record(rung.path)
+        quantization = None if record is None else {**record, "cached": rung.build_s is None, "path": str(path)}
     elif spec.quantize is not None:
         from harness.sources.quantization.derive import derive_hf
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -30,7 +30,8 @@ from harness.core.errors import UserError, require
 from harness.core.files import read_json_object
 from harness.core.settings import StrictModel
 from harness.sources.cache import cache_dir
-from harness.sources.cache_entry import cached
+from harness.sources.cache_entry import Entry, cached
+from harness.sources.child import child_main, run_child
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.gguf_header import read_header
 from harness.sources.quantization.method import Calibration, QuantMethod
@@ -96,12 +97,6 @@ def type_problem(quant_type: str, with_imatrix: bool) -> str | None:
     return None
 
 
-def cache_entry(target: Path, make: Callable[[Path], object], check: Callable[[Path], object] = read_header) -> Path:
-    """``target`` from the cache, or made once by ``make(tmp)``: every derived file of the ladder enters the
-    cache here (:func:`harness.sources.cache_entry.cached`: locked, checked, published whole)."""
-    return cached(target, make, check).path
-
-
 def derived_path(source_key: str, quant_type: str) -> Path:
     return cache_dir() / "quantized" / f"{source_key}-{quant_type}.gguf"
 
@@ -118,12 +113,19 @@ def source_key(source: Path, source_sha256: str) -> str:
 def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, threads: int | None = None,
                 calibration: Calibration | None = None) -> Path:
     """The rung ``quantize`` of ``source``'s ladder (a GGUF file or an HF directory), made once."""
+    return make_rung(source, source_sha256, quantize, threads, calibration).path
+
+
+def make_rung(source: Path, source_sha256: str, quantize: str | GgufQuantize, threads: int | None = None,
+              calibration: Calibration | None = None) -> Entry:
+    """:func:`derive_gguf`'s cache entry: the rung's path and whether this call made it (``build_s``)."""
     spec = quantize if isinstance(quantize, GgufQuantize) else GgufQuantize(type=quantize)
     key = source_key(source, source_sha256)
     if spec.type in DEQUANTIZED:
-        return cache_entry(derived_path(key, spec.type), lambda tmp: _write_base(source, tmp, DEQUANTIZED[spec.type]))
+        return cached(derived_path(key, spec.type), lambda tmp: _write_base(source, tmp, DEQUANTIZED[spec.type]),
+                      read_header)
     base = derive_gguf(source, source_sha256, "F32", threads)
-    lib = require("llama_cpp", "gguf", f"quantizing to {spec.type}")
+    require("llama_cpp", "gguf", f"quantizing to {spec.type}")
     matrix = None
     if spec.imatrix is None:
         target = derived_path(key, spec.type)
@@ -133,20 +135,35 @@ def derive_gguf(source: Path, source_sha256: str, quantize: str | GgufQuantize, 
         fingerprint = imatrix_fingerprint(spec, calibration)
         matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
-    return cache_entry(target, lambda tmp: _timed_quantize(lib, base, tmp, target, spec, threads, matrix))
+    recipe = {"base": str(base), "type": spec.type, "label": spec.label, "threads": threads,
+              "imatrix": str(matrix) if matrix else None}
+
+    def build(tmp: Path) -> None:
+        run_child("harness.sources.quantization.gguf", [str(tmp), str(target)], f"quantizing {base} to {spec.label}",
+                  stdin=json.dumps(recipe), echo=False)
+
+    entry = cached(target, build, read_header)
+    made = f"made in {entry.build_s:.1f} s" if entry.build_s is not None else "from the cache"
+    print(f"harness: {spec.label} of {source}: {target} ({made})", file=sys.stderr, flush=True)
+    return entry
 
 
-#: beside a quantized rung, how long llama.cpp's quantizer took to make it (``RUNG.gguf.json``)
+#: beside a quantized rung, how it was made (``RUNG.gguf.json``: the quantizer's time and peak RSS)
 RUNG_RECORD_SUFFIX = ".json"
 
 
-def _timed_quantize(lib, base: Path, tmp: Path, target: Path, spec: GgufQuantize, threads: int | None,
-                    matrix: dict | None) -> None:
-    """:func:`quantize_file`, its wall time recorded beside the rung (a cache entry of its own, written before
-    the rung is published: a rung never lacks the record of the build that made it)."""
+def _timed_quantize(recipe: dict, tmp: Path, target: Path) -> None:
+    """The child's work: :func:`quantize_file`, its wall time and the child's peak RSS recorded beside the rung (a
+    cache entry of its own, written before the rung is published: a rung never lacks the record of its build)."""
+    from harness.core.memory import hwm_bytes
+    from harness.sources.imatrix import load_imatrix
+
     start = time.perf_counter()
-    quantize_file(lib, base, tmp, spec.type, threads, matrix)
-    record = {"label": spec.label, "quantize_s": time.perf_counter() - start, "threads": threads or os.cpu_count()}
+    lib = require("llama_cpp", "gguf", f"quantizing to {recipe['type']}")
+    matrix = load_imatrix(Path(recipe["imatrix"])) if recipe["imatrix"] else None
+    quantize_file(lib, Path(recipe["base"]), tmp, recipe["type"], recipe["threads"], matrix)
+    record = {"label": recipe["label"], "quantize_s": time.perf_counter() - start,
+              "peak_rss_mb": hwm_bytes() / 2**20, "threads": recipe["threads"] or os.cpu_count()}
     cached(rung_record_path(target), lambda path: path.write_text(json.dumps(record) + "\n", encoding="utf-8"),
            lambda path: read_json_object(path, "a rung's record"), refresh=True)
 
@@ -206,8 +223,9 @@ def imatrix_fingerprint(spec: GgufQuantize, calibration: Calibration) -> str:
 
 
 def _imatrix(source: Path, source_sha256: str, key: str, fingerprint: str, spec: GgufQuantize,
-             calibration: Calibration, threads: int | None) -> dict:
-    """The importance matrix, computed from the HF model (a GGUF source's through the GGUF -> HF conversion)."""
+             calibration: Calibration, threads: int | None) -> Path:
+    """The importance matrix's file, computed from the HF model (a GGUF source's through the GGUF -> HF
+    conversion)."""
     from harness.sources.imatrix import compute_imatrix, load_imatrix, save_imatrix
 
     def make(tmp: Path) -> None:
@@ -219,4 +237,8 @@ def _imatrix(source: Path, source_sha256: str, key: str, fingerprint: str, spec:
         matrix = compute_imatrix(Path(hf_dir), calibration.text, spec.imatrix.chunks, spec.imatrix.n_ctx, threads)
         save_imatrix(matrix, tmp)
 
-    return load_imatrix(cache_entry(cache_dir() / "imatrix" / f"{key}-{fingerprint[:16]}.npz", make, load_imatrix))
+    return cached(cache_dir() / "imatrix" / f"{key}-{fingerprint[:16]}.npz", make, load_imatrix).path
+
+
+if __name__ == "__main__":
+    child_main(lambda: _timed_quantize(json.loads(sys.stdin.read()), Path(sys.argv[1]), Path(sys.argv[2])))
