@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+import harness.tasks  # noqa: F401  (registers the metrics the run's records name)
 from harness.results.store import read_run
 
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "quant-lab.yaml"
