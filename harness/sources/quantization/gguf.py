@@ -126,17 +126,17 @@ def make_rung(source: Path, source_sha256: str, quantize: str | GgufQuantize, th
                       read_header)
     base = derive_gguf(source, source_sha256, "F32", threads)
     require("llama_cpp", "gguf", f"quantizing to {spec.type}")
-    matrix = None
+    imatrix_file = None
     if spec.imatrix is None:
         target = derived_path(key, spec.type)
     else:
         if calibration is None:
             raise UserError(f"quantize: {spec.label}: the calibration dataset was not resolved")
         fingerprint = imatrix_fingerprint(spec, calibration)
-        matrix = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
+        imatrix_file = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
     recipe = {"base": str(base), "type": spec.type, "label": spec.label, "threads": threads,
-              "imatrix": str(matrix) if matrix else None}
+              "imatrix": str(imatrix_file) if imatrix_file else None}
 
     def build(tmp: Path) -> None:
         run_child("harness.sources.quantization.gguf", [str(tmp), str(target)], f"quantizing {base} to {spec.label}",
