@@ -138,6 +138,30 @@ def test_iq_types_need_an_imatrix(tiny_llama_dir, calibration):
     assert "IQ2_XS" in {t.tensor_type.name for t in gguf.GGUFReader(iq2.path).tensors}
 
 
+def test_the_embedding_keeps_the_type_the_suite_gives_it(tiny_llama_dir):
+    """llama-quantize's --token-embedding-type: llama.cpp quantizes a tied embedding with the rung by default
+    (Q6_K in a Q4_K_M file); the lab keeps it F32, as every HF method keeps it, and the blocks are unchanged."""
+    base = tiny_llama_dir.parent
+    plain = resolve("q4", ModelSpec(hf=str(tiny_llama_dir), quantize="Q4_K_M"), base)
+    kept = resolve("q4-embd", ModelSpec(hf=str(tiny_llama_dir), quantize={
+        "type": "Q4_K_M", "token_embedding_type": "F32"}), base)
+    assert kept.path != plain.path and kept.path.name.endswith("-Q4_K_M-token_embd-F32.gguf")
+    assert kept.source.endswith("#quantize=Q4_K_M+token_embd=F32")
+    ours, theirs = ({t.name: t for t in gguf.GGUFReader(m.path).tensors} for m in (kept, plain))
+    assert ours.keys() == theirs.keys() and "output.weight" not in ours  # tied: the embedding is the head too
+    assert theirs["token_embd.weight"].tensor_type.name == "Q6_K"
+    assert ours["token_embd.weight"].tensor_type.name == "F32"
+    assert all(a.tensor_type == theirs[name].tensor_type and np.array_equal(a.data, theirs[name].data)
+               for name, a in ours.items() if name != "token_embd.weight")
+    assert kept.bytes_on_disk > plain.bytes_on_disk + 49152 * 256 * (4 - 6.5625 / 8) - 4096
+    with pytest.raises(ValidationError, match="token_embedding_type: expected one of F32, F16, Q8_0"):
+        ModelSpec(gguf="x", quantize={"type": "Q4_K_M", "token_embedding_type": "f32"})
+    with pytest.raises(ValidationError, match="output_tensor_type: applies to llama.cpp's quantized types"):
+        ModelSpec(gguf="x", quantize={"type": "F16", "output_tensor_type": "F32"})
+    unset = ModelSpec(gguf="x", quantize={"type": "Q4_K_M", "imatrix": {"dataset": "d"}})
+    assert "token_embedding_type" not in unset.model_dump(mode="json")["quantize"]  # cell ids stay
+
+
 def test_the_shorthand_keeps_its_form_and_the_long_form_is_checked():
     """``quantize: TYPE`` serializes as it did (cell ids stay); a wrong long form is one error naming its key."""
     assert ModelSpec(gguf="x", quantize="Q4_K_M").model_dump(mode="json")["quantize"] == "Q4_K_M"

@@ -4,7 +4,9 @@ gguf-py, a Hugging Face source written by :mod:`harness.sources.hf_to_gguf`), th
 the suite asks for one (:mod:`harness.sources.imatrix`). The ``gguf`` method of :mod:`harness.sources.quantization`.
 
 Suite syntax: ``quantize: Q4_K_M`` (the shorthand: the cell ids it always had) or
-``quantize: {method: gguf, type: Q4_K_M, imatrix: {dataset: NAME, chunks: N}}``.
+``quantize: {method: gguf, type: Q4_K_M, imatrix: {dataset: NAME, chunks: N}, token_embedding_type: F32}``
+(``token_embedding_type`` and ``output_tensor_type`` are llama-quantize's flags of those names: without them
+llama.cpp picks the embedding's and the head's types by its own rules for TYPE).
 
 Each file is cached under the user cache dir keyed by the source's sha256, the type and, for a rung made with
 an importance matrix, the matrix's fingerprint (the calibration text's sha256, chunks, window, library
@@ -28,7 +30,7 @@ from pydantic import Field, model_validator
 
 from harness.core.errors import UserError, require
 from harness.core.files import read_json_object
-from harness.core.settings import StrictModel
+from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
 from harness.sources.cache_entry import Entry, cached
 from harness.sources.child import child_main, run_child
@@ -45,6 +47,10 @@ TYPES = tuple(DEQUANTIZED) + QUANTIZED
 #: types the harness makes only with an importance matrix: llama.cpp refuses the IQ2 ones without one, and the
 #: IQ3 grids are designed around one too
 NEED_IMATRIX = tuple(t for t in QUANTIZED if t.startswith(("IQ2", "IQ3")))
+#: the ggml tensor types a rung's token embedding or output head can be given (llama-quantize's
+#: ``--token-embedding-type`` / ``--output-tensor-type``; llama_cpp's ``GGML_TYPE_*``)
+TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K",
+                "IQ4_NL", "IQ4_XS")
 
 
 class ImatrixSpec(StrictModel):
@@ -68,21 +74,43 @@ class GgufQuantize(QuantMethod):
     type: str = Field(description="F32/F16 base, or a llama.cpp type: " + ", ".join(QUANTIZED))
     imatrix: ImatrixSpec | None = Field(None, description="weigh the rounding by an importance matrix computed "
                                         "from the source's HF model on a calibration dataset")
+    token_embedding_type: str | None = new_key(None, description="the token embedding's type (llama-quantize "
+                                               "--token-embedding-type): " + ", ".join(TENSOR_TYPES))
+    output_tensor_type: str | None = new_key(None, description="the output head's type (llama-quantize "
+                                             "--output-tensor-type); a model that ties its head to the embedding "
+                                             "has none: token_embedding_type sets both")
 
     @model_validator(mode="after")
     def _known_type(self):
         problem = type_problem(self.type, self.imatrix is not None)
+        for key in ("token_embedding_type", "output_tensor_type"):
+            value = getattr(self, key)
+            if problem or value is None:
+                continue
+            if value not in TENSOR_TYPES:
+                problem = f"{key}: expected one of {', '.join(TENSOR_TYPES)}, got {value!r}"
+            elif self.type in DEQUANTIZED:
+                problem = f"{key}: applies to llama.cpp's quantized types, not to the {self.type} base"
         if problem:
             raise ValueError(problem)
         return self
 
     @property
+    def tensor_overrides(self) -> dict[str, str]:
+        """The tensors whose type the suite sets (llama.cpp's names), in the order the label shows them."""
+        names = {"token_embd": self.token_embedding_type, "output": self.output_tensor_type}
+        return {name: value for name, value in names.items() if value is not None}
+
+    @property
     def label(self) -> str:
-        """What the model's source string shows after ``#quantize=``."""
-        if self.imatrix is None:
-            return self.type
-        m = self.imatrix
-        return f"{self.type}+imatrix={m.dataset}/{m.chunks}x{m.n_ctx}"
+        """What the model's source string shows after ``#quantize=``: ``Q4_K_M``,
+        ``Q4_K_M+imatrix=pride/100x512``, ``Q4_K_M+token_embd=F32``."""
+        parts = [self.type]
+        if self.imatrix is not None:
+            m = self.imatrix
+            parts.append(f"imatrix={m.dataset}/{m.chunks}x{m.n_ctx}")
+        parts += [f"{name}={value}" for name, value in self.tensor_overrides.items()]
+        return "+".join(parts)
 
 
 def type_problem(quant_type: str, with_imatrix: bool) -> str | None:
@@ -135,8 +163,10 @@ def make_rung(source: Path, source_sha256: str, quantize: str | GgufQuantize, th
         fingerprint = imatrix_fingerprint(spec, calibration)
         imatrix_file = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
         target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
+    overrides = "".join(f"-{name}-{value}" for name, value in spec.tensor_overrides.items())
+    target = target.with_name(target.name.removesuffix(".gguf") + overrides + ".gguf")
     recipe = {"base": str(base), "type": spec.type, "label": spec.label, "threads": threads,
-              "imatrix": str(imatrix_file) if imatrix_file else None}
+              "imatrix": str(imatrix_file) if imatrix_file else None, "tensor_types": spec.tensor_overrides}
 
     def build(tmp: Path) -> None:
         run_child("harness.sources.quantization.gguf", [str(tmp), str(target)], f"quantizing {base} to {spec.label}",
@@ -161,7 +191,7 @@ def _timed_quantize(recipe: dict, tmp: Path, target: Path) -> None:
     start = time.perf_counter()
     lib = require("llama_cpp", "gguf", f"quantizing to {recipe['type']}")
     matrix = load_imatrix(Path(recipe["imatrix"])) if recipe["imatrix"] else None
-    quantize_file(lib, Path(recipe["base"]), tmp, recipe["type"], recipe["threads"], matrix)
+    quantize_file(lib, Path(recipe["base"]), tmp, recipe["type"], recipe["threads"], matrix, recipe["tensor_types"])
     record = {"label": recipe["label"], "quantize_s": time.perf_counter() - start,
               "peak_rss_mb": hwm_bytes() / 2**20, "threads": recipe["threads"] or os.cpu_count()}
     cached(rung_record_path(target), lambda path: path.write_text(json.dumps(record) + "\n", encoding="utf-8"),
@@ -192,12 +222,17 @@ def _write_base(source: Path, target: Path, dtype: Literal["f32", "f16"]) -> Non
         rewrite_gguf(source, target, dequantize_to=dtype)
 
 
-def quantize_file(lib, base: Path, target: Path, quant_type: str, threads: int | None, matrix: dict | None) -> None:
+def quantize_file(lib, base: Path, target: Path, quant_type: str, threads: int | None, matrix: dict | None,
+                  tensor_types: dict[str, str] | None = None) -> None:
     """llama.cpp's quantizer (``lib``: llama_cpp's bindings) from ``base`` to ``target``, weighted by ``matrix``
-    ({tensor name: importance per input column}) when given."""
+    ({tensor name: importance per input column}) when given, with the types ``tensor_types`` gives the token
+    embedding and the output head ({"token_embd" | "output": ggml type name})."""
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, f"LLAMA_FTYPE_MOSTLY_{quant_type}")
     params.nthread = threads or os.cpu_count() or 1
+    fields = {"token_embd": "token_embedding_type", "output": "output_tensor_type"}
+    for name, ggml_type in (tensor_types or {}).items():
+        setattr(params, fields[name], getattr(lib, f"GGML_TYPE_{ggml_type}"))
     if matrix is not None:
         from harness.sources.imatrix import QuantizeImatrix
 
