@@ -35,7 +35,7 @@ def test_a_metric_name_is_registered_once():
 
 
 def test_every_metric_has_a_gate_the_five_once_ungated_keep_exact_one_percent():
-    assert len(METRICS) == 55
+    assert len(METRICS) == 57
     assert all(m.gate.kind in ("noisy", EXACT, COUNT, "stderr") for m in METRICS.values())
     for name in ("delta_p_mean", "deterministic", "kld_median", "ln_ppl_ratio", "ref_token_ppl"):
         assert METRICS[name].gate == exact(0.01), name

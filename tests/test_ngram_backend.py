@@ -3,8 +3,10 @@ tokens, refuses perplexity for stupid back-off, generates."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,26 @@ def test_a_truncated_trained_model_is_trained_again_not_fatal(tmp_path, monkeypa
     assert f"harness: cache entry {path} is damaged (BadZipFile: " in capsys.readouterr().err
     np.testing.assert_array_equal(again.lm.stream, first.lm.stream)
     assert NgramBackend(NgramSettings(type="ngram"), first.model).load(0).details["trained_now"] is False
+
+
+def test_words_the_vocabulary_lacks_are_counted_with_their_bytes(tmp_path):
+    """A word model scores a word it never saw as one <unk> event, however long; the perplexity cell says how
+    many of the scored tokens those were and how many bytes of the text they stand for (the gap before each
+    word included, as bits_per_byte counts it), checked against the training words counted here."""
+    path = write_suite(tmp_path, {"w2": {"ngram": {"order": 2, "train": DOCS, "min_count": 2}}},
+                       [{"model": "w2", "backend": "ngram", "task": "ppl"}])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    df = table(tmp_path / "out")
+    word = re.compile(r"\w+|[^\w\s]")
+    counts = Counter(word.findall(stdlib_docs("train")))
+    test, unknown, unknown_bytes, end = stdlib_docs("test"), 0, 0, 0
+    for m in word.finditer(test):
+        if counts[m.group()] < 2:
+            unknown += 1
+            unknown_bytes += len(test[end:m.end()].encode("utf-8"))
+        end = m.end()
+    assert 0 < unknown < metric(df, "w2", "tokens_scored")
+    assert metric(df, "w2", "unk_tokens") == unknown and metric(df, "w2", "unk_bytes") == unknown_bytes
 
 
 @pytest.mark.gguf

@@ -33,7 +33,7 @@ def test_chunked_scores_second_half_of_each_chunk():
     x = np.array(expected)
     sigma = math.exp(x.mean()) * math.sqrt((np.mean(x**2) - x.mean() ** 2) / 5)
     assert metrics["token_ppl"].stderr == pytest.approx(sigma, rel=1e-9)
-    assert "word_ppl" not in metrics
+    assert "word_ppl" not in metrics and "unk_tokens" not in metrics  # an open vocabulary: nothing unknown
     assert result.samples["window_tokens"] == [3, 3]
     assert result.resolved["add_bos"] is False
 

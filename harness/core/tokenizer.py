@@ -14,6 +14,9 @@ class Tokenizer(ABC):
     eos_id: int | None
     add_bos: bool
     vocab_size: int
+    #: the id a closed vocabulary gives every word it lacks (a word n-gram's ``<unk>``): scored as one event, so
+    #: the perplexity task counts those tokens and their bytes; None for an open vocabulary (byte-level BPE)
+    unk_id: int | None = None
     #: the model's chat template (Jinja), for instruct prompts; None when it has none
     chat_template: str | None = None
 

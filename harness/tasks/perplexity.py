@@ -64,6 +64,9 @@ register(
     Metric("nll_mean", "nats/token", False, exact(0.001)),
     Metric("tokens_scored", "tokens", True, COUNTED, short="tokens"),
     Metric("bytes_scored", "bytes", True, COUNTED),
+    # a closed vocabulary's unknown tokens among them: each one event, whatever its bytes (a word n-gram's <unk>)
+    Metric("unk_tokens", "tokens", True, COUNTED, short="<unk>"),
+    Metric("unk_bytes", "bytes", True, COUNTED),
     # a whole scoring pass is often one measurement: gated only with samples from several processes
     Metric("scored_tok_s", "tokens/s", True, noisy(1.25), short="scored tok/s"),
 )
@@ -139,6 +142,11 @@ class PerplexityTask(Task):
             Measurement("bytes_scored", n_bytes),
             Measurement("scored_tok_s", n_tokens / elapsed, n_tokens),
         ]
+        if tok.unk_id is not None:
+            unknown = [w.targets == tok.unk_id for w in wins]
+            out.append(Measurement("unk_tokens", int(sum(u.sum() for u in unknown))))
+            out.append(Measurement("unk_bytes", int(sum(stream_bytes[w.positions][u].sum()
+                                                        for w, u in zip(wins, unknown, strict=True)))))
         every_token_scored = s.window == "rolling" and n_tokens == len(tokens)
         word_count = None
         if every_token_scored:

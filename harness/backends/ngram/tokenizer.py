@@ -3,6 +3,8 @@
 Whitespace is not a token; each token accounts for the bytes from the end of the previous token to
 its own end, so bits per byte still covers every byte of the text and lines up with subword models.
 Words rarer than ``min_count`` in the training text become ``<unk>``; ``<s>`` separates documents.
+Both are free to a word model and not to a subword one: where lines break (whitespace is no token), and the
+spelling of a word the vocabulary lacks (one ``<unk>`` event); the perplexity task counts the latter.
 """
 
 from __future__ import annotations
