@@ -126,6 +126,44 @@ def test_a_run_scores_the_trained_model_and_shows_how_it_was_trained(tiny, text_
     assert math.isfinite(results.loc[results.metric == "bits_per_byte", "value"].item())
 
 
+def test_where_the_bits_go_splits_both_models_totals_as_their_cells_record_them(tiny, text_dir, tmp_path):
+    """benchmarks/where_the_bits_go.py on a run of the tiny model beside a word 2-gram on the same text: each
+    model's total equals its cell's bits per byte (the script checks), the parts add up to it, and the words the
+    training text lacks are the 2-gram's <unk> events, as many as its cell counted."""
+    import importlib.util
+    import json
+
+    import pandas as pd
+    import yaml
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("where_the_bits_go", REPO / "benchmarks" / "where_the_bits_go.py")
+    bits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bits)
+    suite = {"name": "bits", "models": {"llama": {"train": {**TINY, "dataset": "text"}},
+                                        "word-2": {"ngram": {"order": 2, "train": "file:train.txt"}}},
+             "backends": {"hf-cpu": {"type": "hf", "dtype": "float32", "device": "cpu", "n_threads": 2},
+                          "ngram": {"type": "ngram"}},
+             "datasets": {"text": {"source": "file:train.txt"}, "test": {"source": "file:test.txt"}},
+             "tasks": {"ppl": {"type": "perplexity", "dataset": "test", "window": "rolling", "n_ctx": 32}},
+             "matrix": [{"model": "llama", "backend": "hf-cpu", "task": "ppl"},
+                        {"model": "word-2", "backend": "ngram", "task": "ppl"}]}
+    path = text_dir / "bits.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    bits.main([str(out), "--base-dir", str(text_dir), "--llama", "llama", "--ngram", "word-2",
+               "--json", str(tmp_path / "bits.json")])
+    split = json.loads((tmp_path / "bits.json").read_text())
+    llama, ngram = split["llama"], split["ngram"]
+    assert sum(llama[part]["bits"] for part in ("newline", "unseen", "rest")) == pytest.approx(llama["bits"])
+    assert ngram["unk"]["bits"] + ngram["rest"]["bits"] == pytest.approx(ngram["bits"])
+    assert llama["newline"]["tokens"] > 0 and llama["unseen"]["tokens"] >= split["unseen_words"] > 0
+    results = pd.read_parquet(out / "results.parquet")
+    unk = results[(results.model == "word-2") & (results.metric == "unk_tokens")].value.item()
+    assert split["unseen_words"] == ngram["unk"]["tokens"] == unk
+
+
 def test_a_trained_model_gets_gguf_rungs(tiny, text_dir):
     """hf_to_gguf writes Llama directories: the trained model reaches the GGUF ladder like an hf source."""
     from harness.sources.gguf_rewrite import tensor_types
