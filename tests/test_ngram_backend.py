@@ -96,13 +96,15 @@ def test_a_truncated_trained_model_is_trained_again_not_fatal(tmp_path, monkeypa
     assert NgramBackend(NgramSettings(type="ngram"), first.model).load(0).details["trained_now"] is False
 
 
-def test_words_the_vocabulary_lacks_are_counted_with_their_bytes(tmp_path):
+def test_words_the_vocabulary_lacks_are_counted_with_their_bytes(tmp_path, capsys):
     """A word model scores a word it never saw as one <unk> event, however long; the perplexity cell says how
     many of the scored tokens those were and how many bytes of the text they stand for (the gap before each
-    word included, as bits_per_byte counts it), checked against the training words counted here."""
+    word included, as bits_per_byte counts it), checked against the training words counted here. (The run's
+    output is no terminal here, as in a nightly job's log: each finished cell is a line.)"""
     path = write_suite(tmp_path, {"w2": {"ngram": {"order": 2, "train": DOCS, "min_count": 2}}},
                        [{"model": "w2", "backend": "ngram", "task": "ppl"}])
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert any(line.startswith("[1/1] w2/ngram/ppl: ok in ") for line in capsys.readouterr().out.splitlines())
     df = table(tmp_path / "out")
     word = re.compile(r"\w+|[^\w\s]")
     counts = Counter(word.findall(stdlib_docs("train")))

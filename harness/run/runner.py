@@ -267,3 +267,9 @@ class Runner:
             line = console_text(f"{job.cell.label}: {record.status}: {record.reason}")
             self.console.print(f"[red]{line}[/red]{console_text(log)}")
         self.progress.advance(self.bar)
+        if not self.console.is_terminal:  # a log file (a nightly job): no bar is drawn, so a line per job
+            task = self.progress.tasks[0]
+            took = f" in {record.duration_s:.1f} s" if record.duration_s is not None else ""
+            round_ = "" if job.round is None else f" round {job.round}"
+            self.console.print(console_text(f"[{task.completed:.0f}/{task.total:.0f}] {job.cell.label}{round_}: "
+                                            f"{record.status}{took}"), highlight=False, soft_wrap=True)

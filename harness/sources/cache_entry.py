@@ -77,6 +77,12 @@ def cached(path: Path, build: Callable[[Path], object], check: Callable[[Path], 
         lock.release()
 
 
+def announce(what: str, source: Path | str, path: Path, made_s: float | None) -> None:
+    """One stderr line saying where a derived model lives and whether this run made it (users want the file)."""
+    made = f"made in {made_s:.1f} s" if made_s is not None else "from the cache"
+    print(f"harness: {what} of {source}: {path} ({made})", file=sys.stderr, flush=True)
+
+
 def _build(path: Path, build: Callable[[Path], object], check: Callable[[Path], T]) -> Entry[T]:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     start = time.perf_counter()

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -72,11 +73,36 @@ def child_main(main: Callable[[], None]) -> None:
 
 
 def progress(*fields):
-    """A rich progress display on stdout (the parent's terminal): description, bar, counts, times, ``fields``."""
+    """A rich progress display on stdout (the parent's terminal): description, bar, counts, times, ``fields``; on
+    a log file, where rich would draw nothing until the end (an hour of training), a plain line a minute."""
     from rich import progress as rp
     from rich.console import Console
 
-    return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                       rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
-                       *(rp.TextColumn(f"{{task.fields[{name}]}}") for name in fields),
-                       console=Console(file=sys.stdout))
+    console = Console(file=sys.stdout)
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+               rp.TimeRemainingColumn(), *(rp.TextColumn(f"{{task.fields[{name}]}}") for name in fields))
+    if console.is_terminal:
+        return rp.Progress(*columns, console=console)
+    return _logged_progress(rp.Progress)(*columns, console=console)
+
+
+def _logged_progress(base):
+    class LoggedProgress(base):
+        """Progress that prints its first update, one a minute after, and the last, as plain lines."""
+
+        interval_s = 60.0
+        _said = -interval_s
+
+        def update(self, task_id, **kwargs) -> None:
+            super().update(task_id, **kwargs)
+            task = next(t for t in self.tasks if t.id == task_id)
+            now = time.monotonic()
+            if now - self._said < self.interval_s and not task.finished:
+                return
+            self._said = now
+            count = f"{task.completed:.0f}" + (f"/{task.total:.0f}" if task.total is not None else "")
+            shown = " ".join(str(value) for value in task.fields.values() if value)
+            self.console.print(f"{task.description}: {count} in {task.elapsed or 0:.0f} s {shown}".rstrip(),
+                               highlight=False, markup=False, soft_wrap=True)
+
+    return LoggedProgress

@@ -24,7 +24,7 @@ from harness.core.errors import MissingDependency
 from harness.core.files import read_json_object
 from harness.core.memory import hwm_bytes
 from harness.sources.cache import cache_dir
-from harness.sources.cache_entry import cached
+from harness.sources.cache_entry import announce, cached
 from harness.sources.child import child_main, progress, run_child
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.quantization.method import Calibration, QuantMethod, parse_quantize
@@ -94,8 +94,7 @@ def derive_hf(source_dir: Path, source_sha256: str, method: QuantMethod, calibra
                   stdin=json.dumps(recipe), echo=False)
 
     entry = cached(target, build, read_record)
-    made = "made in {:.1f} s".format(entry.value["quantize_s"]) if entry.build_s is not None else "from the cache"
-    print(f"harness: {method.label} of {source_dir}: {target} ({made})", file=sys.stderr, flush=True)
+    announce(method.label, source_dir, target, entry.value["quantize_s"] if entry.build_s is not None else None)
     return Derived(target, entry.value, cached=entry.build_s is None)
 
 

@@ -32,7 +32,7 @@ from harness.core.errors import UserError, require
 from harness.core.files import read_json_object
 from harness.core.settings import StrictModel, new_key
 from harness.sources.cache import cache_dir
-from harness.sources.cache_entry import Entry, cached
+from harness.sources.cache_entry import Entry, announce, cached
 from harness.sources.child import child_main, run_child
 from harness.sources.fingerprint import sha256_bytes
 from harness.sources.gguf_header import read_header
@@ -173,8 +173,7 @@ def make_rung(source: Path, source_sha256: str, quantize: str | GgufQuantize, th
                   stdin=json.dumps(recipe), echo=False)
 
     entry = cached(target, build, read_header)
-    made = f"made in {entry.build_s:.1f} s" if entry.build_s is not None else "from the cache"
-    print(f"harness: {spec.label} of {source}: {target} ({made})", file=sys.stderr, flush=True)
+    announce(spec.label, source, target, entry.build_s)
     return entry
 
 
