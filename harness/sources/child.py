@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from harness.core.errors import UserError
 from harness.core.process import child_command
 
@@ -72,37 +75,29 @@ def child_main(main: Callable[[], None]) -> None:
         sys.exit(EXIT_ENVIRONMENT)
 
 
-def progress(*fields):
+def progress(*fields) -> Progress:
     """A rich progress display on stdout (the parent's terminal): description, bar, counts, times, ``fields``; on
     a log file, where rich would draw nothing until the end (an hour of training), a plain line a minute."""
-    from rich import progress as rp
-    from rich.console import Console
-
     console = Console(file=sys.stdout)
-    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
-               rp.TimeRemainingColumn(), *(rp.TextColumn(f"{{task.fields[{name}]}}") for name in fields))
-    if console.is_terminal:
-        return rp.Progress(*columns, console=console)
-    return _logged_progress(rp.Progress)(*columns, console=console)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), *(TextColumn(f"{{task.fields[{name}]}}") for name in fields))
+    return (Progress if console.is_terminal else LoggedProgress)(*columns, console=console)
 
 
-def _logged_progress(base):
-    class LoggedProgress(base):
-        """Progress that prints its first update, one a minute after, and the last, as plain lines."""
+class LoggedProgress(Progress):
+    """Progress that prints its first update, one a minute after, and the last, as plain lines."""
 
-        interval_s = 60.0
-        _said = -interval_s
+    interval_s = 60.0
+    _said = -interval_s
 
-        def update(self, task_id, **kwargs) -> None:
-            super().update(task_id, **kwargs)
-            task = next(t for t in self.tasks if t.id == task_id)
-            now = time.monotonic()
-            if now - self._said < self.interval_s and not task.finished:
-                return
-            self._said = now
-            count = f"{task.completed:.0f}" + (f"/{task.total:.0f}" if task.total is not None else "")
-            shown = " ".join(str(value) for value in task.fields.values() if value)
-            self.console.print(f"{task.description}: {count} in {task.elapsed or 0:.0f} s {shown}".rstrip(),
-                               highlight=False, markup=False, soft_wrap=True)
-
-    return LoggedProgress
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        task = next(t for t in self.tasks if t.id == task_id)
+        now = time.monotonic()
+        if now - self._said < self.interval_s and not task.finished:
+            return
+        self._said = now
+        count = f"{task.completed:.0f}" + (f"/{task.total:.0f}" if task.total is not None else "")
+        shown = " ".join(str(value) for value in task.fields.values() if value)
+        self.console.print(f"{task.description}: {count} in {task.elapsed or 0:.0f} s {shown}".rstrip(),
+                           highlight=False, markup=False, soft_wrap=True)

@@ -154,17 +154,15 @@ def make_rung(source: Path, source_sha256: str, quantize: str | GgufQuantize, th
                       read_header)
     base = derive_gguf(source, source_sha256, "F32", threads)
     require("llama_cpp", "gguf", f"quantizing to {spec.type}")
-    imatrix_file = None
-    if spec.imatrix is None:
-        target = derived_path(key, spec.type)
-    else:
+    imatrix_file, rung = None, spec.type
+    if spec.imatrix is not None:
         if calibration is None:
             raise UserError(f"quantize: {spec.label}: the calibration dataset was not resolved")
         fingerprint = imatrix_fingerprint(spec, calibration)
         imatrix_file = _imatrix(source, source_sha256, key, fingerprint, spec, calibration, threads)
-        target = derived_path(key, f"{spec.type}-imatrix-{fingerprint[:16]}")
-    overrides = "".join(f"-{name}-{value}" for name, value in spec.tensor_overrides.items())
-    target = target.with_name(target.name.removesuffix(".gguf") + overrides + ".gguf")
+        rung += f"-imatrix-{fingerprint[:16]}"
+    rung += "".join(f"-{name}-{value}" for name, value in spec.tensor_overrides.items())
+    target = derived_path(key, rung)
     recipe = {"base": str(base), "type": spec.type, "label": spec.label, "threads": threads,
               "imatrix": str(imatrix_file) if imatrix_file else None, "tensor_types": spec.tensor_overrides}
 
